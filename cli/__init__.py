@@ -1,0 +1,1 @@
+"""The stackae command line (installed as the import package stackae_cli)."""

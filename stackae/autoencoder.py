@@ -1,0 +1,237 @@
+"""AutoEncoder: a keras.Model that trains one TiedAutoEncoderLayer as a denoising autoencoder."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from stackae import losses
+from stackae.noise import NOISE_KINDS, corrupt
+from stackae.layers import TiedAutoEncoderLayer
+
+# The fast path is the default: one XLA program per step, many steps per call
+# (per-step Python overhead dominates at the tutorial's batch of 20).
+DEFAULT_STEPS_PER_EXECUTION = 64
+
+
+@keras.saving.register_keras_serializable(package="stackae")
+class AutoEncoder(keras.Model):
+    """Denoising autoencoder around one tied-weight layer.
+
+    `fit(x)` trains it on unlabelled rows of `x` (values in [0, 1] for the
+    cross-entropy): the input is corrupted, encoded, decoded with the tied
+    kernel and compared with the clean input. `loss` in the logs is the
+    reconstruction cost summed over features and averaged over examples, the
+    tutorial's units; `penalty` (when any penalty is set) is the rest of the
+    minimised objective. Calling the model returns the reconstruction.
+
+    Args:
+        layer: a `TiedAutoEncoderLayer`, or an int: the number of hidden units.
+        noise: "masking", "gaussian" or "salt-and-pepper".
+        corruption: masking / salt-and-pepper probability, or Gaussian stddev.
+        loss: "cross-entropy" or "squared-error".
+        l2: weight of the L2 weight decay sum(W^2).
+        sparsity: weight beta of the KL sparsity penalty.
+        sparsity_target: target mean activation rho.
+        contraction: weight lambda of the contractive penalty.
+        seed: integer seed of the corruption noise; noise at step t depends
+            only on (seed, t), so a resumed run sees the same noise.
+    """
+
+    def __init__(
+        self,
+        layer,
+        noise="masking",
+        corruption=0.0,
+        loss="cross-entropy",
+        l2=0.0,
+        sparsity=0.0,
+        sparsity_target=0.05,
+        contraction=0.0,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(layer, int) and not isinstance(layer, bool):
+            layer = TiedAutoEncoderLayer(layer)
+        if not isinstance(layer, TiedAutoEncoderLayer):
+            raise ValueError(
+                "`layer` must be a TiedAutoEncoderLayer or a positive int. "
+                f"Received: layer={layer!r}"
+            )
+        if noise not in NOISE_KINDS:
+            raise ValueError(f"`noise` must be one of {NOISE_KINDS}. Received: noise={noise!r}")
+        upper = float("inf") if noise == "gaussian" else 1.0
+        if not 0.0 <= corruption < upper:
+            raise ValueError(
+                f"`corruption` must be in [0, {upper}) for {noise} noise. "
+                f"Received: corruption={corruption}"
+            )
+        if loss not in losses.LOSSES:
+            raise ValueError(f"`loss` must be one of {losses.LOSSES}. Received: loss={loss!r}")
+        if loss == "cross-entropy" and layer.decoder_activation is not keras.activations.sigmoid:
+            raise ValueError(
+                "The cross-entropy loss needs a sigmoid decoder. "
+                "Use loss='squared-error' or decoder_activation='sigmoid'."
+            )
+        for name, value in (("l2", l2), ("sparsity", sparsity), ("contraction", contraction)):
+            if value < 0:
+                raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
+        if not 0.0 < sparsity_target < 1.0:
+            raise ValueError(
+                f"`sparsity_target` must be in (0, 1). Received: sparsity_target={sparsity_target}"
+            )
+        self.layer = layer
+        self.noise = noise
+        self.corruption = float(corruption)
+        self.loss_name = loss
+        self.l2 = float(l2)
+        self.sparsity = float(sparsity)
+        self.sparsity_target = float(sparsity_target)
+        self.contraction = float(contraction)
+        if seed is None:
+            seed = int(keras.random.randint((), 0, 2**31 - 1, seed=None))
+        self.seed = int(seed)
+        metric_dtype = self.dtype_policy.variable_dtype
+        self.loss_tracker = keras.metrics.Mean(name="loss", dtype=metric_dtype)
+        self.penalty_tracker = keras.metrics.Mean(name="penalty", dtype=metric_dtype)
+
+    @property
+    def has_penalty(self):
+        return bool(self.l2 or self.sparsity or self.contraction or self.layer.losses)
+
+    @property
+    def metrics(self):
+        trackers = [self.loss_tracker]
+        if self.has_penalty:
+            trackers.append(self.penalty_tracker)
+        return trackers
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+
+    def call(self, inputs):
+        return self.layer.decode(self.layer(inputs))
+
+    def encode(self, x):
+        return self.layer.encode(x)
+
+    def compile(
+        self,
+        optimizer=None,
+        jit_compile=True,
+        steps_per_execution=DEFAULT_STEPS_PER_EXECUTION,
+        **kwargs,
+    ):
+        """Like `keras.Model.compile`, defaulting to the tutorial's SGD(0.1) and to XLA."""
+        if optimizer is None:
+            optimizer = keras.optimizers.SGD(learning_rate=0.1)
+        super().compile(
+            optimizer=optimizer,
+            jit_compile=jit_compile,
+            steps_per_execution=steps_per_execution,
+            **kwargs,
+        )
+
+    def get_compile_config(self):
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        # Keras skips this for a custom compile(); do what it would do, so a
+        # loaded model comes back compiled with its optimizer (and its state).
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def costs(self, x, corrupted):
+        """(reconstruction cost, penalty) of a batch, as scalars of the variable dtype.
+
+        Under mixed precision the matmuls run in float16 and the costs in float32.
+        """
+        dtype = self.layer.variable_dtype
+        h = self.layer(corrupted)  # (batch, n_hidden); builds the layer on first use
+        logits = ops.cast(self.layer.decode_logits(h), dtype)  # (batch, n_visible)
+        x = ops.cast(x, dtype)
+        if self.loss_name == "cross-entropy":
+            per_example = losses.cross_entropy(x, logits)
+        else:
+            per_example = losses.squared_error(x, self.layer.decoder_activation(logits))
+        cost = ops.mean(per_example)
+        penalty = ops.zeros((), dtype)
+        kernel = ops.cast(self.layer.kernel, dtype)
+        h = ops.cast(h, dtype)
+        if self.l2:
+            penalty += self.l2 * losses.weight_decay(kernel)
+        if self.sparsity:
+            penalty += self.sparsity * losses.kl_sparsity(h, self.sparsity_target)
+        if self.contraction:
+            penalty += self.contraction * losses.contraction(h, kernel)
+        for extra in self.layer.losses:
+            penalty += ops.cast(extra, dtype)
+        return cost, penalty
+
+    def _noise_seed(self):
+        """Stateless seed of this step's noise: (seed, step, replica)."""
+        strategy = tf.distribute.get_strategy()
+        replica = tf.distribute.get_replica_context()
+        replica_id = 0 if replica is None else replica.replica_id_in_sync_group
+        step = ops.cast(self.optimizer.iterations, "int64")
+        offset = step * strategy.num_replicas_in_sync + ops.cast(replica_id, "int64")
+        return ops.stack([ops.convert_to_tensor(self.seed, "int64"), offset])
+
+    def _inputs(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x = ops.convert_to_tensor(x, self.compute_dtype)
+        if not self.built:
+            # fit() without a strategy scope builds nothing before tracing the step.
+            self.build(x.shape)
+        return x
+
+    def train_step(self, data):
+        x = self._inputs(data)
+        corrupted = corrupt(
+            x, self.noise, self.corruption, self._noise_seed(), jit=bool(self.jit_compile)
+        )
+        with tf.GradientTape() as tape:
+            cost, penalty = self.costs(x, corrupted)
+            # Keras sums gradients over replicas, so each replica's share is 1/n.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            objective = (cost + penalty) / replicas
+            objective = self.optimizer.scale_loss(objective)
+        gradients = tape.gradient(objective, self.trainable_weights)
+        self.optimizer.apply(gradients, self.trainable_weights)
+        return self._update_metrics(x, cost, penalty)
+
+    def test_step(self, data):
+        x = self._inputs(data)
+        cost, penalty = self.costs(x, x)
+        return self._update_metrics(x, cost, penalty)
+
+    def _update_metrics(self, x, cost, penalty):
+        batch = ops.shape(x)[0]
+        self.loss_tracker.update_state(cost, sample_weight=batch)
+        if self.has_penalty:
+            self.penalty_tracker.update_state(penalty, sample_weight=batch)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        base_config = super().get_config()
+        config = {
+            "layer": keras.saving.serialize_keras_object(self.layer),
+            "noise": self.noise,
+            "corruption": self.corruption,
+            "loss": self.loss_name,
+            "l2": self.l2,
+            "sparsity": self.sparsity,
+            "sparsity_target": self.sparsity_target,
+            "contraction": self.contraction,
+            "seed": self.seed,
+        }
+        return {**base_config, **config}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)
+

@@ -1,0 +1,194 @@
+"""AutoEncoder's train_step/test_step against the NumPy reference, noise, saving, fit."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from numpy.testing import assert_allclose
+
+import stackae
+from stackae.noise import corrupt
+from tests import reference as ref
+
+def draw(x, kind, level, seed, jit=False):
+    """corrupt() run the way the model runs it: inside an XLA program when jit."""
+    fn = tf.function(lambda: corrupt(x, kind, level, tf.constant(seed, "int64"), jit=jit), jit_compile=jit)
+    return keras.ops.convert_to_numpy(fn())
+
+
+LR = 0.125  # exact in float32, the dtype of the optimizer's learning rate
+
+
+def make_model(dtype, units=7, **kwargs):
+    layer = stackae.TiedAutoEncoderLayer(units, dtype=dtype)
+    model = stackae.AutoEncoder(layer, seed=5, dtype=dtype, **kwargs)
+    model.compile(optimizer=keras.optimizers.SGD(LR))
+    return model
+
+
+def weights(model):
+    return [keras.ops.convert_to_numpy(v).astype("float64") for v in model.layer.trainable_weights]
+
+
+def one_step_against_reference(x, dtype, rtol, **kwargs):
+    model = make_model(dtype, **kwargs)
+    model.build(x.shape)
+    W, b, bp = weights(model)
+    corruption = kwargs.get("corruption", 0.0)
+    # The noise of the first step is drawn from the stateless seed (seed, step 0).
+    x_tilde = keras.ops.convert_to_numpy(
+        draw(tf.constant(x, dtype), "masking", corruption, [5, 0], jit=True)
+    ).astype("float64")
+    x64 = x.astype("float64")
+    cost_fn = ref.cross_entropy_cost if kwargs.get("loss", "cross-entropy") == "cross-entropy" else ref.squared_error_cost
+    penalty_kwargs = {
+        "l2": kwargs.get("l2", 0.0),
+        "beta": kwargs.get("sparsity", 0.0),
+        "lam": kwargs.get("contraction", 0.0),
+    }
+    expected_cost = cost_fn(x64, x_tilde, W, b, bp)
+    expected_penalty = ref.penalty(x_tilde, W, b, **penalty_kwargs)
+    grads = ref.gradients(x64, x_tilde, W, b, bp, loss=kwargs.get("loss", "cross-entropy"), **penalty_kwargs)
+
+    history = model.fit(x, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    assert_allclose(history.history["loss"][0], expected_cost, rtol=rtol)
+    if any(penalty_kwargs.values()):
+        assert_allclose(history.history["penalty"][0], expected_penalty, rtol=rtol)
+    for got, before, g in zip(weights(model), (W, b, bp), grads):
+        assert_allclose(got, before - LR * g, rtol=rtol, atol=rtol * 1e-2)
+
+
+CASES = [
+    {},
+    {"corruption": 0.3},
+    {"loss": "squared-error"},
+    {"loss": "squared-error", "corruption": 0.2},
+    {"l2": 0.01},
+    {"sparsity": 0.5, "sparsity_target": 0.05},
+    {"contraction": 0.1},
+    {"l2": 0.001, "sparsity": 0.1, "contraction": 0.05, "corruption": 0.1},
+]
+
+
+@pytest.mark.parametrize("kwargs", CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "plain")
+def test_one_sgd_step_float64(small_x, kwargs):
+    one_step_against_reference(small_x, "float64", 1e-10, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", CASES[:3] + CASES[-1:], ids=str)
+def test_one_sgd_step_float32(small_x, kwargs):
+    one_step_against_reference(small_x, "float32", 1e-5, **kwargs)
+
+
+def test_test_step_is_clean_cost(small_x):
+    model = make_model("float64", corruption=0.5)
+    model.build(small_x.shape)
+    W, b, bp = weights(model)
+    x = small_x.astype("float64")
+    result = model.evaluate(small_x, batch_size=len(small_x), verbose=0, return_dict=True)
+    assert_allclose(result["loss"], ref.cross_entropy_cost(x, x, W, b, bp), rtol=1e-10)
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_masking_zeroes_fraction_without_rescaling(jit):
+    p = 0.3
+    x = tf.fill((400, 500), 0.7)  # 200,000 inputs
+    out = draw(x, "masking", p, [1, 2], jit=jit)
+    zeroed = np.mean(out == 0)
+    # Binomial(200000, 0.3): standard deviation ~0.001, so 0.01 is ten of them.
+    assert abs(zeroed - p) < 0.01
+    assert set(np.unique(out)) == {0.0, np.float32(0.7)}
+    again = draw(x, "masking", p, [1, 2], jit=jit)
+    assert np.array_equal(out, again)
+    other = draw(x, "masking", p, [1, 3], jit=jit)
+    assert not np.array_equal(out, other)
+
+
+def test_salt_and_pepper_and_gaussian():
+    x = tf.fill((400, 500), 0.5)
+    sp = draw(x, "salt-and-pepper", 0.2, [3, 4])
+    assert abs(np.mean(sp == 0) - 0.1) < 0.01 and abs(np.mean(sp == 1) - 0.1) < 0.01
+    assert abs(np.mean(sp == 0.5) - 0.8) < 0.01
+    g = draw(x, "gaussian", 0.1, [3, 4], jit=True)
+    assert abs(np.std(g - 0.5) - 0.1) < 0.005 and abs(np.mean(g - 0.5)) < 0.005
+
+
+def test_fit_lowers_cost_and_same_seed_reproduces(small_x):
+    x = np.tile(small_x, (4, 1))
+    results = []
+    for _ in range(2):
+        keras.utils.set_random_seed(1)
+        model = make_model("float32", corruption=0.2)
+        history = model.fit(x, batch_size=16, epochs=5, shuffle=False, verbose=0)
+        results.append((history.history["loss"], weights(model)))
+    losses = results[0][0]
+    assert losses[-1] < losses[0] - 1.0
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        assert np.array_equal(a, b)
+
+
+def _train(x, corruption, **compile_kwargs):
+    keras.utils.set_random_seed(2)
+    model = stackae.AutoEncoder(9, corruption=corruption, seed=3)
+    model.compile(optimizer=keras.optimizers.SGD(LR), **compile_kwargs)
+    history = model.fit(x, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    return history.history["loss"], weights(model)
+
+
+def test_xla_and_steps_per_execution_match_plain(small_x):
+    x = np.tile(small_x, (4, 1))
+    plain = _train(x, 0.0, jit_compile=False, steps_per_execution=1)
+    fast = _train(x, 0.0, jit_compile=True, steps_per_execution=8)
+    assert_allclose(fast[0], plain[0], rtol=1e-5)
+    for a, b in zip(fast[1], plain[1]):
+        assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # With noise, XLA draws from another RNG than plain graphs, so compare XLA with
+    # XLA: one step per call and eight steps per call see the same noise.
+    one = _train(x, 0.3, jit_compile=True, steps_per_execution=1)
+    eight = _train(x, 0.3, jit_compile=True, steps_per_execution=8)
+    assert_allclose(eight[0], one[0], rtol=1e-5)
+    for a, b in zip(eight[1], one[1]):
+        assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_save_and_load_trained_model(tmp_path, small_x):
+    model = make_model("float32", corruption=0.2, sparsity=0.1)
+    model.fit(small_x, batch_size=16, epochs=2, verbose=0)
+    path = tmp_path / "ae.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # safe mode, no custom_objects
+    assert isinstance(loaded, stackae.AutoEncoder)
+    assert loaded.corruption == 0.2 and loaded.sparsity == 0.1 and loaded.seed == 5
+    assert_allclose(
+        keras.ops.convert_to_numpy(loaded.encode(small_x)),
+        keras.ops.convert_to_numpy(model.encode(small_x)),
+        rtol=1e-6,
+    )
+    assert_allclose(loaded.predict(small_x, verbose=0), model.predict(small_x, verbose=0), rtol=1e-6)
+    # Training goes on after loading.
+    loaded.fit(small_x, batch_size=16, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"noise": "pink"}, "noise"),
+        ({"corruption": 1.0}, "corruption"),
+        ({"corruption": -0.1}, "corruption"),
+        ({"loss": "hinge"}, "loss"),
+        ({"l2": -1.0}, "l2"),
+        ({"sparsity_target": 1.5}, "sparsity_target"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        stackae.AutoEncoder(5, **kwargs)
+
+
+def test_cross_entropy_needs_sigmoid_decoder():
+    with pytest.raises(ValueError, match="sigmoid"):
+        stackae.AutoEncoder(stackae.TiedAutoEncoderLayer(5, decoder_activation="linear"))
+    stackae.AutoEncoder(
+        stackae.TiedAutoEncoderLayer(5, decoder_activation="linear"), loss="squared-error"
+    )
