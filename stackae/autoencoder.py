@@ -5,8 +5,8 @@ import tensorflow as tf
 from keras import ops
 
 from stackae import losses
-from stackae.noise import NOISE_KINDS, corrupt
 from stackae.layers import TiedAutoEncoderLayer
+from stackae.noise import NOISE_KINDS, corrupt
 
 # The fast path is the default: one XLA program per step, many steps per call
 # (per-step Python overhead dominates at the tutorial's batch of 20).
@@ -234,4 +234,3 @@ class AutoEncoder(keras.Model):
         config = dict(config)
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         return cls(**config)
-

@@ -44,9 +44,7 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
-            raise ValueError(
-                f"`units` must be a positive integer. Received: units={units!r}"
-            )
+            raise ValueError(f"`units` must be a positive integer. Received: units={units!r}")
         self.units = units
         self.activation = keras.activations.get(activation)
         self.decoder_activation = keras.activations.get(decoder_activation)
@@ -123,9 +121,7 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
             "decoder_activation": keras.activations.serialize(self.decoder_activation),
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "decoder_bias_initializer": keras.initializers.serialize(
-                self.decoder_bias_initializer
-            ),
+            "decoder_bias_initializer": keras.initializers.serialize(self.decoder_bias_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
         }

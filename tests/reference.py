@@ -27,7 +27,9 @@ def penalty(x_tilde, W, b, l2=0.0, beta=0.0, rho=0.05, lam=0.0):
     h = sigmoid(x_tilde @ W + b)
     total = l2 * np.sum(W**2)
     rho_hat = h.mean(axis=0)
-    total += beta * np.sum(rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat)))
+    total += beta * np.sum(
+        rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
+    )
     # Contractive: the Jacobian of each example, built element by element.
     jac = (h * (1 - h))[:, None, :] * W[None, :, :]  # (batch, n_visible, n_hidden)
     total += lam * np.mean(np.sum(jac**2, axis=(1, 2)))

@@ -10,9 +10,12 @@ import stackae
 from stackae.noise import corrupt
 from tests import reference as ref
 
+
 def draw(x, kind, level, seed, jit=False):
     """corrupt() run the way the model runs it: inside an XLA program when jit."""
-    fn = tf.function(lambda: corrupt(x, kind, level, tf.constant(seed, "int64"), jit=jit), jit_compile=jit)
+    fn = tf.function(
+        lambda: corrupt(x, kind, level, tf.constant(seed, "int64"), jit=jit), jit_compile=jit
+    )
     return keras.ops.convert_to_numpy(fn())
 
 
@@ -40,7 +43,11 @@ def one_step_against_reference(x, dtype, rtol, **kwargs):
         draw(tf.constant(x, dtype), "masking", corruption, [5, 0], jit=True)
     ).astype("float64")
     x64 = x.astype("float64")
-    cost_fn = ref.cross_entropy_cost if kwargs.get("loss", "cross-entropy") == "cross-entropy" else ref.squared_error_cost
+    cost_fn = (
+        ref.cross_entropy_cost
+        if kwargs.get("loss", "cross-entropy") == "cross-entropy"
+        else ref.squared_error_cost
+    )
     penalty_kwargs = {
         "l2": kwargs.get("l2", 0.0),
         "beta": kwargs.get("sparsity", 0.0),
@@ -48,7 +55,9 @@ def one_step_against_reference(x, dtype, rtol, **kwargs):
     }
     expected_cost = cost_fn(x64, x_tilde, W, b, bp)
     expected_penalty = ref.penalty(x_tilde, W, b, **penalty_kwargs)
-    grads = ref.gradients(x64, x_tilde, W, b, bp, loss=kwargs.get("loss", "cross-entropy"), **penalty_kwargs)
+    grads = ref.gradients(
+        x64, x_tilde, W, b, bp, loss=kwargs.get("loss", "cross-entropy"), **penalty_kwargs
+    )
 
     history = model.fit(x, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     assert_allclose(history.history["loss"][0], expected_cost, rtol=rtol)
@@ -70,7 +79,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kwargs", CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "plain")
+@pytest.mark.parametrize(
+    "kwargs", CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "plain"
+)
 def test_one_sgd_step_float64(small_x, kwargs):
     one_step_against_reference(small_x, "float64", 1e-10, **kwargs)
 
@@ -165,7 +176,9 @@ def test_save_and_load_trained_model(tmp_path, small_x):
         keras.ops.convert_to_numpy(model.encode(small_x)),
         rtol=1e-6,
     )
-    assert_allclose(loaded.predict(small_x, verbose=0), model.predict(small_x, verbose=0), rtol=1e-6)
+    assert_allclose(
+        loaded.predict(small_x, verbose=0), model.predict(small_x, verbose=0), rtol=1e-6
+    )
     # Training goes on after loading.
     loaded.fit(small_x, batch_size=16, epochs=1, verbose=0)
 

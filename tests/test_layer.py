@@ -12,7 +12,9 @@ from tests import reference as ref
 def test_encode_decode_match_reference(small_x):
     layer = stackae.TiedAutoEncoderLayer(7, dtype="float64")
     h = keras.ops.convert_to_numpy(layer(small_x))
-    W, b, b_prime = (keras.ops.convert_to_numpy(v) for v in (layer.kernel, layer.bias, layer.decoder_bias))
+    W, b, b_prime = (
+        keras.ops.convert_to_numpy(v) for v in (layer.kernel, layer.bias, layer.decoder_bias)
+    )
     h_ref, z_ref = ref.forward(small_x.astype("float64"), W, b, b_prime)
     assert_allclose(h, h_ref, rtol=1e-12)
     assert_allclose(keras.ops.convert_to_numpy(layer.reconstruct(small_x)), z_ref, rtol=1e-12)
@@ -74,7 +76,9 @@ def test_layer_in_functional_model_saves_and_loads(tmp_path, small_x):
     path = tmp_path / "functional.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert_allclose(loaded.predict(small_x, verbose=0), model.predict(small_x, verbose=0), rtol=1e-6)
+    assert_allclose(
+        loaded.predict(small_x, verbose=0), model.predict(small_x, verbose=0), rtol=1e-6
+    )
     assert isinstance(loaded.layers[1], stackae.TiedAutoEncoderLayer)
 
 

@@ -1,0 +1,38 @@
+"""Choosing a tf.distribute strategy by name, and who writes the run directory."""
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi-worker")
+
+
+def get_strategy(name="auto"):
+    """The tf.distribute strategy for `name`.
+
+    auto: MirroredStrategy when more than one GPU is visible, else the default
+    strategy. multi-worker: MultiWorkerMirroredStrategy from TF_CONFIG.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: {name!r}")
+    if name == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "cpu":
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
+    if name == "gpu":
+        if not tf.config.list_logical_devices("GPU"):
+            raise ValueError("strategy 'gpu' was asked for but TensorFlow sees no GPU")
+        return tf.distribute.OneDeviceStrategy("/gpu:0")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy):
+    """True where this process should write files: everywhere but non-chief workers."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    )

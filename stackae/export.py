@@ -1,0 +1,71 @@
+"""Export a pretrained Stack to plain Keras models: encoder, classifier, deep autoencoder."""
+
+import keras
+from keras import ops
+
+
+def _dense(units, activation, kernel, bias, name):
+    layer = keras.layers.Dense(units, activation=activation, name=name)
+    layer.build((None, kernel.shape[0]))
+    layer.kernel.assign(kernel)
+    layer.bias.assign(bias)
+    return layer
+
+
+def _encoder_layers(stack):
+    return [
+        _dense(
+            tied.units,
+            keras.activations.serialize(tied.activation),
+            ops.convert_to_numpy(tied.kernel),
+            ops.convert_to_numpy(tied.bias),
+            name=f"encoder_{k + 1}",
+        )
+        for k, tied in enumerate(stack.encoder_layers)
+    ]
+
+
+def _n_visible(stack):
+    return stack.encoder_layers[0].n_visible
+
+
+def encoder(stack):
+    """keras.Sequential of Dense layers holding copies of each layer's W and b."""
+    return keras.Sequential(
+        [keras.Input((_n_visible(stack),)), *_encoder_layers(stack)], name="encoder"
+    )
+
+
+def classifier(stack, n_classes, zero_init=True):
+    """The encoder with a softmax layer of `n_classes` on top, ready to fine-tune.
+
+    The softmax starts at zero like the tutorial's logistic regression
+    (`zero_init=False` uses Keras's Glorot default instead).
+    """
+    top = keras.layers.Dense(
+        n_classes,
+        activation="softmax",
+        kernel_initializer="zeros" if zero_init else "glorot_uniform",
+        name="softmax",
+    )
+    return keras.Sequential(
+        [keras.Input((_n_visible(stack),)), *_encoder_layers(stack), top], name="classifier"
+    )
+
+
+def deep_autoencoder(stack):
+    """The encoder followed by the mirrored tied decoders (W^T, decoder bias), as plain Dense."""
+    decoders = [
+        _dense(
+            tied.n_visible,
+            keras.activations.serialize(tied.decoder_activation),
+            ops.convert_to_numpy(ops.transpose(tied.kernel)),
+            ops.convert_to_numpy(tied.decoder_bias),
+            name=f"decoder_{k + 1}",
+        )
+        for k, tied in reversed(list(enumerate(stack.encoder_layers)))
+    ]
+    return keras.Sequential(
+        [keras.Input((_n_visible(stack),)), *_encoder_layers(stack), *decoders],
+        name="deep_autoencoder",
+    )

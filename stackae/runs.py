@@ -1,0 +1,222 @@
+"""The run directory: manifest, atomic checkpoints, and what is needed to resume."""
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import keras
+
+MANIFEST = "manifest.json"
+STACK = "stack.keras"
+ENCODER = "encoder.keras"
+CLASSIFIER = "classifier.keras"
+HISTORY = "history.csv"
+FORMAT = 1  # bumped when a later version cannot read what this one writes
+
+
+class RunError(Exception):
+    """A run directory that cannot be used; str() is one line naming the problem."""
+
+
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write, suffix=""):
+    """Call write(tmp_path), fsync it, then rename it over `path`.
+
+    A crash (or a full disk) at any moment leaves either the old file or the
+    new one, never half of one. `suffix` keeps extensions Keras insists on.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path, text):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
+
+
+def save_model(model, path):
+    return atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+
+
+def save_weights(model, path):
+    return atomic_write(path, lambda tmp: model.save_weights(tmp), suffix=".weights.h5")
+
+
+def load_model(path):
+    """keras.saving.load_model in safe mode, with a one-line RunError on a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: file not found")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as err:  # Keras raises many kinds for a damaged archive
+        raise RunError(f"{path}: not a readable Keras model ({_first_line(err)})") from None
+
+
+def load_weights(model, path):
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: checkpoint not found")
+    try:
+        model.load_weights(path)
+    except Exception as err:
+        raise RunError(f"{path}: damaged checkpoint ({_first_line(err)})") from None
+
+
+def _first_line(err):
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+
+
+def versions():
+    import numpy
+    import tensorflow as tf
+
+    from stackae import __version__
+
+    return {
+        "stackae": __version__,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class Run:
+    """A run directory and its manifest.json; every write to it is atomic."""
+
+    def __init__(self, path, manifest):
+        self.path = Path(path)
+        self.manifest = manifest
+
+    @classmethod
+    def create(cls, path, manifest, overwrite=False):
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path}: exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            if not overwrite:
+                raise RunError(
+                    f"{path}: directory exists and is not empty; "
+                    "use --resume to continue it or --overwrite to replace it"
+                )
+            if not (path / MANIFEST).is_file():
+                raise RunError(f"{path}: not a stackae run directory; refusing to overwrite it")
+            for child in path.iterdir():
+                _remove(child)
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path, {"format": FORMAT, "tool": "stackae", "created": now(), **manifest})
+        run.save()
+        return run
+
+    @classmethod
+    def open(cls, path):
+        path = Path(path)
+        if not path.is_dir():
+            raise RunError(f"{path}: no such run directory")
+        file = path / MANIFEST
+        if not file.is_file():
+            raise RunError(f"{path}: not a stackae run directory (no {MANIFEST})")
+        try:
+            manifest = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RunError(f"{file}: unreadable manifest ({_first_line(err)})") from None
+        validate_manifest(manifest, file)
+        return cls(path, manifest)
+
+    def save(self):
+        atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+
+    def file(self, name):
+        return self.path / name
+
+    @property
+    def layers(self):
+        return self.manifest["layers"]
+
+    def layer_checkpoint(self, k, epoch):
+        return self.path / f"layer_{k + 1}_epoch_{epoch}.weights.h5"
+
+
+def _remove(child):
+    if child.is_dir():
+        for sub in child.iterdir():
+            _remove(sub)
+        child.rmdir()
+    else:
+        child.unlink()
+
+
+def _check(condition, file, what):
+    if not condition:
+        raise RunError(f"{file}: bad manifest: {what}")
+
+
+def validate_manifest(manifest, file="manifest.json"):
+    """Refuse (RunError) anything that is not a manifest this version can read."""
+    _check(isinstance(manifest, dict), file, "not a JSON object")
+    _check(manifest.get("tool") == "stackae", file, "not written by stackae")
+    fmt = manifest.get("format")
+    _check(isinstance(fmt, int) and not isinstance(fmt, bool), file, "no format number")
+    if fmt > FORMAT:
+        raise RunError(
+            f"{file}: run format {fmt} comes from a newer stackae; this one reads up to {FORMAT}"
+        )
+    config = manifest.get("config")
+    _check(isinstance(config, dict), file, "no config")
+    specs = config.get("specs")
+    _check(isinstance(specs, list) and specs, file, "no layer specs")
+    _check(all(isinstance(s, dict) for s in specs), file, "layer specs are not objects")
+    _check(isinstance(config.get("seed"), int), file, "seed is not an integer")
+    layers = manifest.get("layers")
+    _check(
+        isinstance(layers, list) and len(layers) == len(specs), file, "layers do not match specs"
+    )
+    for k, layer in enumerate(layers):
+        _check(isinstance(layer, dict), file, f"layer {k + 1} is not an object")
+        done = layer.get("epochs_done")
+        _check(
+            isinstance(done, int) and 0 <= done <= _int(specs[k].get("epochs")),
+            file,
+            f"layer {k + 1} epochs_done is not a number of epochs",
+        )
+        _check(isinstance(layer.get("finished"), bool), file, f"layer {k + 1} finished flag")
+        _check(isinstance(layer.get("history"), dict), file, f"layer {k + 1} history")
+    data = manifest.get("data")
+    _check(
+        isinstance(data, dict) and isinstance(data.get("n_features"), int), file, "no data width"
+    )
+
+
+def _int(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
