@@ -1,0 +1,51 @@
+"""Smoke test of examples/mnist_da.py on a small random npz in Keras's MNIST layout."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+def test_mnist_da_runs_and_writes_filters(tmp_path):
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "mnist.npz"
+    np.savez(
+        npz,
+        x_train=rng.integers(0, 256, (2500, 28, 28), dtype="uint8"),
+        y_train=rng.integers(0, 10, 2500, dtype="uint8"),
+        x_test=rng.integers(0, 256, (100, 28, 28), dtype="uint8"),
+        y_test=rng.integers(0, 10, 100, dtype="uint8"),
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(EXAMPLES, "mnist_da.py"),
+            str(npz),
+            "--epochs",
+            "1",
+            "--limit",
+            "2000",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4, result.stdout
+    assert re.fullmatch(r"Training epoch 0, cost \d+\.\d+", lines[0])
+    assert re.fullmatch(r"The no corruption code ran for \d+\.\d\dm", lines[1])
+    assert re.fullmatch(r"Training epoch 0, cost \d+\.\d+", lines[2])
+    assert re.fullmatch(r"The 30% corruption code ran for \d+\.\d\dm", lines[3])
+    for name in ("filters_corruption_0.png", "filters_corruption_30.png"):
+        with Image.open(out / name) as image:
+            assert image.size == (289, 289)
