@@ -69,17 +69,23 @@ class EpochCheckpoint(keras.callbacks.Callback):
             return
         entry = self.run.layers[self.k]
         previous = entry.get("checkpoint")
-        path = self.run.layer_checkpoint(self.k, epoch + 1)
-        runs.save_weights(self.model, path)
+        name = self.run.layer_checkpoint(self.k, epoch + 1)
+        # A new name each epoch: the file is recorded together with the epoch count.
+        runs.atomic_write(
+            self.run.file(name), lambda tmp: self.model.save_weights(tmp), suffix=".weights.h5"
+        )
+        self.run.files[name] = runs.sha256(self.run.file(name))
         entry["epochs_done"] = epoch + 1
-        entry["checkpoint"] = path.name
+        entry["checkpoint"] = name
         entry["seconds"] = round(entry.get("seconds", 0.0) + time.perf_counter() - self.started, 3)
-        for name, value in logs.items():
-            entry["history"].setdefault(name, []).append(float(value))
+        for key, value in logs.items():
+            entry["history"].setdefault(key, []).append(float(value))
+        if previous and previous != name:
+            self.run.files.pop(previous, None)
         self.run.save()
-        write_history_csv(self.run)
-        if previous and previous != path.name:
+        if previous and previous != name:
             self.run.file(previous).unlink(missing_ok=True)
+        write_history_csv(self.run)
 
 
 class LayerBanner(keras.callbacks.Callback):
@@ -130,12 +136,12 @@ def new_run(out, data, specs, *, seed, overwrite=False, data_options=None, write
     if not write:
         return Run(out, manifest), stack
     run = Run.create(out, manifest, overwrite=overwrite)
-    runs.save_model(stack, run.file(runs.STACK))
+    run.save_model(stack, runs.STACK)
     return run, stack
 
 
 def load_stack(run):
-    stack = runs.load_model(run.file(runs.STACK))
+    stack = run.load_model(runs.STACK)
     if not isinstance(stack, Stack):
         raise RunError(f"{run.file(runs.STACK)}: not a stackae stack")
     if [s.units for s in stack.specs] != [layer["units"] for layer in run.layers]:
@@ -147,15 +153,15 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, write=T
     """Pretrain every unfinished layer of the run's stack, checkpointing each epoch."""
     check_width(data.train.x, run.manifest["data"]["n_features"], "training data")
     start = next((k for k, layer in enumerate(run.layers) if not layer["finished"]), None)
-    if start is None:
-        return run
     resume_from = None
-    entry = run.layers[start]
-    if entry["epochs_done"]:
-        checkpoint = entry.get("checkpoint")
-        if not isinstance(checkpoint, str) or not run.file(checkpoint).is_file():
+    if start is not None and run.layers[start]["epochs_done"]:
+        checkpoint = run.layers[start].get("checkpoint")
+        if not isinstance(checkpoint, str) or checkpoint not in run.files:
             raise RunError(f"{run.path}: layer {start + 1} checkpoint is missing")
-        resume_from = (entry["epochs_done"], run.file(checkpoint))
+        resume_from = (run.layers[start]["epochs_done"], run.file(checkpoint))
+        _check_resume_weights(stack, start, resume_from[1])
+    if write:
+        run.remove_stray_checkpoints()
 
     def callbacks(k):
         spec = stack.specs[k]
@@ -171,29 +177,27 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, write=T
     def on_layer_end(k, autoencoder, history):
         if not write:
             return
-        runs.save_model(stack, run.file(runs.STACK))
+        run.save_model(stack, runs.STACK)
         entry = run.layers[k]
         entry["finished"] = True
         checkpoint = entry.pop("checkpoint", None)
         run.save()
         if checkpoint:
-            run.file(checkpoint).unlink(missing_ok=True)
+            run.forget(checkpoint)
 
-    valid = data.valid.x if data.valid is not None else None
-    if resume_from is not None:
-        _check_resume_weights(stack, start, resume_from[1])
-    pretrain(
-        stack,
-        data.train.x,
-        valid,
-        callbacks=callbacks,
-        verbose=verbose,
-        start_layer=start,
-        resume_from=resume_from,
-        on_layer_end=on_layer_end,
-    )
-    if write:
-        runs.save_model(export.encoder(stack), run.file(runs.ENCODER))
+    if start is not None:
+        pretrain(
+            stack,
+            data.train.x,
+            data.valid.x if data.valid is not None else None,
+            callbacks=callbacks,
+            verbose=verbose,
+            start_layer=start,
+            resume_from=resume_from,
+            on_layer_end=on_layer_end,
+        )
+    if write and run.manifest["status"] == "pretraining":
+        run.save_model(export.encoder(stack), runs.ENCODER)
         run.manifest["status"] = "pretrained"
         run.save()
     return run
@@ -268,6 +272,7 @@ def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, verbose="auto"):
     train = labelled(data.train, "training data", n_classes)
     check_batch(len(train[0]), spec.batch_size, "training data")
     valid = labelled(data.valid, "validation data", n_classes) if data.valid is not None else None
+    keras.utils.set_random_seed(run.manifest["config"]["seed"])  # the same batches every time
     model = export.classifier(stack, n_classes)
     started = time.perf_counter()
     history = finetune(model, train, valid, spec, verbose=verbose)
@@ -283,7 +288,7 @@ def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, verbose="auto"):
     }
     if data.test is not None and data.test.y is not None:
         result["test_error"] = error_rate(model, *labelled(data.test, "test data", n_classes))
-    runs.save_model(model, run.file(runs.CLASSIFIER))
+    run.save_model(model, runs.CLASSIFIER)
     run.manifest["finetune"] = result
     run.manifest["status"] = "finetuned"
     run.save()
@@ -303,7 +308,7 @@ def evaluate_run(run, data):
         cost = autoencoder.evaluate(codes, verbose=0, return_dict=True)["loss"]
         result["reconstruction"].append(float(cost))
     if run.file(runs.CLASSIFIER).is_file() and split.y is not None:
-        model = runs.load_model(run.file(runs.CLASSIFIER))
+        model = run.load_model(runs.CLASSIFIER)
         n_classes = model.output_shape[-1]
         x, y = labelled(split, "evaluation data", n_classes)
         result["error"] = error_rate(model, x, y)

@@ -1,6 +1,7 @@
 """The run directory: manifest, atomic checkpoints, and what is needed to resume."""
 
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -57,14 +58,6 @@ def atomic_write_text(path, text):
             f.write(text)
 
     return atomic_write(path, write)
-
-
-def save_model(model, path):
-    return atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
-
-
-def save_weights(model, path):
-    return atomic_write(path, lambda tmp: model.save_weights(tmp), suffix=".weights.h5")
 
 
 def load_model(path):
@@ -152,7 +145,9 @@ class Run:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise RunError(f"{file}: unreadable manifest ({_first_line(err)})") from None
         validate_manifest(manifest, file)
-        return cls(path, manifest)
+        run = cls(path, manifest)
+        run.verify()
+        return run
 
     def save(self):
         atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
@@ -161,11 +156,71 @@ class Run:
         return self.path / name
 
     @property
+    def files(self):
+        """{file name: sha256} of every file the manifest vouches for."""
+        return self.manifest.setdefault("files", {})
+
+    def write(self, name, writer, suffix=""):
+        """Write file `name` atomically and record its checksum in the manifest.
+
+        An existing recorded file is first dropped from the manifest, so a crash
+        between the write and the manifest update never leaves a checksum that
+        disagrees with an intact file.
+        """
+        if self.files.pop(name, None) is not None:
+            self.save()
+        atomic_write(self.file(name), writer, suffix=suffix)
+        self.files[name] = sha256(self.file(name))
+        self.save()
+        return self.file(name)
+
+    def save_model(self, model, name):
+        return self.write(name, lambda tmp: model.save(tmp), suffix=".keras")
+
+    def save_weights(self, model, name):
+        return self.write(name, lambda tmp: model.save_weights(tmp), suffix=".weights.h5")
+
+    def forget(self, name):
+        """Drop a file from the manifest, then from the disk."""
+        if self.files.pop(name, None) is not None:
+            self.save()
+        self.file(name).unlink(missing_ok=True)
+
+    def verify(self):
+        """RunError if a file the manifest vouches for is missing or changed."""
+        for name, digest in self.files.items():
+            path = self.file(name)
+            if not path.is_file():
+                raise RunError(f"{path}: missing (the manifest lists it)")
+            if sha256(path) != digest:
+                raise RunError(f"{path}: damaged (its checksum differs from {MANIFEST})")
+
+    def load_model(self, name):
+        return load_model(self.file(name))
+
+    def load_weights(self, model, name):
+        return load_weights(model, self.file(name))
+
+    @property
     def layers(self):
         return self.manifest["layers"]
 
     def layer_checkpoint(self, k, epoch):
-        return self.path / f"layer_{k + 1}_epoch_{epoch}.weights.h5"
+        return f"layer_{k + 1}_epoch_{epoch}.weights.h5"
+
+    def remove_stray_checkpoints(self):
+        """Checkpoints a killed run wrote but never recorded."""
+        for path in self.path.glob("layer_*_epoch_*.weights.h5"):
+            if path.name not in self.files:
+                path.unlink()
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _remove(child):
