@@ -1,5 +1,7 @@
 """AutoEncoder: a keras.Model that trains one TiedAutoEncoderLayer as a denoising autoencoder."""
 
+import math
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -126,12 +128,33 @@ class AutoEncoder(keras.Model):
         """Like `keras.Model.compile`, defaulting to the tutorial's SGD(0.1) and to XLA."""
         if optimizer is None:
             optimizer = keras.optimizers.SGD(learning_rate=0.1)
+        self._requested_steps_per_execution = steps_per_execution
         super().compile(
             optimizer=optimizer,
             jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
             **kwargs,
         )
+
+    def fit(self, *args, **kwargs):
+        """Like `keras.Model.fit`; steps per call adapt so that each call stays in one epoch."""
+        self._fit_steps_per_execution(kwargs.get("steps_per_epoch"))
+        return super().fit(*args, **kwargs)
+
+    def _fit_steps_per_execution(self, steps_per_epoch):
+        # Keras 3.15 runs whole calls of steps_per_execution steps; when that does not
+        # divide a given steps_per_epoch, each epoch runs extra steps on the next
+        # epoch's batches (its costs and boundaries shift, the last epoch runs out
+        # of data). So run a divisor of the epoch, the one nearest the compiled value.
+        requested = getattr(self, "_requested_steps_per_execution", self.steps_per_execution)
+        chosen = requested
+        if steps_per_epoch and requested > 1:
+            chosen = min(
+                _divisors(int(steps_per_epoch)), key=lambda d: abs(math.log(d / requested))
+            )
+        if chosen != self.steps_per_execution:
+            self.steps_per_execution = chosen
+            self.train_function = None  # traced with the old number of steps
 
     def get_compile_config(self):
         return super().get_compile_config()
@@ -234,3 +257,9 @@ class AutoEncoder(keras.Model):
         config = dict(config)
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         return cls(**config)
+
+
+def _divisors(n):
+    """The divisors of n >= 1, ascending."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))

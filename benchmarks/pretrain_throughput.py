@@ -1,0 +1,280 @@
+"""Pretraining throughput of one dA layer against the machine's matmul floor and a naive fit."""
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+from stackae.data import DataError, load, training_dataset  # noqa: E402
+from stackae.stack import Stack, layer_specs, pretrain  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
+ROWS = 50_000
+N_VISIBLE = 784
+LEARNING_RATE = 0.1
+SEED = 123
+MATMULS = 5  # x~W, hW^T and three for the gradients of the tied W
+COST_RTOL = 1e-3
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default=DEFAULT_DATA, help="MNIST .npz in Keras's layout.")
+    parser.add_argument("--epochs", type=int, default=3, help="Epochs per configuration (>= 2).")
+    parser.add_argument("--gpu", action="store_true", help="Run on the first GPU, not the CPU.")
+    parser.add_argument("--quick", action="store_true", help="A reduced run (< 1 minute).")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2: the first epoch includes compilation")
+    return args
+
+
+def load_rows(path, rows):
+    """The first `rows` MNIST training rows, float32 in [0, 1]; mnist-sample tiled if absent."""
+    try:
+        x = load(path, valid_size=10_000).train.x
+        origin = path
+    except DataError as err:
+        print(f"# {err}; using mnist-sample tiled", file=sys.stderr)
+        x = load("mnist-sample", valid_size=0).train.x
+        origin = "mnist-sample (tiled)"
+    x = np.asarray(x, dtype="float32")
+    x = np.tile(x, (-(-rows // len(x)), 1))[:rows]
+    return np.ascontiguousarray(x), origin
+
+
+def flops_per_epoch(steps, batch, n_hidden):
+    return MATMULS * 2.0 * batch * N_VISIBLE * n_hidden * steps
+
+
+def peak_rss_mib():
+    # ru_maxrss is in KiB on Linux and only grows: the peak of the whole run so far.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch of fit()."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def steady(times):
+    """Median epoch time after the first (which includes tracing and compilation)."""
+    return statistics.median(times[1:])
+
+
+def floor_seconds(rows, batch, n_hidden, repeats=3):
+    """Seconds per epoch of only the five matmuls of each step, looped inside one XLA program."""
+    steps = rows // batch
+    rng = np.random.default_rng(0)
+    data = tf.constant(rng.random((steps * batch, N_VISIBLE), dtype="float32"))
+    kernel = tf.constant(rng.uniform(-0.1, 0.1, (N_VISIBLE, n_hidden)).astype("float32"))
+
+    @tf.function(jit_compile=True)
+    def epoch(data, kernel):
+        def body(i, w):
+            x = tf.slice(data, [i * batch, 0], [batch, N_VISIBLE])  # (batch, n_visible)
+            h = tf.matmul(x, w)  # (batch, n_hidden)
+            z = tf.matmul(h, w, transpose_b=True)  # (batch, n_visible)
+            dh = tf.matmul(z, w)  # (batch, n_hidden)
+            grad = tf.matmul(x, dh, transpose_a=True) + tf.matmul(z, h, transpose_a=True)
+            # The update carries w to the next step, so XLA cannot hoist or drop any matmul.
+            return i + 1, w - 1e-9 * grad
+
+        return tf.while_loop(lambda i, w: i < steps, body, (tf.constant(0), kernel))[1]
+
+    epoch(data, kernel).numpy()  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        epoch(data, kernel).numpy()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_stackae(x, n_hidden, batch, corruption, epochs):
+    """Epoch times, costs and initial weights of `stackae.stack.pretrain` with its defaults."""
+    keras.utils.set_random_seed(SEED)
+    specs = layer_specs(
+        (n_hidden,),
+        corruption=corruption,
+        batch_size=batch,
+        epochs=epochs,
+        learning_rate=LEARNING_RATE,
+    )
+    stack = Stack(specs, seed=SEED)
+    stack.build((None, x.shape[1]))
+    initial = [v.numpy() for v in stack.encoder_layers[0].weights]
+    timer = EpochTimer()
+    history = pretrain(stack, x, callbacks=lambda k: [timer], verbose=0)[0]
+    return timer.times, history.history["loss"], initial
+
+
+class NaiveTiedAutoEncoder(keras.Model):
+    """The same tied model as a typical user would write it: logits out, loss in compile()."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        n_in = input_shape[-1]
+        self.w = self.add_weight(shape=(n_in, self.units), name="kernel")
+        self.b = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+        self.b_prime = self.add_weight(shape=(n_in,), initializer="zeros", name="decoder_bias")
+
+    def call(self, x):
+        h = ops.sigmoid(ops.matmul(x, self.w) + self.b)
+        return ops.matmul(h, ops.transpose(self.w)) + self.b_prime
+
+
+def summed_cross_entropy(y_true, logits):
+    return ops.sum(ops.softplus(logits) - y_true * logits, axis=-1)
+
+
+def run_naive(x, n_hidden, batch, epochs, initial):
+    model = NaiveTiedAutoEncoder(n_hidden)
+    model.build((None, x.shape[1]))
+    model.set_weights(initial)
+    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=summed_cross_entropy)
+    timer = EpochTimer()
+    history = model.fit(
+        x, x, batch_size=batch, epochs=epochs, shuffle=False, callbacks=[timer], verbose=0
+    )
+    return timer.times, history.history["loss"]
+
+
+def epoch_zero_order(x, batch):
+    """The rows of pretrain's first epoch (layer 0) in the order it visits them."""
+    ds = training_dataset(x, batch, seed=SEED, epochs=1)
+    return np.concatenate([b.numpy() for b in ds])
+
+
+class Table:
+    """Rows of the results table, printed as they come so a long run shows progress."""
+
+    HEADER = (
+        f"{'configuration':<34} {'s/epoch':>8} {'samples/s':>10} {'GFLOP/s':>8} "
+        f"{'/floor':>7} {'/naive':>7} {'RSS MiB':>8}"
+    )
+
+    def __init__(self):
+        self.lines = [self.HEADER, "-" * len(self.HEADER)]
+        print(self.HEADER, flush=True)
+
+    def add(self, name, seconds, rows, batch, n_hidden, floor=None, naive=None):
+        steps = rows // batch
+        gflops = flops_per_epoch(steps, batch, n_hidden) / seconds / 1e9
+        ratio_floor = f"{seconds / floor:7.2f}" if floor else f"{'':>7}"
+        ratio_naive = f"{naive / seconds:6.2f}x" if naive else f"{'':>7}"
+        line = (
+            f"{name:<34} {seconds:8.3f} {steps * batch / seconds:10.0f} {gflops:8.1f} "
+            f"{ratio_floor} {ratio_naive} {peak_rss_mib():8.0f}"
+        )
+        self.lines.append(line)
+        print(line, flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.gpu:
+        if not tf.config.list_physical_devices("GPU"):
+            sys.exit("--gpu: TensorFlow sees no GPU")
+        device = "/GPU:0"
+    else:
+        # Hide any GPU, so Keras's defaults are the ones a CPU-only user gets.
+        tf.config.set_visible_devices([], "GPU")
+        device = "/CPU:0"
+    rows = 5_000 if args.quick else ROWS
+    epochs = 2 if args.quick else args.epochs
+    batches = (20, 256)
+    corruptions = (0.0, 0.3)
+    scale_rows = (2_000, 5_000) if args.quick else (10_000, 25_000, 50_000)
+    scale_hidden = (250, 500) if args.quick else (250, 500, 1000)
+
+    x, origin = load_rows(args.data, rows)
+    versions = f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    print(f"# {device}, {os.cpu_count()} cores, {versions}")
+    print(f"# data: {origin}, {len(x)} rows; {epochs} epochs per run, median of epochs 2..")
+    print("# ratios: /floor = s/epoch over the floor's; /naive = naive s/epoch over this one's")
+    failures = []
+    with tf.device(device):
+        floors = {b: floor_seconds(rows, b, 500) for b in batches}
+        table = Table()
+        naive = {}
+        for batch in batches:
+            table.add(f"floor (5 matmuls, in-graph) b={batch}", floors[batch], rows, batch, 500)
+            times, costs, initial = run_stackae(x, 500, batch, 0.0, epochs)
+            n_times, n_costs = run_naive(epoch_zero_order(x, batch), 500, batch, epochs, initial)
+            naive[batch] = steady(n_times)
+            table.add(f"naive model.fit b={batch}", naive[batch], rows, batch, 500, floors[batch])
+            table.add(
+                f"stackae b={batch} corruption=0",
+                steady(times),
+                rows,
+                batch,
+                500,
+                floors[batch],
+                naive[batch],
+            )
+            relative = abs(costs[0] - n_costs[0]) / abs(n_costs[0])
+            verdict = "PASS" if relative <= COST_RTOL else "FAIL"
+            if verdict == "FAIL":
+                failures.append(batch)
+            table.lines.append(
+                f"  epoch-1 cost b={batch}: stackae {costs[0]:.6f}, naive {n_costs[0]:.6f}, "
+                f"relative difference {relative:.1e} (<= {COST_RTOL:g}): {verdict}"
+            )
+            print(table.lines[-1], flush=True)
+            for corruption in corruptions[1:]:
+                times, _, _ = run_stackae(x, 500, batch, corruption, epochs)
+                table.add(
+                    f"stackae b={batch} corruption={corruption}",
+                    steady(times),
+                    rows,
+                    batch,
+                    500,
+                    floors[batch],
+                    naive[batch],
+                )
+
+        table.lines.append("scaling (stackae, b=20, corruption 0):")
+        print(table.lines[-1])
+        for n in scale_rows:
+            seconds = steady(run_stackae(x[:n], 500, 20, 0.0, epochs)[0])
+            table.add(f"  rows={n} hidden=500", seconds, n, 20, 500, floor_seconds(n, 20, 500))
+        for units in scale_hidden:
+            seconds = steady(run_stackae(x, units, 20, 0.0, epochs)[0])
+            table.add(
+                f"  rows={rows} hidden={units}",
+                seconds,
+                rows,
+                20,
+                units,
+                floor_seconds(rows, 20, units),
+            )
+    print()
+    print("\n".join(table.lines))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
