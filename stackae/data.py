@@ -757,14 +757,28 @@ def steps_per_epoch(n_rows, batch_size):
     return n_rows // batch_size
 
 
-def training_dataset(x, batch_size, *, seed, epochs, first_epoch=0, shuffle=True):
-    """Float32 batches (batch_size, n_features) of epochs first_epoch..epochs-1, back to back.
+class EpochOrder(keras.callbacks.Callback):
+    """Tells a `training_dataset` which epoch Keras starts, so it serves that epoch's order."""
 
-    Epoch e is the permutation drawn from the stateless seed (seed, e) alone, so a
-    run resumed at epoch e sees the order an uninterrupted run saw; rows within a
-    batch are in file order. The last partial batch of each epoch is dropped.
-    Consume it with `fit(ds, epochs=epochs, initial_epoch=first_epoch,
-    steps_per_epoch=steps_per_epoch(len(x), batch_size))`.
+    def __init__(self, epoch=0):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+def training_dataset(x, batch_size, *, seed, shuffle=True):
+    """One epoch of float32 batches (batch_size, n_features), and its EpochOrder callback.
+
+    Pass both to fit: `fit(ds, epochs=..., initial_epoch=..., callbacks=[order])`.
+    Keras iterates the dataset afresh each epoch; epoch e is served in the
+    permutation drawn from the stateless seed (seed, e) alone, so a run resumed
+    at epoch e sees the order an uninterrupted run saw. Each epoch is a finite
+    dataset (not one long stream cut by steps_per_epoch) because Keras runs
+    `steps_per_execution` steps per call and would otherwise eat into the next
+    epoch. Rows within a batch are in file order; the last partial batch of each
+    epoch is dropped, as the tutorial's n // batch_size batches.
     """
     if np.ndim(x) != 2:
         raise DataError(f"training data must be 2-d (rows, features), found shape {np.shape(x)}")
@@ -774,18 +788,23 @@ def training_dataset(x, batch_size, *, seed, epochs, first_epoch=0, shuffle=True
     check_batch(n, batch_size, "training data")
     steps = steps_per_epoch(n, batch_size)
     seed = tf.constant(int(seed), tf.int64)
+    order = EpochOrder()
 
     def epoch_batches(epoch):
-        order = tf.range(n, dtype=tf.int64)
+        rows = tf.range(n, dtype=tf.int64)
         if shuffle:
-            order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([seed, epoch]))
+            rows = tf.random.experimental.stateless_shuffle(rows, seed=tf.stack([seed, epoch]))
         # Sorted within a batch: the batch is the same set, and a memmap reads it in order.
-        order = tf.sort(tf.reshape(order[: steps * batch_size], [steps, batch_size]), axis=1)
-        return tf.data.Dataset.from_tensor_slices(order)
+        rows = tf.sort(tf.reshape(rows[: steps * batch_size], [steps, batch_size]), axis=1)
+        return tf.data.Dataset.from_tensor_slices(rows)
 
-    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
+    # The epoch number is read from the callback each time Keras starts iterating.
+    epoch = tf.data.Dataset.from_generator(
+        lambda: iter([order.epoch]), output_signature=tf.TensorSpec((), tf.int64)
+    )
+    ds = epoch.flat_map(epoch_batches).apply(tf.data.experimental.assert_cardinality(steps))
     ds = ds.map(_row_getter(x), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _with_options(ds)
+    return _with_options(ds), order
 
 
 def batches(x, batch_size):

@@ -54,8 +54,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingDiverged(
-                f"layer {self.k + 1}, epoch {self.epoch + 1}, step {batch + 1}: the cost became "
-                f"{float(loss)}; lower the learning rate. The last good checkpoint is kept."
+                f"layer {self.k + 1}, epoch {self.epoch + 1}: the cost became {float(loss)} "
+                f"by step {batch + 1}; lower the learning rate. The last good checkpoint is kept."
             )
 
     def on_epoch_end(self, epoch, logs=None):

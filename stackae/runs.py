@@ -251,7 +251,6 @@ def validate_manifest(manifest, file="manifest.json"):
     _check(isinstance(config, dict), file, "no config")
     specs = config.get("specs")
     _check(isinstance(specs, list) and specs, file, "no layer specs")
-    _check(all(isinstance(s, dict) for s in specs), file, "layer specs are not objects")
     _check(isinstance(config.get("seed"), int), file, "seed is not an integer")
     layers = manifest.get("layers")
     _check(
@@ -259,6 +258,7 @@ def validate_manifest(manifest, file="manifest.json"):
     )
     for k, layer in enumerate(layers):
         _check(isinstance(layer, dict), file, f"layer {k + 1} is not an object")
+        _check_spec(specs[k], layer, k, file)
         done = layer.get("epochs_done")
         _check(
             isinstance(done, int) and 0 <= done <= _int(specs[k].get("epochs")),
@@ -266,11 +266,50 @@ def validate_manifest(manifest, file="manifest.json"):
             f"layer {k + 1} epochs_done is not a number of epochs",
         )
         _check(isinstance(layer.get("finished"), bool), file, f"layer {k + 1} finished flag")
-        _check(isinstance(layer.get("history"), dict), file, f"layer {k + 1} history")
     data = manifest.get("data")
     _check(
         isinstance(data, dict) and isinstance(data.get("n_features"), int), file, "no data width"
     )
+    _check(isinstance(data.get("name"), str), file, "no data name")
+    _check(isinstance(data.get("options", {}), dict), file, "data options")
+    _check(isinstance(manifest.get("status"), str), file, "no status")
+    files = manifest.get("files", {})
+    _check(
+        isinstance(files, dict)
+        and all(isinstance(v, str) and _plain_name(k) for k, v in files.items()),
+        file,
+        "file list",
+    )
+
+
+def _plain_name(name):
+    """A file name inside the run directory, never a path out of it."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+    )
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_spec(spec, layer, k, file):
+    _check(isinstance(spec, dict), file, f"layer {k + 1} spec is not an object")
+    units = spec.get("units")
+    _check(_int(units) > 0 and layer.get("units") == units, file, f"layer {k + 1} units")
+    _check(_int(spec.get("epochs")) >= 1, file, f"layer {k + 1} epochs")
+    _check(_number(spec.get("corruption")), file, f"layer {k + 1} corruption")
+    history = layer.get("history")
+    _check(
+        isinstance(history, dict)
+        and all(isinstance(v, list) and all(map(_number, v)) for v in history.values()),
+        file,
+        f"layer {k + 1} history",
+    )
+    _check(_number(layer.get("seconds", 0.0)), file, f"layer {k + 1} seconds")
 
 
 def _int(value):

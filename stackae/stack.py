@@ -146,13 +146,7 @@ def pretrain(
             autoencoder.build((None, inputs.shape[-1]))
             autoencoder.optimizer.build(autoencoder.trainable_variables)
             autoencoder.load_weights(weights_path)
-        train = training_dataset(
-            inputs,
-            spec.batch_size,
-            seed=stack.seed + k,
-            epochs=spec.epochs,
-            first_epoch=first_epoch,
-        )
+        train, order = training_dataset(inputs, spec.batch_size, seed=stack.seed + k)
         validation = None
         if valid is not None:
             validation = batches(stack.codes(valid, k), spec.batch_size)
@@ -160,9 +154,8 @@ def pretrain(
             train,
             epochs=spec.epochs,
             initial_epoch=first_epoch,
-            steps_per_epoch=len(inputs) // spec.batch_size,
             validation_data=validation,
-            callbacks=callbacks(k) if callbacks else None,
+            callbacks=[order, *(callbacks(k) if callbacks else [])],
             verbose=verbose,
             shuffle=False,  # the dataset is already in each epoch's order
         )

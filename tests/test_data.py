@@ -387,58 +387,68 @@ def take(ds):
 X = np.arange(23 * 3, dtype=np.float32).reshape(23, 3) / 100
 
 
+def epochs_of(x, batch_size, seed, epochs, shuffle=True):
+    """The batches a training_dataset serves for each epoch in `epochs`, as Keras would ask."""
+    ds, order = data.training_dataset(x, batch_size, seed=seed, shuffle=shuffle)
+    out = []
+    for e in epochs:
+        order.on_epoch_begin(e)
+        out.extend(take(ds))
+    return out
+
+
 def test_each_epoch_is_a_permutation_of_full_batches():
-    out = take(data.training_dataset(X, 5, seed=3, epochs=3))
+    out = epochs_of(X, 5, 3, range(3))
     assert len(out) == 3 * 4 and all(b.shape == (5, 3) and b.dtype == np.float32 for b in out)
     epochs = [sorted(sum(rows_of(out[e * 4 : (e + 1) * 4], X), [])) for e in range(3)]
     for rows in epochs:
         assert len(set(rows)) == 20  # 23 // 5 batches, no row twice
     orders = [sum(rows_of(out[e * 4 : (e + 1) * 4], X), []) for e in range(3)]
     assert orders[0] != orders[1]
-    assert take(data.training_dataset(X, 5, seed=4, epochs=1))[0].tolist() != out[0].tolist()
+    assert epochs_of(X, 5, 4, [0])[0].tolist() != out[0].tolist()
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():
-    full = take(data.training_dataset(X, 5, seed=9, epochs=4))
-    resumed = take(data.training_dataset(X, 5, seed=9, epochs=4, first_epoch=2))
+    full = epochs_of(X, 5, 9, range(4))
+    resumed = epochs_of(X, 5, 9, [2, 3])
     assert len(resumed) == 8
     for a, b in zip(full[8:], resumed, strict=True):
         assert_array_equal(a, b)
 
 
 def test_no_shuffle_keeps_order_and_batches_keeps_the_rest():
-    out = take(data.training_dataset(X, 5, seed=0, epochs=2, shuffle=False))
+    out = epochs_of(X, 5, 0, range(2), shuffle=False)
     assert_array_equal(np.concatenate(out[:4]), X[:20])
     assert_array_equal(np.concatenate(out[4:]), X[:20])
     out = take(data.batches(X, 5))
     assert [len(b) for b in out] == [5, 5, 5, 5, 3]
     assert_array_equal(np.concatenate(out), X)
     with pytest.raises(DataError, match="only 23 training rows, fewer than one batch of 50"):
-        data.training_dataset(X, 50, seed=0, epochs=1)
+        data.training_dataset(X, 50, seed=0)
 
 
 def test_memmap_streams_the_same_values(tmp_path):
     np.save(tmp_path / "x.npy", X)
     d = data.load(str(tmp_path / "x.npy"), valid_size=3)
     assert isinstance(d.train.x, np.memmap)
-    from_file = take(data.training_dataset(d.train.x, 4, seed=1, epochs=2))
-    in_memory = take(data.training_dataset(np.array(d.train.x), 4, seed=1, epochs=2))
+    from_file = epochs_of(d.train.x, 4, 1, range(2))
+    in_memory = epochs_of(np.array(d.train.x), 4, 1, range(2))
     for a, b in zip(from_file, in_memory, strict=True):
         assert_array_equal(a, b)
     assert_array_equal(np.concatenate(take(data.batches(d.valid.x, 2))), X[20:])
 
 
-def test_fit_consumes_the_dataset_with_resume():
-    x = np.random.default_rng(0).random((64, 8)).astype(np.float32)
+@pytest.mark.parametrize("steps_per_execution", [1, 3, 64])
+def test_fit_runs_exactly_one_epoch_per_epoch(steps_per_execution):
+    # 70 rows at batch 16: 4 steps an epoch, not a multiple of 3 nor of 64.
+    x = np.random.default_rng(0).random((70, 8)).astype(np.float32)
     model = stackae.AutoEncoder(3, seed=1)
-    model.compile(jit_compile=False, steps_per_execution=1)
-    steps = data.steps_per_epoch(len(x), 16)
-    ds = data.training_dataset(x, 16, seed=2, epochs=3, first_epoch=1)
-    history = model.fit(
-        ds, epochs=3, initial_epoch=1, steps_per_epoch=steps, shuffle=False, verbose=0
-    )
+    model.compile(steps_per_execution=steps_per_execution)
+    ds, order = data.training_dataset(x, 16, seed=2)
+    history = model.fit(ds, epochs=3, initial_epoch=1, callbacks=[order], verbose=0)
     assert len(history.history["loss"]) == 2
-    assert int(model.optimizer.iterations) == 2 * steps
+    assert int(model.optimizer.iterations) == 2 * 4
+    assert order.epoch == 2
 
 
 # ---------------------------------------------------------------- fuzzing
