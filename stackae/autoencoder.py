@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from stackae import losses
+from stackae.distribute import default_jit_compile, default_steps_per_execution
 from stackae.layers import TiedAutoEncoderLayer
 from stackae.noise import NOISE_KINDS, corrupt
 
@@ -121,13 +122,21 @@ class AutoEncoder(keras.Model):
     def compile(
         self,
         optimizer=None,
-        jit_compile=True,
-        steps_per_execution=DEFAULT_STEPS_PER_EXECUTION,
+        jit_compile=None,
+        steps_per_execution=None,
         **kwargs,
     ):
-        """Like `keras.Model.compile`, defaulting to the tutorial's SGD(0.1) and to XLA."""
+        """Like `keras.Model.compile`, defaulting to the tutorial's SGD(0.1) and to XLA.
+
+        `jit_compile` and `steps_per_execution` default to XLA with many steps
+        per call, except where tf.distribute cannot take them (see distribute.py).
+        """
+        if jit_compile is None:
+            jit_compile = default_jit_compile()
         if optimizer is None:
             optimizer = keras.optimizers.SGD(learning_rate=0.1)
+        if steps_per_execution is None:
+            steps_per_execution = default_steps_per_execution(DEFAULT_STEPS_PER_EXECUTION)
         self._requested_steps_per_execution = steps_per_execution
         super().compile(
             optimizer=optimizer,
@@ -194,13 +203,17 @@ class AutoEncoder(keras.Model):
         return cost, penalty
 
     def _noise_seed(self):
-        """Stateless seed of this step's noise: (seed, step, replica)."""
-        strategy = tf.distribute.get_strategy()
-        replica = tf.distribute.get_replica_context()
-        replica_id = 0 if replica is None else replica.replica_id_in_sync_group
+        """Stateless seed of this step's noise: (seed, step)."""
         step = ops.cast(self.optimizer.iterations, "int64")
-        offset = step * strategy.num_replicas_in_sync + ops.cast(replica_id, "int64")
-        return ops.stack([ops.convert_to_tensor(self.seed, "int64"), offset])
+        return ops.stack([ops.convert_to_tensor(self.seed, "int64"), step])
+
+    @staticmethod
+    def _replica_part():
+        """(this replica, replicas): which slice of the global batch this step sees."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        context = tf.distribute.get_replica_context()
+        replica = 0 if context is None else context.replica_id_in_sync_group
+        return replica, replicas
 
     def _inputs(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -213,7 +226,12 @@ class AutoEncoder(keras.Model):
     def train_step(self, data):
         x = self._inputs(data)
         corrupted = corrupt(
-            x, self.noise, self.corruption, self._noise_seed(), jit=bool(self.jit_compile)
+            x,
+            self.noise,
+            self.corruption,
+            self._noise_seed(),
+            jit=bool(self.jit_compile),
+            part=self._replica_part(),
         )
         with tf.GradientTape() as tape:
             cost, penalty = self.costs(x, corrupted)
@@ -235,7 +253,11 @@ class AutoEncoder(keras.Model):
         self.loss_tracker.update_state(cost, sample_weight=batch)
         if self.has_penalty:
             self.penalty_tracker.update_state(penalty, sample_weight=batch)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces logs over workers along axis 0, which a scalar lacks.
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     def get_config(self):
         base_config = super().get_config()
