@@ -80,19 +80,25 @@ def _quiet_stderr(enabled):
         os.close(devnull)
 
 
-def _library(verbose):
-    """Import stackae (and TensorFlow) quietly unless -v."""
+def _library(verbose, strategy="auto"):
+    """Import stackae (and TensorFlow) quietly unless -v; return the tf.distribute strategy.
+
+    The strategy is made first: MultiWorkerMirroredStrategy must configure
+    TensorFlow before anything else starts it.
+    """
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_stderr(not verbose):
         import tensorflow as tf
 
         import stackae.jobs  # noqa: F401
+        from stackae.distribute import get_strategy
 
+        chosen = get_strategy(strategy)
         tf.config.list_logical_devices()  # device start-up logs, silenced here too
     if not verbose:
         tf.get_logger().setLevel("ERROR")
-    return sys.modules["stackae"]
+    return chosen
 
 
 def _failures(fn):
@@ -340,20 +346,24 @@ def pretrain(
         sparsity_target=sparsity_target,
         contraction=contraction,
     )
+    strategy = _library(verbose, strategy)
+    from stackae import TiedAutoEncoderLayer, jobs
+    from stackae.distribute import is_chief
+    from stackae.runs import Run
+    from stackae.stack import layer_specs
+
     try:
-        stackae = _library(verbose)
-        specs = stackae.stack.layer_specs(layers, **settings)
+        specs = layer_specs(layers, **settings)
         for spec in specs:  # the library checks each combination the way AutoEncoder does
-            spec.autoencoder(stackae.TiedAutoEncoderLayer(spec.units), seed=0)
+            spec.autoencoder(TiedAutoEncoderLayer(spec.units), seed=0)
     except ValueError as err:
         raise click.BadParameter(str(err).splitlines()[0]) from None
-    from stackae import jobs
-    from stackae.distribute import get_strategy, is_chief
-    from stackae.runs import Run
-
-    strategy = get_strategy(strategy)
-    write = is_chief(strategy)
     out = out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    chief_out = out
+    if not is_chief(strategy):
+        # Workers must save what the chief saves (saving runs collective ops), but
+        # into a scratch copy of their own, so nothing they write can collide.
+        out = jobs.worker_scratch(out, resume)
     with strategy.scope():
         if resume:
             run = Run.open(out)
@@ -368,7 +378,6 @@ def pretrain(
                 seed=seed,
                 overwrite=overwrite,
                 data_options=options,
-                write=write,
             )
         rows, width = dataset.train.x.shape
         click.echo(f"data: {dataset.name}, {rows} training rows of {width}")
@@ -378,8 +387,10 @@ def pretrain(
             dataset,
             verbose=0 if quiet else "auto",
             tensorboard=tensorboard,
-            write=write,
         )
+    if out != chief_out:
+        jobs.remove_scratch(out)
+        return
     _summary(run, jobs)
     click.echo(f"run saved in {run.path}")
 
@@ -463,10 +474,9 @@ def finetune(
     verbose,
 ):
     """Fine-tune the pretrained stack with labels; saves classifier.keras."""
-    _library(verbose)
+    strategy = _library(verbose, strategy)
     from stackae import jobs
     from stackae.config import FinetuneSpec
-    from stackae.distribute import get_strategy
 
     run = _open(run_dir)
     dataset = _load_for_run(run, data, limit, valid_size, label_column, scale)
@@ -477,7 +487,7 @@ def finetune(
         optimizer=optimizer,
         patience=patience,
     )
-    with get_strategy(strategy).scope():
+    with strategy.scope():
         result = jobs.finetune_run(run, dataset, spec, verbose=0 if quiet else "auto")
     if result["valid_error"] is not None:
         click.echo(f"validation error {100 * result['valid_error']:.2f} %")

@@ -36,3 +36,24 @@ def is_chief(strategy):
     return task_type == "chief" or (
         task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
     )
+
+
+def default_steps_per_execution(single_device):
+    """Steps per call: `single_device` normally, 1 under a multi-replica strategy.
+
+    Keras 3.15's multi-step loop fails under MirroredStrategy and
+    MultiWorkerMirroredStrategy ("You must feed a value for placeholder tensor"),
+    measured here with 2 logical CPUs and in NOTES.md.
+    """
+    return 1 if _replicas() > 1 else single_device
+
+
+def _replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync if tf.distribute.has_strategy() else 1
+
+
+def default_jit_compile():
+    """XLA, except for several replicas on CPUs, where XLA reads a replica's
+    variables from the wrong device ("Trying to access resource ... located in
+    device CPU:1 from device CPU:0", measured here with 2 logical CPUs)."""
+    return not (_replicas() > 1 and not tf.config.list_logical_devices("GPU"))

@@ -5,6 +5,7 @@ import numpy as np
 
 from stackae.autoencoder import DEFAULT_STEPS_PER_EXECUTION
 from stackae.config import FINETUNE_DEFAULTS
+from stackae.distribute import default_jit_compile, default_steps_per_execution
 
 
 def compile_classifier(model, spec=FINETUNE_DEFAULTS):
@@ -12,8 +13,8 @@ def compile_classifier(model, spec=FINETUNE_DEFAULTS):
         optimizer=spec.make_optimizer(),
         loss="sparse_categorical_crossentropy",
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=True,
-        steps_per_execution=DEFAULT_STEPS_PER_EXECUTION,
+        jit_compile=default_jit_compile(),
+        steps_per_execution=default_steps_per_execution(DEFAULT_STEPS_PER_EXECUTION),
     )
     return model
 

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -40,11 +41,10 @@ def data_info(data, **options):
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch of layer k: weights + optimizer state, then the manifest, atomically."""
 
-    def __init__(self, run, k, write=True):
+    def __init__(self, run, k):
         super().__init__()
         self.run = run
         self.k = k
-        self.write = write
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -65,8 +65,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 f"layer {self.k + 1}, epoch {epoch + 1}: the cost became {logs}; "
                 "lower the learning rate. The last good checkpoint is kept."
             )
-        if not self.write:
-            return
         entry = self.run.layers[self.k]
         previous = entry.get("checkpoint")
         name = self.run.layer_checkpoint(self.k, epoch + 1)
@@ -115,11 +113,8 @@ def write_history_csv(run):
     runs.atomic_write_text(run.file(runs.HISTORY), "\n".join(rows) + "\n")
 
 
-def new_run(out, data, specs, *, seed, overwrite=False, data_options=None, write=True):
-    """Create the run directory with its manifest and the untrained stack.
-
-    With write=False (a worker that is not the chief) nothing is written.
-    """
+def new_run(out, data, specs, *, seed, overwrite=False, data_options=None):
+    """Create the run directory with its manifest and the untrained stack."""
     keras.utils.set_random_seed(seed)  # the initial weights of every layer follow from the seed
     stack = Stack(specs, seed=seed)
     stack.build((None, data.n_features))
@@ -133,8 +128,6 @@ def new_run(out, data, specs, *, seed, overwrite=False, data_options=None, write
             for s in specs
         ],
     }
-    if not write:
-        return Run(out, manifest), stack
     run = Run.create(out, manifest, overwrite=overwrite)
     run.save_model(stack, runs.STACK)
     return run, stack
@@ -149,7 +142,24 @@ def load_stack(run):
     return stack
 
 
-def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, write=True):
+def worker_scratch(out, resume):
+    """A scratch run directory for a worker that is not the chief (a copy of `out` to resume)."""
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="stackae-worker-")) / "run"
+    if resume:
+        shutil.copytree(out, scratch)
+    return str(scratch)
+
+
+def remove_scratch(scratch):
+    import shutil
+
+    shutil.rmtree(Path(scratch).parent, ignore_errors=True)
+
+
+def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False):
     """Pretrain every unfinished layer of the run's stack, checkpointing each epoch."""
     check_width(data.train.x, run.manifest["data"]["n_features"], "training data")
     start = next((k for k, layer in enumerate(run.layers) if not layer["finished"]), None)
@@ -160,14 +170,13 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, write=T
             raise RunError(f"{run.path}: layer {start + 1} checkpoint is missing")
         resume_from = (run.layers[start]["epochs_done"], run.file(checkpoint))
         _check_resume_weights(stack, start, resume_from[1])
-    if write:
-        run.remove_stray_checkpoints()
+    run.remove_stray_checkpoints()
 
     def callbacks(k):
         spec = stack.specs[k]
         n_in = data.n_features if k == 0 else stack.specs[k - 1].units
-        found = [LayerBanner(k, len(stack.specs), n_in, spec), EpochCheckpoint(run, k, write)]
-        if tensorboard and write:
+        found = [LayerBanner(k, len(stack.specs), n_in, spec), EpochCheckpoint(run, k)]
+        if tensorboard:
             found.append(
                 keras.callbacks.TensorBoard(str(run.file("tensorboard") / f"layer_{k + 1}"))
             )
@@ -175,8 +184,6 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, write=T
         return found
 
     def on_layer_end(k, autoencoder, history):
-        if not write:
-            return
         run.save_model(stack, runs.STACK)
         entry = run.layers[k]
         entry["finished"] = True
@@ -196,7 +203,7 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, write=T
             resume_from=resume_from,
             on_layer_end=on_layer_end,
         )
-    if write and run.manifest["status"] == "pretraining":
+    if run.manifest["status"] == "pretraining":
         run.save_model(export.encoder(stack), runs.ENCODER)
         run.manifest["status"] = "pretrained"
         run.save()
