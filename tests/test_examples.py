@@ -49,3 +49,55 @@ def test_mnist_da_runs_and_writes_filters(tmp_path):
     for name in ("filters_corruption_0.png", "filters_corruption_30.png"):
         with Image.open(out / name) as image:
             assert image.size == (289, 289)
+
+
+def test_mnist_sda_runs_and_prints_the_table(tmp_path):
+    rng = np.random.default_rng(1)
+    npz = tmp_path / "mnist.npz"
+    np.savez(
+        npz,
+        x_train=rng.integers(0, 256, (400, 28, 28), dtype="uint8"),
+        y_train=rng.integers(0, 10, 400, dtype="uint8"),
+        x_test=rng.integers(0, 256, (100, 28, 28), dtype="uint8"),
+        y_test=rng.integers(0, 10, 100, dtype="uint8"),
+    )
+    out = tmp_path / "out"
+    # The tutorial's network shrunk to 20-10 hidden units and one epoch of each phase.
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(EXAMPLES, "mnist_sda.py"),
+            str(npz),
+            "--layers",
+            "20,10",
+            "--corruption",
+            "0.1,0.2",
+            "--valid-size",
+            "100",
+            "--pretrain-epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "MNIST: 300 train / 100 validation / 100 test rows"
+    for layer in (0, 1):
+        assert any(
+            re.fullmatch(rf"Pre-training layer {layer}, epoch 0, cost \d+\.\d+", line)
+            for line in lines
+        ), result.stdout
+    assert any(re.fullmatch(r"The pretraining code ran for \d+\.\d\dm", ln) for ln in lines)
+    row = r"\| {} \| \d+\.\d\d \| \d+\.\d\d \| 1 \(1\) \| \d+\.\d min \|"
+    assert re.fullmatch(row.format("pretrained"), lines[-2]), result.stdout
+    assert re.fullmatch(row.format("random"), lines[-1]), result.stdout
+    for name in ("filters_pretrained.png", "filters_finetuned.png", "deep_reconstructions.png"):
+        assert (out / name).is_file()
+    assert (out / "classifier.keras").is_file() and (out / "histories.json").is_file()
