@@ -205,3 +205,15 @@ def test_cross_entropy_needs_sigmoid_decoder():
     stackae.AutoEncoder(
         stackae.TiedAutoEncoderLayer(5, decoder_activation="linear"), loss="squared-error"
     )
+
+
+def test_fit_with_steps_per_epoch_stays_inside_each_epoch(small_x):
+    # 5 steps an epoch from an endless stream: 64 steps per call would run into the next epoch.
+    import tensorflow as tf
+
+    stream = tf.data.Dataset.from_tensor_slices(small_x).batch(8).repeat()
+    model = stackae.AutoEncoder(4, seed=1)
+    model.compile()
+    history = model.fit(stream, epochs=3, steps_per_epoch=5, verbose=0)
+    assert int(model.optimizer.iterations) == 15
+    assert len(history.history["loss"]) == 3
