@@ -55,6 +55,17 @@ def _list(kind, choices=None):
     return parse
 
 
+def _per_layer(flag, field, kind, text, choices=None):
+    """A comma-list option whose help shows the library's default for `field`."""
+    if choices:
+        text = f"{text} {', '.join(choices)}."
+    return click.option(
+        flag,
+        callback=_list(kind, choices),
+        help=f"{text}  [default: {getattr(LAYER, field)}]",
+    )
+
+
 def _layers(ctx, param, value):
     sizes = _list(int)(ctx, param, value)
     if any(size <= 0 for size in sizes):
@@ -220,58 +231,24 @@ def cli():
     help="Hidden layer sizes, bottom first, e.g. 1000,1000,1000.",
 )
 @_data_options()
-@click.option(
-    "--corruption",
-    callback=_list(float),
-    help=f"Noise level per layer (one value for all).  [default: {LAYER.corruption}]",
-)
-@click.option(
-    "--noise",
-    callback=_list(str, NOISES),
-    help=f"Noise kind per layer: {', '.join(NOISES)}.  [default: {LAYER.noise}]",
-)
-@click.option(
-    "--loss",
-    callback=_list(str, LOSSES),
-    help=f"Reconstruction loss per layer: {', '.join(LOSSES)}.  [default: {LAYER.loss}]",
-)
-@click.option(
-    "--epochs",
-    callback=_list(int),
-    help=f"Pretraining epochs per layer.  [default: {LAYER.epochs}]",
-)
-@click.option(
-    "--batch-size",
-    callback=_list(int),
-    help=f"Global batch size per layer.  [default: {LAYER.batch_size}]",
-)
-@click.option(
-    "--lr",
-    callback=_list(float),
-    help=f"Learning rate per layer.  [default: {LAYER.learning_rate}]",
-)
-@click.option(
-    "--optimizer",
-    callback=_list(str),
-    help=f"Keras optimizer per layer (sgd, adam, ...).  [default: {LAYER.optimizer}]",
-)
-@click.option(
-    "--l2", callback=_list(float), help=f"L2 weight decay per layer.  [default: {LAYER.l2}]"
-)
-@click.option(
-    "--sparsity",
-    callback=_list(float),
-    help=f"KL sparsity weight per layer.  [default: {LAYER.sparsity}]",
-)
-@click.option(
-    "--sparsity-target",
-    callback=_list(float),
-    help=f"Target mean activation per layer.  [default: {LAYER.sparsity_target}]",
-)
-@click.option(
-    "--contraction",
-    callback=_list(float),
-    help=f"Contractive penalty weight per layer.  [default: {LAYER.contraction}]",
+@_options(
+    [
+        _per_layer(
+            "--corruption", "corruption", float, "Noise level per layer (one value for all)."
+        ),
+        _per_layer("--noise", "noise", str, "Noise kind per layer:", NOISES),
+        _per_layer("--loss", "loss", str, "Reconstruction loss per layer:", LOSSES),
+        _per_layer("--epochs", "epochs", int, "Pretraining epochs per layer."),
+        _per_layer("--batch-size", "batch_size", int, "Global batch size per layer."),
+        _per_layer("--lr", "learning_rate", float, "Learning rate per layer."),
+        _per_layer("--optimizer", "optimizer", str, "Keras optimizer per layer (sgd, adam, ...)."),
+        _per_layer("--l2", "l2", float, "L2 weight decay per layer."),
+        _per_layer("--sparsity", "sparsity", float, "KL sparsity weight per layer."),
+        _per_layer(
+            "--sparsity-target", "sparsity_target", float, "Target mean activation per layer."
+        ),
+        _per_layer("--contraction", "contraction", float, "Contractive penalty weight per layer."),
+    ]
 )
 @click.option(
     "--seed",
