@@ -78,11 +78,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         entry["seconds"] = round(entry.get("seconds", 0.0) + time.perf_counter() - self.started, 3)
         for key, value in logs.items():
             entry["history"].setdefault(key, []).append(float(value))
-        if previous and previous != name:
-            self.run.files.pop(previous, None)
+        stale = previous if previous != name else None
+        if stale:  # dropped from the manifest first, then from the disk
+            self.run.files.pop(stale, None)
         self.run.save()
-        if previous and previous != name:
-            self.run.file(previous).unlink(missing_ok=True)
+        if stale:
+            self.run.file(stale).unlink(missing_ok=True)
         write_history_csv(self.run)
 
 
