@@ -6,9 +6,10 @@ Greedy layer-wise pretraining of three denoising autoencoders (masking noise
 0.1 / 0.2 / 0.3), then supervised fine-tuning of the exported classifier with
 early stopping on validation accuracy; then the same network from random
 weights, fine-tuned the same way. Prints the tutorial's per-layer costs, the
-times, and a table of validation / test errors. Writes to --out the first
-layer's filters after pretraining and after fine-tuning, the deep
-autoencoder's reconstructions of test digits, and every history as JSON.
+times, and a table of validation / test errors. Writes to --out the
+pretrained stack.keras and fine-tuned classifier.keras, the first layer's
+filters after pretraining and after fine-tuning, the deep autoencoder's
+reconstructions of test digits, and every history as JSON.
 """
 
 import argparse
@@ -35,7 +36,7 @@ VALID_SIZE = 10_000
 
 @dataclasses.dataclass(frozen=True)
 class MomentumFinetune(stackae.FinetuneSpec):
-    """FinetuneSpec whose optimizer is SGD with (Nesterov-free) momentum."""
+    """FinetuneSpec whose optimizer is SGD with momentum (FinetuneSpec only names an optimizer)."""
 
     momentum: float = 0.9
 
@@ -155,6 +156,7 @@ def main(argv=None):
     parser.add_argument("--patience", type=int, default=10, help="Epochs without a better val.")
     parser.add_argument("--valid-size", type=int, default=VALID_SIZE)
     parser.add_argument("--limit", type=int, default=None, help="First N rows of each split.")
+    parser.add_argument("--stack", default=None, help="A saved stack.keras: skip pretraining.")
     parser.add_argument("--no-baseline", action="store_true", help="Skip the random-init net.")
     parser.add_argument("--out", default="sda_out", help="Folder for figures and histories.")
     args = parser.parse_args(argv)
@@ -182,13 +184,19 @@ def main(argv=None):
         batch_size=args.pretrain_batch_size,
         learning_rate=args.pretrain_lr,
     )
-    stack = stackae.Stack(specs, seed=SEED)
-    start = time.perf_counter()
-    pretraining = stackae.pretrain(
-        stack, split.train.x, callbacks=lambda k: [PrintCost(k)], verbose=0
-    )
-    pretrain_seconds = time.perf_counter() - start
-    print(f"The pretraining code ran for {pretrain_seconds / 60:.2f}m", flush=True)
+    if args.stack:
+        # Try other fine-tuning settings without pretraining again.
+        stack, pretraining, pretrain_seconds = keras.saving.load_model(args.stack), [], 0.0
+        print(f"Pretrained stack loaded from {args.stack}", flush=True)
+    else:
+        stack = stackae.Stack(specs, seed=SEED)
+        start = time.perf_counter()
+        pretraining = stackae.pretrain(
+            stack, split.train.x, callbacks=lambda k: [PrintCost(k)], verbose=0
+        )
+        pretrain_seconds = time.perf_counter() - start
+        print(f"The pretraining code ran for {pretrain_seconds / 60:.2f}m", flush=True)
+        stack.save(os.path.join(args.out, "stack.keras"))
 
     image_shape = split.image_shape
     kernel = stack.encoder_layers[0].kernel.numpy()
@@ -215,7 +223,7 @@ def main(argv=None):
     save_filters(kernel, os.path.join(args.out, "filters_finetuned.png"), image_shape)
     model.save(os.path.join(args.out, "classifier.keras"))
     if not args.no_baseline:
-        model = random_classifier([split.n_features, *args.layers], N_CLASSES)
+        model = random_classifier([split.n_features, *stack.sizes], N_CLASSES)
         row, histories["random"] = tune("random", model, split, spec, args.lr_decay)
         rows.append(row)
 
