@@ -737,7 +737,8 @@ def _row_getter(x):
         def read(rows):
             return reader.take(rows).astype(np.float32, copy=False)
     else:
-        table = tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
+        # A float32 tensor is used as it is; an array is copied into one, once.
+        table = x if tf.is_tensor(x) else tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
 
         def gather(rows):
             return tf.gather(table, rows)

@@ -4,6 +4,8 @@ import dataclasses
 from collections.abc import Sequence
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from stackae.config import DEFAULT_SEED, LayerSpec
 from stackae.layers import TiedAutoEncoderLayer
@@ -134,9 +136,14 @@ def pretrain(
 
     stack.build((None, x.shape[-1]))
     histories = []
-    for k in range(start_layer, len(stack.specs)):
+    inputs, valid_inputs = _in_memory(x), _in_memory(valid)
+    for k in range(len(stack.specs)):
+        if k:  # one layer up: the clean codes of layer k-1, the previous inputs freed
+            inputs = _encode(stack.encoder_layers[k - 1], inputs)
+            valid_inputs = _encode(stack.encoder_layers[k - 1], valid_inputs)
+        if k < start_layer:
+            continue
         spec = stack.specs[k]
-        inputs = stack.codes(x, k)
         check_batch(len(inputs), spec.batch_size, f"layer {k + 1} training data")
         autoencoder = stack.autoencoder(k)
         autoencoder.compile(optimizer=spec.make_optimizer())
@@ -148,8 +155,8 @@ def pretrain(
             autoencoder.load_weights(weights_path)
         train, order = training_dataset(inputs, spec.batch_size, seed=stack.seed + k)
         validation = None
-        if valid is not None:
-            validation = batches(stack.codes(valid, k), spec.batch_size)
+        if valid_inputs is not None:
+            validation = batches(valid_inputs, spec.batch_size)
         history = autoencoder.fit(
             train,
             epochs=spec.epochs,
@@ -163,3 +170,21 @@ def pretrain(
         if on_layer_end:
             on_layer_end(k, autoencoder, history)
     return histories
+
+
+def _in_memory(x):
+    """An in-memory array as one float32 tensor (made once); a memmap stays on disk."""
+    if x is None or isinstance(x, np.memmap) or tf.is_tensor(x):
+        return x
+    return tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
+
+
+def _encode(layer, x):
+    """Clean codes of `x` through one layer: one op on a tensor, batches from a memmap."""
+    if x is None:
+        return None
+    if tf.is_tensor(x):
+        return layer(x)  # (rows, units)
+    from stackae.data import batches
+
+    return _in_memory(keras.Sequential([layer]).predict(batches(x, 1024), verbose=0))
