@@ -169,6 +169,9 @@ def pretrain(
         histories.append(history)
         if on_layer_end:
             on_layer_end(k, autoencoder, history)
+        # Let this layer's datasets (and the inputs they hold) go before the next codes.
+        del train, validation, autoencoder
+        history.set_model(None)
     return histories
 
 
@@ -184,7 +187,8 @@ def _encode(layer, x):
     if x is None:
         return None
     if tf.is_tensor(x):
-        return layer(x)  # (rows, units)
+        # XLA fuses the bias and sigmoid into the matmul's output: no second (rows, units) buffer.
+        return tf.function(layer.encode, jit_compile=True)(x)  # (rows, units)
     from stackae.data import batches
 
     return _in_memory(keras.Sequential([layer]).predict(batches(x, 1024), verbose=0))
