@@ -201,10 +201,13 @@ def main(argv=None):
     image_shape = split.image_shape
     kernel = stack.encoder_layers[0].kernel.numpy()
     save_filters(kernel, os.path.join(args.out, "filters_pretrained.png"), image_shape)
+    # Test digits with 30% of the pixels masked, and what the whole deep autoencoder
+    # (three encoders, three tied decoders) makes of them.
     deep = export.deep_autoencoder(stack)
     sample = split.test.x[:10]
+    masked = sample * (np.random.default_rng(SEED).random(sample.shape) >= 0.3)
     save_png(
-        reconstructions_image(sample, sample, deep.predict(sample, verbose=0)),
+        reconstructions_image(sample, masked, deep.predict(masked, verbose=0)),
         os.path.join(args.out, "deep_reconstructions.png"),
     )
 
