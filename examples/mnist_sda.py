@@ -149,7 +149,7 @@ def main(argv=None):
     parser.add_argument("--pretrain-lr", type=float, default=0.1)
     parser.add_argument("--pretrain-batch-size", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=50, help="Fine-tuning batch size.")
+    parser.add_argument("--batch-size", type=int, default=20, help="Fine-tuning batch size.")
     parser.add_argument("--lr", type=float, default=0.1, help="Fine-tuning learning rate.")
     parser.add_argument("--momentum", type=float, default=0.9, help="Fine-tuning SGD momentum.")
     parser.add_argument("--lr-decay", type=float, default=0.95, help="Fine-tuning lr factor/epoch.")
