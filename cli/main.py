@@ -147,6 +147,14 @@ def _library_errors():
     return (DataError, RunError, TrainingDiverged, OSError)
 
 
+strategy_option = click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default="auto",
+    show_default=True,
+    help="tf.distribute strategy; --batch-size is global.",
+)
+
 verbosity = [
     click.option("-q", "--quiet", is_flag=True, help="Print no progress bars."),
     click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log lines."),
@@ -269,13 +277,7 @@ def cli():
     is_flag=True,
     help="Write TensorBoard logs (scalars, filter images) into the run.",
 )
-@click.option(
-    "--strategy",
-    type=click.Choice(STRATEGIES),
-    default="auto",
-    show_default=True,
-    help="tf.distribute strategy; --batch-size is global.",
-)
+@strategy_option
 @_options(verbosity)
 @_failures
 def pretrain(
@@ -425,13 +427,7 @@ run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
 @click.option(
     "--optimizer", default=FINETUNE.optimizer, show_default=True, help="Keras optimizer name."
 )
-@click.option(
-    "--strategy",
-    type=click.Choice(STRATEGIES),
-    default="auto",
-    show_default=True,
-    help="tf.distribute strategy; --batch-size is global.",
-)
+@strategy_option
 @_options(verbosity)
 @_failures
 def finetune(
