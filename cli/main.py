@@ -427,6 +427,13 @@ run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
 @click.option(
     "--optimizer", default=FINETUNE.optimizer, show_default=True, help="Keras optimizer name."
 )
+@click.option(
+    "--momentum",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=FINETUNE.momentum,
+    show_default=True,
+    help="SGD momentum.",
+)
 @strategy_option
 @_options(verbosity)
 @_failures
@@ -442,11 +449,16 @@ def finetune(
     batch_size,
     patience,
     optimizer,
+    momentum,
     strategy,
     quiet,
     verbose,
 ):
     """Fine-tune the pretrained stack with labels; saves classifier.keras."""
+    if momentum and optimizer.lower() != "sgd":
+        raise click.BadParameter(
+            f"momentum is an SGD setting, not {optimizer}'s", param_hint="--momentum"
+        )
     strategy = _library(verbose, strategy)
     from stackae import jobs
     from stackae.config import FinetuneSpec
@@ -459,6 +471,7 @@ def finetune(
         learning_rate=lr,
         optimizer=optimizer,
         patience=patience,
+        momentum=momentum,
     )
     with strategy.scope():
         result = jobs.finetune_run(run, dataset, spec, verbose=0 if quiet else "auto")

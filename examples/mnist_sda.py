@@ -35,15 +35,6 @@ VALID_SIZE = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
-class MomentumFinetune(stackae.FinetuneSpec):
-    """FinetuneSpec whose optimizer is SGD with momentum (FinetuneSpec only names an optimizer)."""
-
-    momentum: float = 0.9
-
-    def make_optimizer(self):
-        return keras.optimizers.SGD(self.learning_rate, momentum=self.momentum)
-
-
 class PrintCost(keras.callbacks.Callback):
     """Prints `Pre-training layer L, epoch E, cost C` after each epoch, as the tutorial does."""
 
@@ -211,7 +202,7 @@ def main(argv=None):
         os.path.join(args.out, "deep_reconstructions.png"),
     )
 
-    spec = MomentumFinetune(
+    spec = stackae.FinetuneSpec(
         epochs=args.finetune_epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,

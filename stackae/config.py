@@ -5,10 +5,15 @@ import dataclasses
 DEFAULT_SEED = 123
 
 
-def make_optimizer(name, learning_rate):
+def make_optimizer(name, learning_rate, momentum=0.0):
     import keras
 
-    return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+    config = {"learning_rate": learning_rate}
+    if momentum:
+        if name.lower() != "sgd":
+            raise ValueError(f"momentum is an SGD setting; the optimizer is {name!r}")
+        config["momentum"] = momentum
+    return keras.optimizers.get({"class_name": name, "config": config})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +64,10 @@ class FinetuneSpec:
     learning_rate: float = 0.1
     optimizer: str = "sgd"
     patience: int = 10
+    momentum: float = 0.0
 
     def make_optimizer(self):
-        return make_optimizer(self.optimizer, self.learning_rate)
+        return make_optimizer(self.optimizer, self.learning_rate, self.momentum)
 
 
 FINETUNE_DEFAULTS = FinetuneSpec()

@@ -5,6 +5,7 @@ from keras import ops
 
 
 def _dense(units, activation, kernel, bias, name):
+    """A Dense layer holding copies of `kernel` and `bias` (assign copies the values)."""
     layer = keras.layers.Dense(units, activation=activation, name=name)
     layer.build((None, kernel.shape[0]))
     layer.kernel.assign(kernel)
@@ -17,8 +18,8 @@ def _encoder_layers(stack):
         _dense(
             tied.units,
             keras.activations.serialize(tied.activation),
-            ops.convert_to_numpy(tied.kernel),
-            ops.convert_to_numpy(tied.bias),
+            tied.kernel,
+            tied.bias,
             name=f"encoder_{k + 1}",
         )
         for k, tied in enumerate(stack.encoder_layers)
@@ -59,8 +60,8 @@ def deep_autoencoder(stack):
         _dense(
             tied.n_visible,
             keras.activations.serialize(tied.decoder_activation),
-            ops.convert_to_numpy(ops.transpose(tied.kernel)),
-            ops.convert_to_numpy(tied.decoder_bias),
+            ops.transpose(tied.kernel),
+            tied.decoder_bias,
             name=f"decoder_{k + 1}",
         )
         for k, tied in reversed(list(enumerate(stack.encoder_layers)))

@@ -44,7 +44,7 @@ def test_pretrain_writes_a_run(run_dir):
 
 def test_finetune_then_evaluate(run_dir):
     out, _ = run_dir
-    result = invoke("finetune", out, "--epochs", "2", "-q")
+    result = invoke("finetune", out, "--epochs", "2", "--momentum", "0.5", "-q")
     assert result.exit_code == 0, result.output
     assert "validation error" in result.output and "test error" in result.output
     assert (out / "classifier.keras").is_file()
@@ -53,6 +53,8 @@ def test_finetune_then_evaluate(run_dir):
     assert "layer 2 reconstruction cost" in result.output
     error = float(result.output.split("test error ")[1].split(" %")[0])
     assert 0 <= error <= 100
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["finetune"]["spec"]["momentum"] == 0.5
     info = invoke("info", out)
     assert info.exit_code == 0 and "fine-tuned" in info.output and "finetuned" in info.output
 
@@ -147,3 +149,9 @@ def test_help_and_version():
     text = " ".join(invoke("pretrain", "--help").output.split())
     assert "Global batch size per layer. [default: 20]" in text
     assert "Learning rate per layer. [default: 0.1]" in text
+
+
+def test_momentum_needs_sgd(run_dir):
+    out, _ = run_dir
+    result = invoke("finetune", out, "--optimizer", "adam", "--momentum", "0.9")
+    assert result.exit_code == 2 and "SGD" in result.output
