@@ -13,7 +13,6 @@ reconstructions of test digits, and every history as JSON.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -34,7 +33,6 @@ N_CLASSES = 10
 VALID_SIZE = 10_000
 
 
-@dataclasses.dataclass(frozen=True)
 class PrintCost(keras.callbacks.Callback):
     """Prints `Pre-training layer L, epoch E, cost C` after each epoch, as the tutorial does."""
 
