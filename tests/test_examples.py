@@ -11,16 +11,21 @@ from PIL import Image
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 
-def test_mnist_da_runs_and_writes_filters(tmp_path):
-    rng = np.random.default_rng(0)
-    npz = tmp_path / "mnist.npz"
+def tiny_mnist(path, n_train, seed):
+    """A random npz in Keras's MNIST layout: n_train training and 100 test images."""
+    rng = np.random.default_rng(seed)
     np.savez(
-        npz,
-        x_train=rng.integers(0, 256, (2500, 28, 28), dtype="uint8"),
-        y_train=rng.integers(0, 10, 2500, dtype="uint8"),
+        path,
+        x_train=rng.integers(0, 256, (n_train, 28, 28), dtype="uint8"),
+        y_train=rng.integers(0, 10, n_train, dtype="uint8"),
         x_test=rng.integers(0, 256, (100, 28, 28), dtype="uint8"),
         y_test=rng.integers(0, 10, 100, dtype="uint8"),
     )
+    return path
+
+
+def test_mnist_da_runs_and_writes_filters(tmp_path):
+    npz = tiny_mnist(tmp_path / "mnist.npz", 2500, seed=0)
     out = tmp_path / "out"
     result = subprocess.run(
         [
@@ -52,15 +57,7 @@ def test_mnist_da_runs_and_writes_filters(tmp_path):
 
 
 def test_mnist_sda_runs_and_prints_the_table(tmp_path):
-    rng = np.random.default_rng(1)
-    npz = tmp_path / "mnist.npz"
-    np.savez(
-        npz,
-        x_train=rng.integers(0, 256, (400, 28, 28), dtype="uint8"),
-        y_train=rng.integers(0, 10, 400, dtype="uint8"),
-        x_test=rng.integers(0, 256, (100, 28, 28), dtype="uint8"),
-        y_test=rng.integers(0, 10, 100, dtype="uint8"),
-    )
+    npz = tiny_mnist(tmp_path / "mnist.npz", 400, seed=1)
     out = tmp_path / "out"
     # The tutorial's network shrunk to 20-10 hidden units and one epoch of each phase.
     result = subprocess.run(
