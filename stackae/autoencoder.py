@@ -165,9 +165,6 @@ class AutoEncoder(keras.Model):
             self.steps_per_execution = chosen
             self.train_function = None  # traced with the old number of steps
 
-    def get_compile_config(self):
-        return super().get_compile_config()
-
     def compile_from_config(self, config):
         # Keras skips this for a custom compile(); do what it would do, so a
         # loaded model comes back compiled with its optimizer (and its state).
@@ -225,19 +222,19 @@ class AutoEncoder(keras.Model):
 
     def train_step(self, data):
         x = self._inputs(data)
+        part = self._replica_part()
         corrupted = corrupt(
             x,
             self.noise,
             self.corruption,
             self._noise_seed(),
             jit=bool(self.jit_compile),
-            part=self._replica_part(),
+            part=part,
         )
         with tf.GradientTape() as tape:
             cost, penalty = self.costs(x, corrupted)
             # Keras sums gradients over replicas, so each replica's share is 1/n.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            objective = (cost + penalty) / replicas
+            objective = (cost + penalty) / part[1]
             objective = self.optimizer.scale_loss(objective)
         gradients = tape.gradient(objective, self.trainable_weights)
         self.optimizer.apply(gradients, self.trainable_weights)
