@@ -110,7 +110,7 @@ def floor_seconds(rows, batch, n_hidden, repeats=3, dtype="float32"):
     return statistics.median(times)
 
 
-def run_stackae(x, n_hidden, batch, corruption, epochs):
+def run_stackae(x, n_hidden, batch, corruption, epochs, group=None):
     """Epoch times, costs and initial weights of `stackae.stack.pretrain` with its defaults."""
     keras.utils.set_random_seed(SEED)
     specs = layer_specs(
@@ -124,7 +124,7 @@ def run_stackae(x, n_hidden, batch, corruption, epochs):
     stack.build((None, x.shape[1]))
     initial = [v.numpy() for v in stack.encoder_layers[0].weights]
     timer = EpochTimer()
-    history = pretrain(stack, x, callbacks=lambda k: [timer], verbose=0)[0]
+    history = pretrain(stack, x, callbacks=lambda k: [timer], verbose=0, group=group)[0]
     return timer.times, history.history["loss"], initial
 
 
@@ -244,6 +244,21 @@ def main(argv=None):
                 f"relative difference {relative:.1e} (<= {COST_RTOL:g}): {verdict}"
             )
             print(table.lines[-1], flush=True)
+            # Without grouping: one batch per training step, the Keras loop around each.
+            times, single_costs, _ = run_stackae(x, 500, batch, 0.0, epochs, group=1)
+            table.add(
+                f"stackae b={batch} corruption=0 group=1",
+                steady(times),
+                rows,
+                batch,
+                500,
+                floors[batch],
+                naive[batch],
+            )
+            if not np.allclose(single_costs, costs, rtol=1e-6, atol=0):
+                failures.append(batch)
+                table.lines.append(f"  group=1 costs differ: {single_costs} vs {costs}: FAIL")
+                print(table.lines[-1], flush=True)
             for corruption in corruptions[1:]:
                 times, _, _ = run_stackae(x, 500, batch, corruption, epochs)
                 table.add(

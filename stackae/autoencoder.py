@@ -14,6 +14,9 @@ from stackae.noise import NOISE_KINDS, corrupt
 # The fast path is the default: one XLA program per step, many steps per call
 # (per-step Python overhead dominates at the tutorial's batch of 20).
 DEFAULT_STEPS_PER_EXECUTION = 64
+# Batches per step when pretraining (data.training_dataset's `group`): each
+# step runs this many updates in one XLA loop (benchmarks/README.md).
+DEFAULT_GROUP = 16
 
 
 @keras.saving.register_keras_serializable(package="stackae")
@@ -221,7 +224,26 @@ class AutoEncoder(keras.Model):
         return x
 
     def train_step(self, data):
+        """One update on a (batch, features) batch, or one per batch of a
+        (updates, batch, features) group of batches, all in one call.
+
+        A group gives the same updates, noise and logs as its batches one by
+        one; it only saves the per-call cost of the Keras loop, which dominates
+        at small batches (see `data.training_dataset(group=...)`).
+        """
         x = self._inputs(data)
+        if len(x.shape) == 2:
+            self._update(x)
+        else:
+            tf.while_loop(
+                lambda i: i < tf.shape(x)[0],
+                lambda i: self._update(x[i]) or i + 1,
+                [tf.constant(0)],
+            )
+        return self._logs()
+
+    def _update(self, x):
+        """One optimizer step on the batch `x`; the metrics take its costs."""
         part = self._replica_part()
         corrupted = corrupt(
             x,
@@ -238,18 +260,21 @@ class AutoEncoder(keras.Model):
             objective = self.optimizer.scale_loss(objective)
         gradients = tape.gradient(objective, self.trainable_weights)
         self.optimizer.apply(gradients, self.trainable_weights)
-        return self._update_metrics(x, cost, penalty)
+        self._track(x, cost, penalty)
 
     def test_step(self, data):
         x = self._inputs(data)
         cost, penalty = self.costs(x, x)
-        return self._update_metrics(x, cost, penalty)
+        self._track(x, cost, penalty)
+        return self._logs()
 
-    def _update_metrics(self, x, cost, penalty):
+    def _track(self, x, cost, penalty):
         batch = ops.shape(x)[0]
         self.loss_tracker.update_state(cost, sample_weight=batch)
         if self.has_penalty:
             self.penalty_tracker.update_state(penalty, sample_weight=batch)
+
+    def _logs(self):
         logs = {m.name: m.result() for m in self.metrics}
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras reduces logs over workers along axis 0, which a scalar lacks.

@@ -769,7 +769,7 @@ class EpochOrder(keras.callbacks.Callback):
         self.epoch = epoch
 
 
-def training_dataset(x, batch_size, *, seed, shuffle=True):
+def training_dataset(x, batch_size, *, seed, shuffle=True, group=1):
     """One epoch of float32 batches (batch_size, n_features), and its EpochOrder callback.
 
     Pass both to fit: `fit(ds, epochs=..., initial_epoch=..., callbacks=[order])`.
@@ -780,6 +780,11 @@ def training_dataset(x, batch_size, *, seed, shuffle=True):
     `steps_per_execution` steps per call and would otherwise eat into the next
     epoch. Rows within a batch are in file order; the last partial batch of each
     epoch is dropped, as the tutorial's n // batch_size batches.
+
+    `group` > 1 serves the same batches `group` at a time, as elements of shape
+    (group, batch_size, n_features) (the last one of an epoch may hold fewer):
+    `AutoEncoder.train_step` makes one update per batch of a group inside one
+    call, which removes the per-step cost of the Keras loop.
     """
     if np.ndim(x) != 2:
         raise DataError(f"training data must be 2-d (rows, features), found shape {np.shape(x)}")
@@ -797,15 +802,40 @@ def training_dataset(x, batch_size, *, seed, shuffle=True):
             rows = tf.random.experimental.stateless_shuffle(rows, seed=tf.stack([seed, epoch]))
         # Sorted within a batch: the batch is the same set, and a memmap reads it in order.
         rows = tf.sort(tf.reshape(rows[: steps * batch_size], [steps, batch_size]), axis=1)
-        return tf.data.Dataset.from_tensor_slices(rows)
+        if group == 1:
+            return tf.data.Dataset.from_tensor_slices(rows)
+        full = steps // group * group
+        groups = tf.data.Dataset.from_tensor_slices(
+            tf.reshape(rows[:full], [-1, group, batch_size])
+        )
+        if full < steps:
+            groups = groups.concatenate(tf.data.Dataset.from_tensors(rows[full:]))
+        return groups
 
     # The epoch number is read from the callback each time Keras starts iterating.
     epoch = tf.data.Dataset.from_generator(
         lambda: iter([order.epoch]), output_signature=tf.TensorSpec((), tf.int64)
     )
-    ds = epoch.flat_map(epoch_batches).apply(tf.data.experimental.assert_cardinality(steps))
-    ds = ds.map(_row_getter(x), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    elements = -(-steps // group)
+    ds = epoch.flat_map(epoch_batches).apply(tf.data.experimental.assert_cardinality(elements))
+    ds = ds.map(
+        _grouped(_row_getter(x), x.shape[1]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return _with_options(ds), order
+
+
+def _grouped(gather, n_features):
+    """`gather` for index arrays of any shape: rows (..., batch) -> (..., batch, n_features)."""
+
+    def gather_any(rows):
+        flat = gather(tf.reshape(rows, [-1]))
+        out = tf.reshape(flat, tf.concat([tf.shape(rows), [n_features]], 0))
+        out.set_shape(rows.shape.concatenate([n_features]))
+        return out
+
+    return gather_any
 
 
 def batches(x, batch_size):

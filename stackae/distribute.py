@@ -48,6 +48,13 @@ def default_steps_per_execution(single_device):
     return 1 if _replicas() > 1 else single_device
 
 
+def default_group(single_device):
+    """Batches per training step: `single_device` normally, 1 under a
+    multi-replica strategy, which splits each element along its first axis
+    (the group's, not the batch's)."""
+    return 1 if _replicas() > 1 else single_device
+
+
 def _replicas():
     return tf.distribute.get_strategy().num_replicas_in_sync if tf.distribute.has_strategy() else 1
 

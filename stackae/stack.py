@@ -118,6 +118,7 @@ def pretrain(
     start_layer=0,
     resume_from=None,
     on_layer_end=None,
+    group=None,
 ):
     """Greedy layer-wise pretraining: layer k learns from the clean codes of layers < k.
 
@@ -130,9 +131,14 @@ def pretrain(
             a checkpoint written by `autoencoder.save_weights` (weights and
             optimizer state).
         on_layer_end: called as on_layer_end(k, autoencoder, history) after each layer.
+        group: batches per training step (`data.training_dataset`); None: 16 on
+            one device, 1 under a multi-replica strategy. Results do not
+            depend on it, only the speed does.
     Returns one Keras History per trained layer.
     """
+    from stackae.autoencoder import DEFAULT_GROUP
     from stackae.data import batches, check_batch, training_dataset
+    from stackae.distribute import default_group
 
     stack.build((None, x.shape[-1]))
     histories = []
@@ -153,7 +159,12 @@ def pretrain(
             autoencoder.build((None, inputs.shape[-1]))
             autoencoder.optimizer.build(autoencoder.trainable_variables)
             autoencoder.load_weights(weights_path)
-        train, order = training_dataset(inputs, spec.batch_size, seed=stack.seed + k)
+        train, order = training_dataset(
+            inputs,
+            spec.batch_size,
+            seed=stack.seed + k,
+            group=group or default_group(DEFAULT_GROUP),
+        )
         validation = None
         if valid_inputs is not None:
             validation = batches(valid_inputs, spec.batch_size)

@@ -438,6 +438,56 @@ def test_memmap_streams_the_same_values(tmp_path):
     assert_array_equal(np.concatenate(take(data.batches(d.valid.x, 2))), X[20:])
 
 
+@pytest.mark.parametrize("source", ["array", "memmap"])
+def test_groups_serve_the_same_batches_in_the_same_order(tmp_path, source):
+    # 23 rows at batch 2: 11 batches an epoch, served 4 at a time: 4 + 4 + 3.
+    x = X
+    if source == "memmap":
+        np.save(tmp_path / "x.npy", X)
+        x = data.load(str(tmp_path / "x.npy"), valid_size=0).train.x
+        assert isinstance(x, np.memmap)
+    single = epochs_of(x, 2, 5, range(2))
+    ds, order = data.training_dataset(x, 2, seed=5, group=4)
+    assert ds.element_spec.shape.as_list() == [None, 2, 3]
+    grouped = []
+    for e in range(2):
+        order.on_epoch_begin(e)
+        groups = take(ds)
+        assert [g.shape for g in groups] == [(4, 2, 3), (4, 2, 3), (3, 2, 3)]
+        grouped.extend(batch for g in groups for batch in g)
+    assert len(grouped) == len(single) == 22
+    for a, b in zip(grouped, single, strict=True):
+        assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("group", [4, 7, 50])
+def test_grouped_steps_train_exactly_like_single_batches(group):
+    # 1,003 rows at batch 20: 50 updates an epoch (7 leaves a group of 1, 50 is one group).
+    x = np.random.default_rng(0).random((1003, 30)).astype(np.float32)
+
+    def train(group):
+        model = stackae.AutoEncoder(12, corruption=0.3, seed=5)
+        model.build((None, 30))
+        model.compile()
+        ds, order = data.training_dataset(x, 20, seed=3, group=group)
+        history = model.fit(ds, epochs=3, callbacks=[order], verbose=0, shuffle=False)
+        return model, history.history["loss"]
+
+    keras.utils.set_random_seed(1)
+    initial = stackae.AutoEncoder(12, seed=5)
+    initial.build((None, 30))
+    keras.utils.set_random_seed(1)
+    one, one_loss = train(1)
+    keras.utils.set_random_seed(1)
+    many, many_loss = train(group)
+    assert int(many.optimizer.iterations) == int(one.optimizer.iterations) == 150
+    # Same batches, same noise (drawn from the update count), same updates.
+    assert many_loss == pytest.approx(one_loss, rel=1e-6)
+    for a, b in zip(many.get_weights(), one.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(one.layer.kernel.numpy(), initial.layer.kernel.numpy())
+
+
 @pytest.mark.parametrize("steps_per_execution", [1, 3, 64])
 def test_fit_runs_exactly_one_epoch_per_epoch(steps_per_execution):
     # 70 rows at batch 16: 4 steps an epoch, not a multiple of 3 nor of 64.
