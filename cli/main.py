@@ -434,6 +434,27 @@ run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
     show_default=True,
     help="SGD momentum.",
 )
+@click.option(
+    "--lr-decay",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=FINETUNE.lr_decay,
+    show_default=True,
+    help="Learning rate factor per epoch.",
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=FINETUNE.dropout,
+    show_default=True,
+    help="Dropout rate after each hidden layer while fine-tuning.",
+)
+@click.option(
+    "--input-dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=FINETUNE.input_dropout,
+    show_default=True,
+    help="Dropout rate on the input pixels while fine-tuning.",
+)
 @strategy_option
 @_options(verbosity)
 @_failures
@@ -450,6 +471,9 @@ def finetune(
     patience,
     optimizer,
     momentum,
+    lr_decay,
+    dropout,
+    input_dropout,
     strategy,
     quiet,
     verbose,
@@ -472,6 +496,9 @@ def finetune(
         optimizer=optimizer,
         patience=patience,
         momentum=momentum,
+        lr_decay=lr_decay,
+        dropout=dropout,
+        input_dropout=input_dropout,
     )
     with strategy.scope():
         result = jobs.finetune_run(run, dataset, spec, verbose=0 if quiet else "auto")

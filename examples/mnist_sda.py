@@ -69,7 +69,7 @@ def float_list(text):
     return tuple(float(v) for v in text.split(","))
 
 
-def random_classifier(sizes, n_classes):
+def random_classifier(sizes, n_classes, dropout=0.0, input_dropout=0.0):
     """The classifier's architecture with fresh weights: the tutorial's MLP initialisation."""
     # uniform(+-4 sqrt(6 / (fan_in + fan_out))) is what the tutorial uses for sigmoid
     # layers, and what the pretrained layers started from: only pretraining differs.
@@ -87,23 +87,24 @@ def random_classifier(sizes, n_classes):
     top = keras.layers.Dense(
         n_classes, activation="softmax", kernel_initializer="zeros", name="softmax"
     )
-    return keras.Sequential([keras.Input((sizes[0],)), *hidden, top], name="random_init")
+    layers = [keras.Input((sizes[0],))]
+    if input_dropout:
+        layers.append(keras.layers.Dropout(input_dropout))
+    for dense in hidden:
+        layers += [dense, keras.layers.Dropout(dropout)] if dropout else [dense]
+    return keras.Sequential([*layers, top], name="random_init")
 
 
-def tune(label, model, split, spec, lr_decay):
+def tune(label, model, split, spec):
     """Fine-tune `model`; returns a row of the results table and the history."""
     keras.utils.set_random_seed(SEED)  # both networks see the same batches
-    # A learning rate that shrinks each epoch lets the last epochs settle into a minimum.
-    schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch: spec.learning_rate * lr_decay**epoch
-    )
     start = time.perf_counter()
     history = stackae.finetune(
         model,
         (split.train.x, split.train.y),
         (split.valid.x, split.valid.y),
         spec,
-        callbacks=[schedule, PrintEpoch(label)],
+        callbacks=[PrintEpoch(label)],
         verbose=0,
     )
     seconds = time.perf_counter() - start
@@ -142,11 +143,18 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.1, help="Fine-tuning learning rate.")
     parser.add_argument("--momentum", type=float, default=0.9, help="Fine-tuning SGD momentum.")
     parser.add_argument("--lr-decay", type=float, default=0.95, help="Fine-tuning lr factor/epoch.")
+    parser.add_argument("--dropout", type=float, default=0.0, help="Fine-tuning hidden dropout.")
+    parser.add_argument("--input-dropout", type=float, default=0.0, help="... on the pixels.")
     parser.add_argument("--patience", type=int, default=10, help="Epochs without a better val.")
     parser.add_argument("--valid-size", type=int, default=VALID_SIZE)
     parser.add_argument("--limit", type=int, default=None, help="First N rows of each split.")
     parser.add_argument("--stack", default=None, help="A saved stack.keras: skip pretraining.")
-    parser.add_argument("--no-baseline", action="store_true", help="Skip the random-init net.")
+    parser.add_argument(
+        "--init",
+        choices=("both", "pretrained", "random"),
+        default="both",
+        help="Fine-tune the pretrained network, the random-init one, or both.",
+    )
     parser.add_argument("--out", default="sda_out", help="Folder for figures and histories.")
     args = parser.parse_args(argv)
 
@@ -160,7 +168,8 @@ def main(argv=None):
         f"Settings: pretraining SGD lr {args.pretrain_lr}, batch {args.pretrain_batch_size}, "
         f"{args.pretrain_epochs} epochs per layer; fine-tuning SGD lr {args.lr}, momentum "
         f"{args.momentum}, lr x {args.lr_decay} per epoch, batch {args.batch_size}, "
-        f"at most {args.finetune_epochs} epochs, patience {args.patience}",
+        f"at most {args.finetune_epochs} epochs, patience {args.patience}, dropout "
+        f"{args.input_dropout} on the input and {args.dropout} on hidden layers",
         flush=True,
     )
     os.makedirs(args.out, exist_ok=True)
@@ -206,17 +215,26 @@ def main(argv=None):
         learning_rate=args.lr,
         momentum=args.momentum,
         patience=args.patience,
+        # A learning rate that shrinks each epoch lets the last epochs settle into a minimum.
+        lr_decay=args.lr_decay,
+        dropout=args.dropout,
+        input_dropout=args.input_dropout,
     )
     rows, histories = [], {}
-    model = export.classifier(stack, N_CLASSES)
-    row, histories["pretrained"] = tune("pretrained", model, split, spec, args.lr_decay)
-    rows.append(row)
-    kernel = model.layers[0].kernel.numpy()
-    save_filters(kernel, os.path.join(args.out, "filters_finetuned.png"), image_shape)
-    model.save(os.path.join(args.out, "classifier.keras"))
-    if not args.no_baseline:
-        model = random_classifier([split.n_features, *stack.sizes], N_CLASSES)
-        row, histories["random"] = tune("random", model, split, spec, args.lr_decay)
+    if args.init != "random":
+        model = export.classifier(
+            stack, N_CLASSES, dropout=spec.dropout, input_dropout=spec.input_dropout
+        )
+        row, histories["pretrained"] = tune("pretrained", model, split, spec)
+        rows.append(row)
+        kernel = model.get_layer("encoder_1").kernel.numpy()
+        save_filters(kernel, os.path.join(args.out, "filters_finetuned.png"), image_shape)
+        model.save(os.path.join(args.out, "classifier.keras"))
+    if args.init != "pretrained":
+        model = random_classifier(
+            [split.n_features, *stack.sizes], N_CLASSES, spec.dropout, spec.input_dropout
+        )
+        row, histories["random"] = tune("random", model, split, spec)
         rows.append(row)
 
     print(f"Pretraining: {pretrain_seconds / 60:.1f} min")

@@ -65,6 +65,9 @@ class FinetuneSpec:
     optimizer: str = "sgd"
     patience: int = 10
     momentum: float = 0.0
+    lr_decay: float = 1.0  # the learning rate of epoch e is learning_rate * lr_decay**e
+    dropout: float = 0.0  # after each hidden layer, during fine-tuning only
+    input_dropout: float = 0.0  # on the input, likewise
 
     def make_optimizer(self):
         return make_optimizer(self.optimizer, self.learning_rate, self.momentum)

@@ -37,21 +37,32 @@ def encoder(stack):
     )
 
 
-def classifier(stack, n_classes, zero_init=True):
+def classifier(stack, n_classes, zero_init=True, dropout=0.0, input_dropout=0.0):
     """The encoder with a softmax layer of `n_classes` on top, ready to fine-tune.
 
     The softmax starts at zero like the tutorial's logistic regression
-    (`zero_init=False` uses Keras's Glorot default instead).
+    (`zero_init=False` uses Keras's Glorot default instead). `dropout` > 0 puts
+    a `keras.layers.Dropout` after every hidden layer and `input_dropout` > 0
+    one on the input (Srivastava et al. 2014): active in `fit` only, so the
+    model's predictions are the same function of the same weights.
     """
+    mixed = keras.config.dtype_policy().name.startswith("mixed")
     top = keras.layers.Dense(
         n_classes,
         activation="softmax",
         kernel_initializer="zeros" if zero_init else "glorot_uniform",
+        # Under mixed precision the softmax and the loss stay in float32 (Keras's advice).
+        dtype="float32" if mixed else None,
         name="softmax",
     )
-    return keras.Sequential(
-        [keras.Input((_n_visible(stack),)), *_encoder_layers(stack), top], name="classifier"
-    )
+    layers = [keras.Input((_n_visible(stack),))]
+    if input_dropout:
+        layers.append(keras.layers.Dropout(input_dropout, name="input_dropout"))
+    for k, dense in enumerate(_encoder_layers(stack)):
+        layers.append(dense)
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout, name=f"dropout_{k + 1}"))
+    return keras.Sequential([*layers, top], name="classifier")
 
 
 def deep_autoencoder(stack):

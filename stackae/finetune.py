@@ -25,10 +25,17 @@ def finetune(model, train, valid=None, spec=FINETUNE_DEFAULTS, *, callbacks=(), 
     `train` and `valid` are (x, y) pairs. With a validation set, training stops
     after `spec.patience` epochs without a better validation accuracy and the
     best epoch's weights are restored (the tutorial's patience rule keeps its
-    best model the same way). Returns the Keras History.
+    best model the same way). `spec.lr_decay` < 1 shrinks the learning rate
+    each epoch. Returns the Keras History.
     """
     compile_classifier(model, spec)
     callbacks = list(callbacks)
+    if spec.lr_decay != 1.0:
+        callbacks.append(
+            keras.callbacks.LearningRateScheduler(
+                lambda epoch: spec.learning_rate * spec.lr_decay**epoch
+            )
+        )
     if valid is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(

@@ -49,13 +49,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         self.started = time.perf_counter()
+        self.first_update = int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
+            # A Keras "batch" here may be a group of batches: count the updates.
+            step = int(self.model.optimizer.iterations.numpy()) - self.first_update
             raise TrainingDiverged(
                 f"layer {self.k + 1}, epoch {self.epoch + 1}: the cost became {float(loss)} "
-                f"by step {batch + 1}; lower the learning rate. The last good checkpoint is kept."
+                f"by step {step}; lower the learning rate. The last good checkpoint is kept."
             )
 
     def on_epoch_end(self, epoch, logs=None):
@@ -281,7 +284,9 @@ def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, verbose="auto"):
     check_batch(len(train[0]), spec.batch_size, "training data")
     valid = labelled(data.valid, "validation data", n_classes) if data.valid is not None else None
     keras.utils.set_random_seed(run.manifest["config"]["seed"])  # the same batches every time
-    model = export.classifier(stack, n_classes)
+    model = export.classifier(
+        stack, n_classes, dropout=spec.dropout, input_dropout=spec.input_dropout
+    )
     started = time.perf_counter()
     history = finetune(model, train, valid, spec, verbose=verbose)
     seconds = time.perf_counter() - started

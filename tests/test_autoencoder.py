@@ -217,3 +217,32 @@ def test_fit_with_steps_per_epoch_stays_inside_each_epoch(small_x):
     history = model.fit(stream, epochs=3, steps_per_epoch=5, verbose=0)
     assert int(model.optimizer.iterations) == 15
     assert len(history.history["loss"]) == 3
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.config.set_dtype_policy("mixed_float16")
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def test_mixed_float16_pretrains_grouped_and_fine_tunes(small_x, mixed_float16):
+    from stackae import export
+    from stackae.finetune import finetune
+
+    stack = stackae.Stack(stackae.layer_specs((8, 6), corruption=0.2, epochs=2, batch_size=5))
+    stack.build((None, 30))
+    before = stack.encoder_layers[1].kernel.numpy().copy()
+    histories = stackae.pretrain(stack, small_x, verbose=0, group=4)
+    for history in histories:
+        assert all(np.isfinite(history.history["loss"]))
+    assert not np.allclose(before, stack.encoder_layers[1].kernel.numpy())
+    for layer in stack.encoder_layers:
+        assert keras.backend.standardize_dtype(layer.kernel.dtype) == "float32"
+    assert keras.backend.standardize_dtype(stack.encode(small_x).dtype) == "float16"
+    model = export.classifier(stack, 3)
+    y = (small_x[:, 0] * 3).astype("int64").clip(0, 2)
+    history = finetune(model, (small_x, y), spec=stackae.FinetuneSpec(epochs=2, batch_size=8))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert all(np.isfinite(history.history["loss"]))
+    assert keras.backend.standardize_dtype(model(small_x).dtype) == "float32"  # the softmax

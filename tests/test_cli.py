@@ -44,7 +44,10 @@ def test_pretrain_writes_a_run(run_dir):
 
 def test_finetune_then_evaluate(run_dir):
     out, _ = run_dir
-    result = invoke("finetune", out, "--epochs", "2", "--momentum", "0.5", "-q")
+    result = invoke(
+        "finetune", out, "--epochs", "2", "--momentum", "0.5", "--lr-decay", "0.5",
+        "--dropout", "0.2", "--input-dropout", "0.1", "-q",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "validation error" in result.output and "test error" in result.output
     assert (out / "classifier.keras").is_file()
@@ -55,6 +58,13 @@ def test_finetune_then_evaluate(run_dir):
     assert 0 <= error <= 100
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["finetune"]["spec"]["momentum"] == 0.5
+    assert manifest["finetune"]["spec"]["dropout"] == 0.2
+    import keras
+
+    classifier = keras.saving.load_model(out / "classifier.keras")
+    rates = [layer.rate for layer in classifier.layers if isinstance(layer, keras.layers.Dropout)]
+    assert rates == [0.1, 0.2, 0.2]
+    assert float(classifier.optimizer.learning_rate.numpy()) == pytest.approx(0.1 * 0.5)
     info = invoke("info", out)
     assert info.exit_code == 0 and "fine-tuned" in info.output and "finetuned" in info.output
 

@@ -70,6 +70,26 @@ def test_classifier_starts_pretrained_and_finetuning_changes_all_layers(small_x,
     assert 0.0 <= error_rate(model, small_x, y) <= 1.0
 
 
+def test_classifier_dropout_is_active_in_fit_only(small_x):
+    stack = small_stack()
+    plain = export.classifier(stack, 3, zero_init=False)
+    model = export.classifier(stack, 3, zero_init=False, dropout=0.5, input_dropout=0.2)
+    names = [layer.name for layer in model.layers]
+    assert names == ["input_dropout", "encoder_1", "dropout_1", "encoder_2", "dropout_2", "softmax"]
+    model.get_layer("softmax").set_weights(plain.get_layer("softmax").get_weights())
+    # Inference: the same function of the same weights; training: units dropped.
+    assert_allclose(model.predict(small_x, verbose=0), plain.predict(small_x, verbose=0), atol=1e-6)
+    assert not np.allclose(numpy(model(small_x, training=True)), numpy(plain(small_x)), atol=1e-3)
+
+
+def test_learning_rate_decays_each_epoch(small_x):
+    model = export.classifier(small_stack(), 3)
+    y = (small_x[:, 0] * 3).astype("int64").clip(0, 2)
+    spec = FinetuneSpec(epochs=3, batch_size=8, learning_rate=0.2, lr_decay=0.5)
+    finetune(model, (small_x, y), spec=spec, verbose=0)
+    assert float(numpy(model.optimizer.learning_rate)) == pytest.approx(0.2 * 0.5**2)
+
+
 def test_layer_two_trains_on_clean_codes_of_layer_one(small_x):
     stack = small_stack(corruption=0.3)
     initial = [[numpy(w).copy() for w in layer.weights] for layer in stack.encoder_layers]
