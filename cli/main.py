@@ -393,95 +393,51 @@ def _open(run_dir):
 run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
 
 
+def _finetune_option(flag, kind, text, name=None):
+    """An option setting the FinetuneSpec field `name` (the flag's own name by default)."""
+    name = name or flag[2:].replace("-", "_")
+    default = getattr(FINETUNE, name)
+    return click.option(flag, name, type=kind, default=default, show_default=True, help=text)
+
+
+FRACTION = click.FloatRange(0, 1, max_open=True)
+finetune_options = _options(
+    [
+        _finetune_option("--epochs", click.IntRange(min=1), "Most fine-tuning epochs."),
+        _finetune_option(
+            "--lr", click.FloatRange(min=0, min_open=True), "Learning rate.", "learning_rate"
+        ),
+        _finetune_option("--batch-size", click.IntRange(min=1), "Global batch size."),
+        _finetune_option(
+            "--patience",
+            click.IntRange(min=1),
+            "Epochs without a better validation error before stopping.",
+        ),
+        _finetune_option("--optimizer", str, "Keras optimizer name."),
+        _finetune_option("--momentum", FRACTION, "SGD momentum."),
+        _finetune_option(
+            "--lr-decay", click.FloatRange(0, 1, min_open=True), "Learning rate factor per epoch."
+        ),
+        _finetune_option("--dropout", FRACTION, "Dropout after each hidden layer, in training."),
+        _finetune_option("--input-dropout", FRACTION, "Dropout on the input, in training."),
+    ]
+)
+
+
 @cli.command()
 @run_argument
 @_data_options()
-@click.option(
-    "--epochs",
-    type=click.IntRange(min=1),
-    default=FINETUNE.epochs,
-    show_default=True,
-    help="Most fine-tuning epochs.",
-)
-@click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=FINETUNE.learning_rate,
-    show_default=True,
-    help="Learning rate.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=FINETUNE.batch_size,
-    show_default=True,
-    help="Global batch size.",
-)
-@click.option(
-    "--patience",
-    type=click.IntRange(min=1),
-    default=FINETUNE.patience,
-    show_default=True,
-    help="Epochs without a better validation error before stopping.",
-)
-@click.option(
-    "--optimizer", default=FINETUNE.optimizer, show_default=True, help="Keras optimizer name."
-)
-@click.option(
-    "--momentum",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=FINETUNE.momentum,
-    show_default=True,
-    help="SGD momentum.",
-)
-@click.option(
-    "--lr-decay",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=FINETUNE.lr_decay,
-    show_default=True,
-    help="Learning rate factor per epoch.",
-)
-@click.option(
-    "--dropout",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=FINETUNE.dropout,
-    show_default=True,
-    help="Dropout rate after each hidden layer while fine-tuning.",
-)
-@click.option(
-    "--input-dropout",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=FINETUNE.input_dropout,
-    show_default=True,
-    help="Dropout rate on the input pixels while fine-tuning.",
-)
+@finetune_options
 @strategy_option
 @_options(verbosity)
 @_failures
 def finetune(
-    run_dir,
-    data,
-    limit,
-    valid_size,
-    label_column,
-    scale,
-    epochs,
-    lr,
-    batch_size,
-    patience,
-    optimizer,
-    momentum,
-    lr_decay,
-    dropout,
-    input_dropout,
-    strategy,
-    quiet,
-    verbose,
+    run_dir, data, limit, valid_size, label_column, scale, strategy, quiet, verbose, **settings
 ):
     """Fine-tune the pretrained stack with labels; saves classifier.keras."""
-    if momentum and optimizer.lower() != "sgd":
+    if settings["momentum"] and settings["optimizer"].lower() != "sgd":
         raise click.BadParameter(
-            f"momentum is an SGD setting, not {optimizer}'s", param_hint="--momentum"
+            f"momentum is an SGD setting, not {settings['optimizer']}'s", param_hint="--momentum"
         )
     strategy = _library(verbose, strategy)
     from stackae import jobs
@@ -489,17 +445,7 @@ def finetune(
 
     run = _open(run_dir)
     dataset = _load_for_run(run, data, limit, valid_size, label_column, scale)
-    spec = FinetuneSpec(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        optimizer=optimizer,
-        patience=patience,
-        momentum=momentum,
-        lr_decay=lr_decay,
-        dropout=dropout,
-        input_dropout=input_dropout,
-    )
+    spec = FinetuneSpec(**settings)
     with strategy.scope():
         result = jobs.finetune_run(run, dataset, spec, verbose=0 if quiet else "auto")
     if result["valid_error"] is not None:

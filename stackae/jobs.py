@@ -49,13 +49,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         self.started = time.perf_counter()
-        self.first_update = int(self.model.optimizer.iterations.numpy())
+        self.first_update = self._updates()
+
+    def _updates(self):
+        # .value: under MultiWorkerMirroredStrategy a MirroredVariable, which int() refuses.
+        return int(self.model.optimizer.iterations.value.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             # A Keras "batch" here may be a group of batches: count the updates.
-            step = int(self.model.optimizer.iterations.numpy()) - self.first_update
+            step = self._updates() - self.first_update
             raise TrainingDiverged(
                 f"layer {self.k + 1}, epoch {self.epoch + 1}: the cost became {float(loss)} "
                 f"by step {step}; lower the learning rate. The last good checkpoint is kept."
