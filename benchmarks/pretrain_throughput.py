@@ -226,15 +226,11 @@ def main(argv=None):
             n_times, n_costs = run_naive(epoch_zero_order(x, batch), 500, batch, epochs, initial)
             naive[batch] = steady(n_times)
             table.add(f"naive model.fit b={batch}", naive[batch], rows, batch, 500, floors[batch])
-            table.add(
-                f"stackae b={batch} corruption=0",
-                steady(times),
-                rows,
-                batch,
-                500,
-                floors[batch],
-                naive[batch],
-            )
+
+            def stackae_row(name, times, batch=batch):
+                table.add(name, steady(times), rows, batch, 500, floors[batch], naive[batch])
+
+            stackae_row(f"stackae b={batch} corruption=0", times)
             relative = abs(costs[0] - n_costs[0]) / abs(n_costs[0])
             verdict = "PASS" if relative <= COST_RTOL else "FAIL"
             if verdict == "FAIL":
@@ -246,29 +242,15 @@ def main(argv=None):
             print(table.lines[-1], flush=True)
             # Without grouping: one batch per training step, the Keras loop around each.
             times, single_costs, _ = run_stackae(x, 500, batch, 0.0, epochs, group=1)
-            table.add(
-                f"stackae b={batch} corruption=0 group=1",
-                steady(times),
-                rows,
-                batch,
-                500,
-                floors[batch],
-                naive[batch],
-            )
+            stackae_row(f"stackae b={batch} corruption=0 group=1", times)
             if not np.allclose(single_costs, costs, rtol=1e-6, atol=0):
                 failures.append(batch)
                 table.lines.append(f"  group=1 costs differ: {single_costs} vs {costs}: FAIL")
                 print(table.lines[-1], flush=True)
             for corruption in corruptions[1:]:
-                times, _, _ = run_stackae(x, 500, batch, corruption, epochs)
-                table.add(
+                stackae_row(
                     f"stackae b={batch} corruption={corruption}",
-                    steady(times),
-                    rows,
-                    batch,
-                    500,
-                    floors[batch],
-                    naive[batch],
+                    run_stackae(x, 500, batch, corruption, epochs)[0],
                 )
 
         table.lines.append("scaling (stackae, b=20, corruption 0):")
