@@ -235,11 +235,12 @@ class AutoEncoder(keras.Model):
         if len(x.shape) == 2:
             self._update(x)
         else:
-            tf.while_loop(
-                lambda i: i < tf.shape(x)[0],
-                lambda i: self._update(x[i]) or i + 1,
-                [tf.constant(0)],
-            )
+
+            def update_with_batch(i):
+                self._update(x[i])
+                return i + 1
+
+            tf.while_loop(lambda i: i < tf.shape(x)[0], update_with_batch, [tf.constant(0)])
         return self._logs()
 
     def _update(self, x):
