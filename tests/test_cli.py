@@ -161,6 +161,18 @@ def test_help_and_version():
     assert "Learning rate per layer. [default: 0.1]" in text
 
 
+@pytest.mark.parametrize(
+    "option, value",
+    [("--dropout", "1"), ("--input-dropout", "-0.1"), ("--lr-decay", "0"), ("--lr-decay", "1.5")],
+)
+def test_bad_finetune_settings_exit_2_and_change_nothing(run_dir, option, value):
+    out, _ = run_dir
+    manifest = (out / "manifest.json").read_bytes()
+    result = invoke("finetune", out, option, value)
+    assert result.exit_code == 2 and option in result.output
+    assert (out / "manifest.json").read_bytes() == manifest
+
+
 def test_momentum_needs_sgd(run_dir):
     out, _ = run_dir
     result = invoke("finetune", out, "--optimizer", "adam", "--momentum", "0.9")
