@@ -1,24 +1,50 @@
-"""Defaults and per-layer settings, in one place; imports no TensorFlow (the CLI reads it)."""
+"""Defaults, names and per-layer settings, in one place; imports no backend (the CLI reads it)."""
 
 import dataclasses
+import math
 
 DEFAULT_SEED = 123
+NOISE_KINDS = ("masking", "gaussian", "salt-and-pepper")
+LOSSES = ("cross-entropy", "squared-error")
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi-worker")
+# Rows per call when predicting, encoding or evaluating (no gradients: bigger is faster).
+PREDICT_BATCH = 1024
 
 
 def make_optimizer(name, learning_rate, momentum=0.0):
+    """A Keras optimizer by name; ValueError (one line) for a name Keras does not know."""
     import keras
 
     config = {"learning_rate": learning_rate}
     if momentum:
-        if name.lower() != "sgd":
-            raise ValueError(f"momentum is an SGD setting; the optimizer is {name!r}")
         config["momentum"] = momentum
-    return keras.optimizers.get({"class_name": name, "config": config})
+    try:
+        return keras.optimizers.get({"class_name": name, "config": config})
+    except (ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"`optimizer` {name!r} is not a Keras optimizer ({first})") from None
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(ok, name, value, what):
+    if not ok:
+        raise ValueError(f"`{name}` must be {what}. Received: {name}={value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
-    """How one layer of a stack is pretrained; the defaults are the dA tutorial's."""
+    """How one layer of a stack is pretrained; the defaults are the dA tutorial's.
+
+    Every field is checked when the spec is made (ValueError naming the field),
+    so a spec read back from a run's manifest is as valid as one typed in.
+    """
 
     units: int = 500
     corruption: float = 0.0
@@ -32,6 +58,41 @@ class LayerSpec:
     sparsity: float = 0.0
     sparsity_target: float = 0.05
     contraction: float = 0.0
+
+    def __post_init__(self):
+        for name in ("units", "epochs", "batch_size"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 1, name, value, "an integer >= 1")
+        _require(self.noise in NOISE_KINDS, "noise", self.noise, f"one of {NOISE_KINDS}")
+        _require(self.loss in LOSSES, "loss", self.loss, f"one of {LOSSES}")
+        upper = math.inf if self.noise == "gaussian" else 1.0
+        _require(
+            _is_number(self.corruption) and 0 <= self.corruption < upper,
+            "corruption",
+            self.corruption,
+            f"in [0, {upper:g}) for {self.noise} noise",
+        )
+        _require(
+            _is_number(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "a number > 0",
+        )
+        _require(
+            isinstance(self.optimizer, str) and self.optimizer.strip() != "",
+            "optimizer",
+            self.optimizer,
+            "a Keras optimizer name",
+        )
+        for name in ("l2", "sparsity", "contraction"):
+            value = getattr(self, name)
+            _require(_is_number(value) and value >= 0, name, value, "a number >= 0")
+        _require(
+            _is_number(self.sparsity_target) and 0 < self.sparsity_target < 1,
+            "sparsity_target",
+            self.sparsity_target,
+            "in (0, 1)",
+        )
 
     def make_optimizer(self):
         return make_optimizer(self.optimizer, self.learning_rate)
@@ -68,6 +129,37 @@ class FinetuneSpec:
     lr_decay: float = 1.0  # the learning rate of epoch e is learning_rate * lr_decay**e
     dropout: float = 0.0  # after each hidden layer, during fine-tuning only
     input_dropout: float = 0.0  # on the input, likewise
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 1, name, value, "an integer >= 1")
+        _require(
+            _is_number(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "a number > 0",
+        )
+        _require(
+            isinstance(self.optimizer, str) and self.optimizer.strip() != "",
+            "optimizer",
+            self.optimizer,
+            "a Keras optimizer name",
+        )
+        for name in ("momentum", "dropout", "input_dropout"):
+            value = getattr(self, name)
+            _require(_is_number(value) and 0 <= value < 1, name, value, "in [0, 1)")
+        _require(
+            _is_number(self.lr_decay) and 0 < self.lr_decay <= 1,
+            "lr_decay",
+            self.lr_decay,
+            "in (0, 1]",
+        )
+        if self.momentum and self.optimizer.lower() != "sgd":
+            raise ValueError(
+                f"`momentum` is an SGD setting; the optimizer is {self.optimizer!r}. "
+                f"Received: momentum={self.momentum!r}"
+            )
 
     def make_optimizer(self):
         return make_optimizer(self.optimizer, self.learning_rate, self.momentum)
