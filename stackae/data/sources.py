@@ -1,0 +1,150 @@
+"""Named data sources (mnist, mnist-sample, fashion-mnist) and `load`, which reads any source."""
+
+import importlib.resources
+import os
+
+from stackae.data import readers, validation
+from stackae.data.readers import IMAGE_SHAPE
+from stackae.errors import DataError
+
+MNIST_ENV = "STACKAE_MNIST"
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+SAMPLE_RESOURCE = "mnist_sample.npz"
+SOURCES = ("mnist", "mnist-sample", "fashion-mnist")
+# Rows taken from the end of the training set for validation, as the tutorial does.
+DEFAULT_VALID = {"mnist": 10_000, "mnist-sample": 2_000, "fashion-mnist": 10_000}
+
+
+def load(
+    source=None,
+    *,
+    valid_size=None,
+    limit=None,
+    label_column=None,
+    scale=None,
+    loss="cross-entropy",
+):
+    """Load a data source as validated float32 rows in [0, 1].
+
+    Args:
+        source: "mnist", "mnist-sample", "fashion-mnist", a path (.npz, .npy,
+            .csv, .pkl[.gz], or a folder of IDX files), or None for
+            `default_source()`.
+        valid_size: rows taken from the end of the training rows for
+            validation (0: none). Default: 10,000 for MNIST and Fashion-MNIST,
+            2,000 for mnist-sample, the file's own split for the tutorial's
+            pickle, none for other files.
+        limit: keep only the first `limit` rows of each split.
+        label_column: name or index of the label column of a CSV.
+        scale: min-max scale non-uint8 data into [0, 1], over the whole source.
+            uint8 is always divided by 255.
+        loss: the loss the data is for; "cross-entropy" needs values in [0, 1].
+
+    Returns:
+        A `Data`. Images (rows, h, w) or (rows, h, w, 1) are flattened to rows
+        and their (h, w) kept as `image_shape`.
+
+    Raises:
+        DataError: the source is missing, unreadable or holds data the loss cannot take.
+    """
+    validation.check_args(valid_size, limit, loss)
+    if source is None:
+        source, _ = default_source()
+    source = os.fspath(source)
+    name = source.replace("_", "-") if source.replace("_", "-") in SOURCES else source
+    if name == "mnist":
+        raw = _read_mnist()
+    elif name == "mnist-sample":
+        raw = _read_sample()
+    elif name == "fashion-mnist":
+        raw = _read_fashion()
+    else:
+        raw = readers.read_path(source, label_column)
+    return validation.assemble(
+        name, raw, DEFAULT_VALID.get(name), valid_size, limit, scale=scale, loss=loss
+    )
+
+
+def default_source() -> tuple[str, str]:
+    """(source name, one line saying which data is used and how to get the other)."""
+    path = _local_mnist()
+    if path is not None:
+        return "mnist", f"Using full MNIST from {path}."
+    return "mnist-sample", (
+        "Using mnist-sample (10,000 training images shipped with stackae); for full MNIST "
+        f"set {MNIST_ENV}=/path/to/mnist.npz or run once online."
+    )
+
+
+def _keras_cache():
+    return os.path.join(
+        os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"),
+        "datasets",
+    )
+
+
+def _local_mnist():
+    """Path of a full MNIST found without downloading, or None."""
+    explicit = os.environ.get(MNIST_ENV)
+    if explicit:
+        return explicit
+    cached = os.path.join(_keras_cache(), "mnist.npz")
+    return cached if os.path.isfile(cached) else None
+
+
+def _download(what, load_data, hint):
+    try:
+        (x_train, y_train), (x_test, y_test) = load_data()
+    except Exception as err:  # noqa: BLE001 - any failure means "not here, not downloadable"
+        raise DataError(
+            f"{what} could not be found or downloaded ({type(err).__name__}: {err}); {hint}"
+        ) from err
+    return {"train": (x_train, y_train), "test": (x_test, y_test)}
+
+
+def _read_mnist():
+    path = _local_mnist()
+    if path is not None:
+        if not os.path.exists(path):
+            raise DataError(f"mnist: {MNIST_ENV}={path} does not exist")
+        raw = readers.keras_layout(readers.read_npz(path), path)
+    else:
+        import keras  # only to download: the rest of this package needs no backend
+
+        splits = _download(
+            "mnist: MNIST",
+            keras.datasets.mnist.load_data,
+            f"use the source mnist-sample, or set {MNIST_ENV}=/path/to/mnist.npz",
+        )
+        raw = readers.Raw(splits, os.path.join(_keras_cache(), "mnist.npz"))
+    raw.image_shape, raw.n_classes = IMAGE_SHAPE, 10
+    return raw
+
+
+def _read_sample():
+    resource = importlib.resources.files("stackae") / "resources" / SAMPLE_RESOURCE
+    with importlib.resources.as_file(resource) as path:
+        raw = readers.keras_layout(readers.read_npz(str(path)), str(path))
+    raw.image_shape, raw.n_classes = IMAGE_SHAPE, 10
+    return raw
+
+
+def _read_fashion():
+    import stackae.data  # FASHION_DIR is read there, where a test or a user may set it
+
+    cached = os.path.join(_keras_cache(), "fashion-mnist")
+    for folder in (stackae.data.FASHION_DIR, cached):
+        if readers.idx_files(folder):
+            raw = readers.read_idx_folder(folder)
+            break
+    else:
+        import keras  # only to download
+
+        splits = _download(
+            "fashion-mnist: Fashion-MNIST",
+            keras.datasets.fashion_mnist.load_data,
+            "install it with `apt-get install dataset-fashion-mnist` or run once online",
+        )
+        raw = readers.Raw(splits, cached)
+    raw.image_shape, raw.n_classes = IMAGE_SHAPE, 10
+    return raw
