@@ -1,4 +1,4 @@
-"""stackae.data: every source format, every refusal, the tf.data pipelines, fuzzed loaders."""
+"""stackae.data.load: every source format, every refusal, fuzzed loaders."""
 
 import collections
 import gzip
@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_array_equal
 
-import stackae
 from stackae import data
 from stackae.data import DataError
 
@@ -369,136 +368,6 @@ def test_public_checks():
     data.check_batch(20, 20, "d")
     with pytest.raises(DataError, match="d: only 5 training rows, fewer than one batch of 20"):
         data.check_batch(5, 20, "d")
-
-
-# ---------------------------------------------------------------- tf.data
-
-
-def rows_of(batches, x):
-    """Row indices of each batch of rows of x (rows of x are distinct)."""
-    lookup = {row.tobytes(): i for i, row in enumerate(np.asarray(x))}
-    return [[lookup[row.tobytes()] for row in batch] for batch in batches]
-
-
-def take(ds):
-    return list(ds.as_numpy_iterator())
-
-
-X = np.arange(23 * 3, dtype=np.float32).reshape(23, 3) / 100
-
-
-def epochs_of(x, batch_size, seed, epochs, shuffle=True):
-    """The batches a training_dataset serves for each epoch in `epochs`, as Keras would ask."""
-    ds, order = data.training_dataset(x, batch_size, seed=seed, shuffle=shuffle)
-    out = []
-    for e in epochs:
-        order.on_epoch_begin(e)
-        out.extend(take(ds))
-    return out
-
-
-def test_each_epoch_is_a_permutation_of_full_batches():
-    out = epochs_of(X, 5, 3, range(3))
-    assert len(out) == 3 * 4 and all(b.shape == (5, 3) and b.dtype == np.float32 for b in out)
-    epochs = [sorted(sum(rows_of(out[e * 4 : (e + 1) * 4], X), [])) for e in range(3)]
-    for rows in epochs:
-        assert len(set(rows)) == 20  # 23 // 5 batches, no row twice
-    orders = [sum(rows_of(out[e * 4 : (e + 1) * 4], X), []) for e in range(3)]
-    assert orders[0] != orders[1]
-    assert epochs_of(X, 5, 4, [0])[0].tolist() != out[0].tolist()
-
-
-def test_epoch_order_depends_only_on_seed_and_epoch():
-    full = epochs_of(X, 5, 9, range(4))
-    resumed = epochs_of(X, 5, 9, [2, 3])
-    assert len(resumed) == 8
-    for a, b in zip(full[8:], resumed, strict=True):
-        assert_array_equal(a, b)
-
-
-def test_no_shuffle_keeps_order_and_batches_keeps_the_rest():
-    out = epochs_of(X, 5, 0, range(2), shuffle=False)
-    assert_array_equal(np.concatenate(out[:4]), X[:20])
-    assert_array_equal(np.concatenate(out[4:]), X[:20])
-    out = take(data.batches(X, 5))
-    assert [len(b) for b in out] == [5, 5, 5, 5, 3]
-    assert_array_equal(np.concatenate(out), X)
-    with pytest.raises(DataError, match="only 23 training rows, fewer than one batch of 50"):
-        data.training_dataset(X, 50, seed=0)
-
-
-def test_memmap_streams_the_same_values(tmp_path):
-    np.save(tmp_path / "x.npy", X)
-    d = data.load(str(tmp_path / "x.npy"), valid_size=3)
-    assert isinstance(d.train.x, np.memmap)
-    from_file = epochs_of(d.train.x, 4, 1, range(2))
-    in_memory = epochs_of(np.array(d.train.x), 4, 1, range(2))
-    for a, b in zip(from_file, in_memory, strict=True):
-        assert_array_equal(a, b)
-    assert_array_equal(np.concatenate(take(data.batches(d.valid.x, 2))), X[20:])
-
-
-@pytest.mark.parametrize("source", ["array", "memmap"])
-def test_groups_serve_the_same_batches_in_the_same_order(tmp_path, source):
-    # 23 rows at batch 2: 11 batches an epoch, served 4 at a time: 4 + 4 + 3.
-    x = X
-    if source == "memmap":
-        np.save(tmp_path / "x.npy", X)
-        x = data.load(str(tmp_path / "x.npy"), valid_size=0).train.x
-        assert isinstance(x, np.memmap)
-    single = epochs_of(x, 2, 5, range(2))
-    ds, order = data.training_dataset(x, 2, seed=5, group=4)
-    assert ds.element_spec.shape.as_list() == [None, 2, 3]
-    grouped = []
-    for e in range(2):
-        order.on_epoch_begin(e)
-        groups = take(ds)
-        assert [g.shape for g in groups] == [(4, 2, 3), (4, 2, 3), (3, 2, 3)]
-        grouped.extend(batch for g in groups for batch in g)
-    assert len(grouped) == len(single) == 22
-    for a, b in zip(grouped, single, strict=True):
-        assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("group", [4, 7, 50])
-def test_grouped_steps_train_exactly_like_single_batches(group):
-    # 1,003 rows at batch 20: 50 updates an epoch (7 leaves a group of 1, 50 is one group).
-    x = np.random.default_rng(0).random((1003, 30)).astype(np.float32)
-
-    def train(group):
-        model = stackae.AutoEncoder(12, corruption=0.3, seed=5)
-        model.build((None, 30))
-        model.compile()
-        ds, order = data.training_dataset(x, 20, seed=3, group=group)
-        history = model.fit(ds, epochs=3, callbacks=[order], verbose=0, shuffle=False)
-        return model, history.history["loss"]
-
-    keras.utils.set_random_seed(1)
-    initial = stackae.AutoEncoder(12, seed=5)
-    initial.build((None, 30))
-    keras.utils.set_random_seed(1)
-    one, one_loss = train(1)
-    keras.utils.set_random_seed(1)
-    many, many_loss = train(group)
-    assert int(many.optimizer.iterations) == int(one.optimizer.iterations) == 150
-    # Same batches, same noise (drawn from the update count), same updates.
-    assert many_loss == pytest.approx(one_loss, rel=1e-6)
-    for a, b in zip(many.get_weights(), one.get_weights(), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    assert not np.allclose(one.layer.kernel.numpy(), initial.layer.kernel.numpy())
-
-
-@pytest.mark.parametrize("steps_per_execution", [1, 3, 64])
-def test_fit_runs_exactly_one_epoch_per_epoch(steps_per_execution):
-    # 70 rows at batch 16: 4 steps an epoch, not a multiple of 3 nor of 64.
-    x = np.random.default_rng(0).random((70, 8)).astype(np.float32)
-    model = stackae.AutoEncoder(3, seed=1)
-    model.compile(steps_per_execution=steps_per_execution)
-    ds, order = data.training_dataset(x, 16, seed=2)
-    history = model.fit(ds, epochs=3, initial_epoch=1, callbacks=[order], verbose=0)
-    assert len(history.history["loss"]) == 2
-    assert int(model.optimizer.iterations) == 2 * 4
-    assert order.epoch == 2
 
 
 # ---------------------------------------------------------------- fuzzing

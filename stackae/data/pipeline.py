@@ -30,7 +30,8 @@ class EpochOrder(keras.callbacks.Callback):
 def training_dataset(x, batch_size, *, seed, shuffle=True, group=1, y=None):
     """One epoch of float32 batches (batch_size, n_features), and its EpochOrder callback.
 
-    Pass both to fit: `fit(ds, epochs=..., initial_epoch=..., callbacks=[order])`.
+    Pass both to fit: `fit(ds, epochs=..., initial_epoch=..., callbacks=[order],
+    shuffle=False)` (Keras would shuffle a PyDataset's elements itself, with `random`).
     Keras iterates the dataset afresh each epoch; epoch e is served in the
     permutation drawn from the seed (seed, e) alone, so a run resumed at epoch e
     sees the order an uninterrupted run saw. Each epoch is finite (not one long
