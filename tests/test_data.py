@@ -17,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_array_equal
 
 from stackae import data
+from stackae import images as images_module
 from stackae.data import DataError
 
 
@@ -199,6 +200,21 @@ def test_npy_float32_in_range_stays_a_memmap(tmp_path):
     assert d.image_shape == (1, 5)
     np.save(tmp_path / "f64.npy", x.astype(np.float64))
     assert data.load(str(tmp_path / "f64.npy")).train.x.dtype == np.float32
+
+
+def test_single_channel_images_keep_their_picture_shape(tmp_path):
+    x = images(12)[0][..., None]  # (12, 28, 28, 1), as Keras image datasets come
+    np.save(tmp_path / "c.npy", x)
+    d = data.load(str(tmp_path / "c.npy"))
+    assert d.image_shape == (28, 28) and d.train.x.shape == (12, 784)
+    assert_array_equal(d.train.x, x.reshape(12, -1) / np.float32(255))
+    kernel = np.random.default_rng(0).random((784, 4)).astype(np.float32)
+    assert images_module.filters_image(kernel, d.image_shape, grid=(2, 2)).shape == (57, 57)
+    # Several channels train as flat rows; no (h, w) is recorded, pictures use square tiles.
+    np.save(tmp_path / "rgb.npy", np.zeros((5, 8, 8, 3), np.uint8))
+    d = data.load(str(tmp_path / "rgb.npy"))
+    assert d.image_shape is None and d.train.x.shape == (5, 192)
+    assert images_module.filters_image(kernel[:192], d.image_shape, grid=(2, 2)).ndim == 2
 
 
 def test_csv_with_header_and_labels(tmp_path):
