@@ -115,9 +115,11 @@ class AutoEncoder(keras.Model):
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
+        # The decoder trains inside train_step: its bias must be in the weights the optimizer sees.
+        self.layer.use_decoder()
 
     def call(self, inputs):
-        return self.layer.decode(self.layer(inputs))
+        return self.layer(self.layer(inputs), reverse=True)
 
     def encode(self, x):
         return self.layer.encode(x)
@@ -182,7 +184,8 @@ class AutoEncoder(keras.Model):
         """
         dtype = self.layer.variable_dtype
         h = self.layer(corrupted)  # (batch, n_hidden); builds the layer on first use
-        logits = ops.cast(self.layer.decode_logits(h), dtype)  # (batch, n_visible)
+        logits = self.layer(h, reverse=True, return_logits=True)  # (batch, n_visible)
+        logits = ops.cast(logits, dtype)
         x = ops.cast(x, dtype)
         if self.loss_name == "cross-entropy":
             per_example = losses.cross_entropy(x, logits)

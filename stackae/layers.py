@@ -16,8 +16,18 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
     """Encoder `act(x W + b)` with a tied decoder `decoder_act(h W^T + b')`.
 
     Called on `x` the layer returns the code, so it drops into any Keras model
-    as an encoder; `decode` and `reconstruct` use the same kernel transposed,
-    so gradients from both directions reach one weight.
+    as an encoder. Called with `reverse=True` on a code it decodes with the
+    same kernel transposed (as `keras.layers.ReversibleEmbedding` does), so a
+    tied autoencoder is two calls of one layer in a functional model:
+
+        tied = TiedAutoEncoderLayer(64)
+        h = tied(x)
+        x_hat = tied(h, reverse=True)
+
+    The decoder bias `b'` exists from `build` on (saved files hold all three
+    weights), but it is trainable only once the decoder is used: by a
+    `reverse=True` call, or by `use_decoder()`. A model that only encodes
+    therefore has no trainable weight without a gradient.
 
     Args:
         units: size of the code (number of hidden units).
@@ -27,7 +37,18 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
         kernel_initializer: defaults to the tutorial's
             uniform(+-4 sqrt(6 / (n_in + units))).
         bias_initializer, decoder_bias_initializer: default zeros.
-        kernel_regularizer, bias_regularizer: as for `keras.layers.Dense`.
+        kernel_regularizer, bias_regularizer, decoder_bias_regularizer: as for
+            `keras.layers.Dense` (the decoder bias's counts once it is used).
+        kernel_constraint, bias_constraint, decoder_bias_constraint: as for
+            `keras.layers.Dense`.
+
+    Call arguments:
+        inputs: rows `x` of size n_visible, or with `reverse=True` codes of
+            size `units`.
+        reverse: decode instead of encode.
+        return_logits: return the activation's input (`x W + b`, or
+            `h W^T + b'` when decoding), e.g. for a cross-entropy computed
+            from logits.
     """
 
     def __init__(
@@ -40,6 +61,10 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
         decoder_bias_initializer="zeros",
         kernel_regularizer=None,
         bias_regularizer=None,
+        decoder_bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        decoder_bias_constraint=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -55,7 +80,14 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
         self.decoder_bias_initializer = keras.initializers.get(decoder_bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.decoder_bias_regularizer = keras.regularizers.get(decoder_bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.decoder_bias_constraint = keras.constraints.get(decoder_bias_constraint)
+        # The last axis is n_visible when encoding and units when decoding:
+        # __call__ checks it, knowing the direction.
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self._decoder_used = False
 
     def build(self, input_shape):
         n_in = input_shape[-1]
@@ -69,49 +101,112 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
             shape=(n_in, self.units),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
         )
         self.bias = self.add_weight(
             name="bias",
             shape=(self.units,),
             initializer=self.bias_initializer,
             regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint,
         )
+        # Made trainable (the TensorFlow variable must be, for gradient tapes to see it),
+        # then left out of trainable_weights until the decoder is used.
         self.decoder_bias = self.add_weight(
             name="decoder_bias",
             shape=(n_in,),
             initializer=self.decoder_bias_initializer,
+            regularizer=self.decoder_bias_regularizer,
+            constraint=self.decoder_bias_constraint,
         )
-        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: n_in})
+        self._sync_decoder_bias()
 
     @property
     def n_visible(self):
         return self.kernel.shape[0]
 
-    def _cast(self, value):
-        # encode/decode may be called outside __call__, where Keras does not autocast.
-        return ops.cast(value, self.compute_dtype)
+    @property
+    def decoder_used(self):
+        """Whether the decoder bias trains with the kernel (see `use_decoder`)."""
+        return self._decoder_used
 
-    def encode_logits(self, x):
-        return ops.add(ops.matmul(self._cast(x), self._cast(self.kernel)), self._cast(self.bias))
+    def use_decoder(self):
+        """Make the decoder bias trainable (with the layer), as the decoder is in use.
+
+        The first `reverse=True` call does this. A model that decodes only
+        inside its own `train_step` calls it before its optimizer is built, as
+        `AutoEncoder` does, so that the optimizer knows the decoder bias.
+        Called before `build`, it takes effect when the layer is built.
+        """
+        self._decoder_used = True
+        self._sync_decoder_bias()
+
+    def _sync_decoder_bias(self):
+        # An unused decoder bias in trainable_weights gets no gradient, and
+        # Keras warns about it at every fit.
+        if getattr(self, "decoder_bias", None) is not None:  # once built
+            self.decoder_bias.trainable = self.trainable and self._decoder_used
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        keras.layers.Layer.trainable.fset(self, value)
+        self._sync_decoder_bias()
+
+    def __call__(self, *args, **kwargs):
+        reverse = bool(kwargs.get("reverse", False))
+        if reverse:
+            if not self.built:
+                raise ValueError(
+                    f"Layer '{self.name}' cannot decode before it is built: call it on "
+                    "its inputs (or call `build((None, n_visible))`) first."
+                )
+            self.use_decoder()
+        if self.built and args:
+            self._check_size(args[0], reverse)
+        return super().__call__(*args, **kwargs)
+
+    def _check_size(self, inputs, reverse):
+        shape = tuple(getattr(inputs, "shape", None) or ())
+        expected = self.units if reverse else self.n_visible
+        if shape and shape[-1] is not None and shape[-1] != expected:
+            what = "codes of size `units`" if reverse else "rows of size n_visible"
+            raise ValueError(
+                f"Layer '{self.name}' {'decodes' if reverse else 'encodes'} {what} "
+                f"({expected}). Received: inputs.shape={shape}"
+            )
+
+    def call(self, inputs, reverse=False, return_logits=False):
+        if reverse:
+            # (..., units) -> (..., n_visible) through the encoder's kernel, transposed.
+            logits = ops.add(ops.matmul(inputs, ops.transpose(self.kernel)), self.decoder_bias)
+            activation = self.decoder_activation
+        else:
+            logits = ops.add(ops.matmul(inputs, self.kernel), self.bias)
+            activation = self.activation
+        return logits if return_logits else activation(logits)
 
     def encode(self, x):
-        return self.activation(self.encode_logits(x))
-
-    def decode_logits(self, h):
-        kernel_t = ops.transpose(self._cast(self.kernel))  # (units, n_visible)
-        return ops.add(ops.matmul(self._cast(h), kernel_t), self._cast(self.decoder_bias))
+        return self(x)
 
     def decode(self, h):
-        return self.decoder_activation(self.decode_logits(h))
+        return self(h, reverse=True)
 
     def reconstruct(self, x):
         return self.decode(self.encode(x))
 
-    def call(self, inputs):
-        return self.encode(inputs)
+    def compute_output_shape(self, input_shape, reverse=False):
+        size = self.n_visible if reverse else self.units
+        return tuple(input_shape[:-1]) + (size,)
 
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.units,)
+    def compute_output_spec(self, inputs, reverse=False, return_logits=False):
+        # Keras passes call arguments other than tensors to this method, not to
+        # compute_output_shape.
+        shape = self.compute_output_shape(inputs.shape, reverse=reverse)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def get_config(self):
         base_config = super().get_config()
@@ -124,5 +219,9 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
             "decoder_bias_initializer": keras.initializers.serialize(self.decoder_bias_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "decoder_bias_regularizer": keras.regularizers.serialize(self.decoder_bias_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "decoder_bias_constraint": keras.constraints.serialize(self.decoder_bias_constraint),
         }
         return {**base_config, **config}

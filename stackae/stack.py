@@ -84,7 +84,7 @@ class Stack(keras.Model):
 
     def decode(self, h, depth=None):
         for layer in reversed(self.encoder_layers[:depth]):
-            h = layer.decode(h)
+            h = layer(h, reverse=True)
         return h
 
     def get_config(self):
