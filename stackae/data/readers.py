@@ -375,6 +375,8 @@ def _read_pickle(path):
     try:
         size = os.path.getsize(path)
         if path.endswith(".gz"):
+            # Pickles hold no size of their own; the gzip trailer does (modulo 4 GiB, so a
+            # .pkl.gz inflating past 4 GiB is refused: save such data as .npy, which streams).
             limit = _gzip_size(path, size)
             message = f"{path}: inflates past the {limit} bytes its gzip trailer declares"
             opener = gzip.open
