@@ -1,15 +1,13 @@
 """AutoEncoder: a keras.Model that trains one TiedAutoEncoderLayer as a denoising autoencoder."""
 
-import math
-
 import keras
-import tensorflow as tf
 from keras import ops
 
-from stackae import losses
+from stackae import compat, losses
+from stackae.config import LOSSES, NOISE_KINDS
 from stackae.distribute import default_jit_compile, default_steps_per_execution
 from stackae.layers import TiedAutoEncoderLayer
-from stackae.noise import NOISE_KINDS, corrupt
+from stackae.noise import corrupt
 
 # The fast path is the default: one XLA program per step, many steps per call
 # (per-step Python overhead dominates at the tutorial's batch of 20).
@@ -19,8 +17,139 @@ DEFAULT_STEPS_PER_EXECUTION = 64
 DEFAULT_GROUP = 16
 
 
+class _TensorFlowSteps:
+    """train_step / test_step in the shape of Keras's TensorFlow trainer (a GradientTape)."""
+
+    def train_step(self, data):
+        """One update on a (batch, features) batch, or one per batch of a
+        (updates, batch, features) group of batches, all in one call.
+
+        A group gives the same updates, noise and logs as its batches one by
+        one; it only saves the per-call cost of the Keras loop, which dominates
+        at small batches (see `data.training_dataset(group=...)`).
+        """
+        import tensorflow as tf
+
+        x = self._inputs(data)
+        if len(x.shape) == 2:
+            self._update(x)
+        else:
+
+            def update_with_batch(i):
+                self._update(x[i])
+                return i + 1
+
+            tf.while_loop(lambda i: i < tf.shape(x)[0], update_with_batch, [tf.constant(0)])
+        return compat.per_replica_logs(self._logs())
+
+    def _update(self, x):
+        """One optimizer step on the batch `x`; the metrics take its costs."""
+        import tensorflow as tf
+
+        part = self._replica_part()
+        step = self.optimizer.iterations
+        corrupted = corrupt(
+            x, self.noise, self.corruption, self._noise_seed(step), bool(self.jit_compile), part
+        )
+        with tf.GradientTape() as tape:
+            cost, penalty = self.costs(x, corrupted)
+            # Keras sums gradients over replicas, so each replica's share is 1/n.
+            objective = self.optimizer.scale_loss((cost + penalty) / part[1])
+        gradients = tape.gradient(objective, self.trainable_weights)
+        self.optimizer.apply(gradients, self.trainable_weights)
+        self._track(x, cost, penalty)
+
+    @staticmethod
+    def _replica_part():
+        """(this replica, replicas): which slice of the global batch this step sees."""
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        context = tf.distribute.get_replica_context()
+        replica = 0 if context is None else context.replica_id_in_sync_group
+        return replica, replicas
+
+    def test_step(self, data):
+        x = self._inputs(data)
+        cost, penalty = self.costs(x, x)
+        self._track(x, cost, penalty)
+        return compat.per_replica_logs(self._logs())
+
+
+class _JaxSteps:
+    """train_step / test_step in the stateless shape of Keras's JAX trainer.
+
+    `state` holds the values of the model's variables; each update reads them
+    through a `keras.StatelessScope` and returns the new ones, as Keras's own
+    JAX `train_step` does with `stateless_call` and `optimizer.stateless_apply`.
+    """
+
+    def train_step(self, state, data):
+        """Like the TensorFlow train_step: one update per batch, a group in one `lax.scan`."""
+        import jax
+
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        x = self._inputs(data)
+        carry = (trainable, optimizer_vars, metrics_vars)
+        if len(x.shape) == 2:
+            carry = self._stateless_update(carry, x)
+        else:
+            carry = jax.lax.scan(
+                lambda c, batch: (self._stateless_update(c, batch), None), carry, x
+            )[0]
+        trainable, optimizer_vars, metrics_vars = carry
+        logs = self._stateless_logs(metrics_vars)
+        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+
+    def _stateless_update(self, carry, x):
+        """One optimizer step on the batch `x`: (trainable, optimizer, metrics) values in, out."""
+        import jax
+
+        trainable, optimizer_vars, metrics_vars = carry
+        optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
+        with keras.StatelessScope(state_mapping=optimizer_mapping):
+            step = ops.convert_to_tensor(self.optimizer.iterations)
+        corrupted = corrupt(x, self.noise, self.corruption, self._noise_seed(step), jit=True)
+
+        def objective(trainable):
+            mapping = list(zip(self.trainable_variables, trainable)) + optimizer_mapping
+            with keras.StatelessScope(state_mapping=mapping):
+                cost, penalty = self.costs(x, corrupted)
+                scaled = self.optimizer.scale_loss(cost + penalty)
+            return scaled, (cost, penalty)
+
+        gradients, (cost, penalty) = jax.grad(objective, has_aux=True)(trainable)
+        trainable, optimizer_vars = self.optimizer.stateless_apply(
+            optimizer_vars, gradients, trainable
+        )
+        metrics_vars = self._stateless_track(metrics_vars, x, cost, penalty)
+        return trainable, optimizer_vars, metrics_vars
+
+    def test_step(self, state, data):
+        trainable, non_trainable, metrics_vars = state
+        x = self._inputs(data)
+        with keras.StatelessScope(state_mapping=list(zip(self.trainable_variables, trainable))):
+            cost, penalty = self.costs(x, x)
+        metrics_vars = self._stateless_track(metrics_vars, x, cost, penalty)
+        return self._stateless_logs(metrics_vars), (trainable, non_trainable, metrics_vars)
+
+    def _stateless_track(self, metrics_vars, x, cost, penalty):
+        mapping = list(zip(self.metrics_variables, metrics_vars))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self._track(x, cost, penalty)
+        return [scope.get_current_value(v) for v in self.metrics_variables]
+
+    def _stateless_logs(self, metrics_vars):
+        with keras.StatelessScope(state_mapping=list(zip(self.metrics_variables, metrics_vars))):
+            return self._logs()
+
+
+# Keras picks its trainer by backend when it is imported; the steps follow it.
+_STEPS = {"tensorflow": _TensorFlowSteps, "jax": _JaxSteps}.get(keras.backend.backend(), object)
+
+
 @keras.saving.register_keras_serializable(package="stackae")
-class AutoEncoder(keras.Model):
+class AutoEncoder(_STEPS, keras.Model):
     """Denoising autoencoder around one tied-weight layer.
 
     `fit(x)` trains it on unlabelled rows of `x` (values in [0, 1] for the
@@ -56,6 +185,7 @@ class AutoEncoder(keras.Model):
         seed=None,
         **kwargs,
     ):
+        compat.check_backend()
         super().__init__(**kwargs)
         if isinstance(layer, int) and not isinstance(layer, bool):
             layer = TiedAutoEncoderLayer(layer)
@@ -72,8 +202,8 @@ class AutoEncoder(keras.Model):
                 f"`corruption` must be in [0, {upper}) for {noise} noise. "
                 f"Received: corruption={corruption}"
             )
-        if loss not in losses.LOSSES:
-            raise ValueError(f"`loss` must be one of {losses.LOSSES}. Received: loss={loss!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={loss!r}")
         if loss == "cross-entropy" and layer.decoder_activation is not keras.activations.sigmoid:
             raise ValueError(
                 "The cross-entropy loss needs a sigmoid decoder. "
@@ -103,7 +233,10 @@ class AutoEncoder(keras.Model):
 
     @property
     def has_penalty(self):
-        return bool(self.l2 or self.sparsity or self.contraction or self.layer.losses)
+        # The layer's regularizers, not layer.losses: that reads the variables,
+        # which Keras's JAX trainer detaches from the model during fit.
+        regularized = self.layer.kernel_regularizer or self.layer.bias_regularizer
+        return bool(self.l2 or self.sparsity or self.contraction or regularized)
 
     @property
     def metrics(self):
@@ -150,32 +283,19 @@ class AutoEncoder(keras.Model):
             **kwargs,
         )
 
-    def fit(self, *args, **kwargs):
-        """Like `keras.Model.fit`; steps per call adapt so that each call stays in one epoch."""
-        self._fit_steps_per_execution(kwargs.get("steps_per_epoch"))
-        return super().fit(*args, **kwargs)
-
-    def _fit_steps_per_execution(self, steps_per_epoch):
-        # Keras 3.15 runs whole calls of steps_per_execution steps; when that does not
-        # divide a given steps_per_epoch, each epoch runs extra steps on the next
-        # epoch's batches (its costs and boundaries shift, the last epoch runs out
-        # of data). So run a divisor of the epoch, the one nearest the compiled value.
+    def fit(self, x=None, *args, **kwargs):
+        """Like `keras.Model.fit`; steps per call divide the epoch (compat.steps_per_call)."""
+        batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else None)
+        steps = compat.epoch_steps(x, batch_size, kwargs.get("steps_per_epoch"))
         requested = getattr(self, "_requested_steps_per_execution", self.steps_per_execution)
-        chosen = requested
-        if steps_per_epoch and requested > 1:
-            chosen = min(
-                _divisors(int(steps_per_epoch)), key=lambda d: abs(math.log(d / requested))
-            )
+        chosen = compat.steps_per_call(requested, steps)
         if chosen != self.steps_per_execution:
             self.steps_per_execution = chosen
             self.train_function = None  # traced with the old number of steps
+        return super().fit(x, *args, **kwargs)
 
     def compile_from_config(self, config):
-        # Keras skips this for a custom compile(); do what it would do, so a
-        # loaded model comes back compiled with its optimizer (and its state).
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        compat.compile_from_config(self, config)
 
     def costs(self, x, corrupted):
         """(reconstruction cost, penalty) of a batch, as scalars of the variable dtype.
@@ -191,7 +311,7 @@ class AutoEncoder(keras.Model):
             per_example = losses.cross_entropy(x, logits)
         else:
             per_example = losses.squared_error(x, self.layer.decoder_activation(logits))
-        cost = ops.mean(per_example)
+        cost = compat.mean(per_example)
         penalty = ops.zeros((), dtype)
         kernel = ops.cast(self.layer.kernel, dtype)
         h = ops.cast(h, dtype)
@@ -205,18 +325,11 @@ class AutoEncoder(keras.Model):
             penalty += ops.cast(extra, dtype)
         return cost, penalty
 
-    def _noise_seed(self):
-        """Stateless seed of this step's noise: (seed, step)."""
-        step = ops.cast(self.optimizer.iterations, "int64")
-        return ops.stack([ops.convert_to_tensor(self.seed, "int64"), step])
-
-    @staticmethod
-    def _replica_part():
-        """(this replica, replicas): which slice of the global batch this step sees."""
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        context = tf.distribute.get_replica_context()
-        replica = 0 if context is None else context.replica_id_in_sync_group
-        return replica, replicas
+    def _noise_seed(self, step):
+        """Stateless seed of the noise of optimizer step `step`: (seed, step)."""
+        # int64 as TensorFlow's stateless ops take it; JAX has no int64 unless x64 is enabled.
+        dtype = "int64" if keras.backend.backend() == "tensorflow" else "int32"
+        return ops.stack([ops.convert_to_tensor(self.seed, dtype), ops.cast(step, dtype)])
 
     def _inputs(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -226,52 +339,6 @@ class AutoEncoder(keras.Model):
             self.build(x.shape)
         return x
 
-    def train_step(self, data):
-        """One update on a (batch, features) batch, or one per batch of a
-        (updates, batch, features) group of batches, all in one call.
-
-        A group gives the same updates, noise and logs as its batches one by
-        one; it only saves the per-call cost of the Keras loop, which dominates
-        at small batches (see `data.training_dataset(group=...)`).
-        """
-        x = self._inputs(data)
-        if len(x.shape) == 2:
-            self._update(x)
-        else:
-
-            def update_with_batch(i):
-                self._update(x[i])
-                return i + 1
-
-            tf.while_loop(lambda i: i < tf.shape(x)[0], update_with_batch, [tf.constant(0)])
-        return self._logs()
-
-    def _update(self, x):
-        """One optimizer step on the batch `x`; the metrics take its costs."""
-        part = self._replica_part()
-        corrupted = corrupt(
-            x,
-            self.noise,
-            self.corruption,
-            self._noise_seed(),
-            jit=bool(self.jit_compile),
-            part=part,
-        )
-        with tf.GradientTape() as tape:
-            cost, penalty = self.costs(x, corrupted)
-            # Keras sums gradients over replicas, so each replica's share is 1/n.
-            objective = (cost + penalty) / part[1]
-            objective = self.optimizer.scale_loss(objective)
-        gradients = tape.gradient(objective, self.trainable_weights)
-        self.optimizer.apply(gradients, self.trainable_weights)
-        self._track(x, cost, penalty)
-
-    def test_step(self, data):
-        x = self._inputs(data)
-        cost, penalty = self.costs(x, x)
-        self._track(x, cost, penalty)
-        return self._logs()
-
     def _track(self, x, cost, penalty):
         batch = ops.shape(x)[0]
         self.loss_tracker.update_state(cost, sample_weight=batch)
@@ -279,11 +346,7 @@ class AutoEncoder(keras.Model):
             self.penalty_tracker.update_state(penalty, sample_weight=batch)
 
     def _logs(self):
-        logs = {m.name: m.result() for m in self.metrics}
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras reduces logs over workers along axis 0, which a scalar lacks.
-            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
-        return logs
+        return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):
         base_config = super().get_config()
@@ -305,9 +368,3 @@ class AutoEncoder(keras.Model):
         config = dict(config)
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         return cls(**config)
-
-
-def _divisors(n):
-    """The divisors of n >= 1, ascending."""
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))

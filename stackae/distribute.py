@@ -1,18 +1,41 @@
-"""Choosing a tf.distribute strategy by name, and who writes the run directory."""
+"""Choosing a strategy by name (tf.distribute or keras.distribution); who writes the run."""
 
-import tensorflow as tf
+import contextlib
 
-STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi-worker")
+import keras
+
+from stackae import compat
+from stackae.config import STRATEGIES
+
+__all__ = ["STRATEGIES", "default_group", "default_jit_compile", "default_steps_per_execution"]
+__all__ += ["get_strategy", "is_chief"]
+
+
+class LocalDevices:
+    """The strategy of one device under a backend without tf.distribute: nothing to set up."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        return contextlib.nullcontext()
 
 
 def get_strategy(name="auto"):
-    """The tf.distribute strategy for `name`.
+    """The strategy for `name`; `with get_strategy(name).scope():` builds and trains under it.
 
-    auto: MirroredStrategy when more than one GPU is visible, else the default
-    strategy. multi-worker: MultiWorkerMirroredStrategy from TF_CONFIG.
+    TensorFlow: auto is MirroredStrategy when more than one GPU is visible, else
+    the default strategy; multi-worker is MultiWorkerMirroredStrategy from
+    TF_CONFIG. JAX: auto is Keras's `keras.distribution.DataParallel` over the
+    local devices when there are several, else nothing; the other names need
+    tf.distribute and raise BackendError.
     """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: {name!r}")
+    backend = compat.check_backend()
+    if backend != "tensorflow":
+        return _keras_distribution(name, backend)
+    import tensorflow as tf
+
     if name == "auto":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -27,40 +50,49 @@ def get_strategy(name="auto"):
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
+def _keras_distribution(name, backend):
+    from stackae.errors import BackendError
+
+    if name != "auto":
+        raise BackendError(
+            f"strategy {name!r} needs TensorFlow (tf.distribute); under KERAS_BACKEND={backend} "
+            "use 'auto'"
+        )
+    devices = keras.distribution.list_devices()
+    if len(devices) > 1:
+        # Its scope() makes it Keras's current distribution (set_distribution).
+        return keras.distribution.DataParallel(devices=devices)
+    return LocalDevices()
+
+
 def is_chief(strategy):
     """True where this process should write files: everywhere but non-chief workers."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (
-        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
-    )
+    extended = getattr(strategy, "extended", None)
+    if extended is not None:  # tf.distribute: the chief, or worker 0 of a cluster without one
+        return bool(extended.should_checkpoint)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    return True
 
 
 def default_steps_per_execution(single_device):
-    """Steps per call: `single_device` normally, 1 under a multi-replica strategy.
-
-    Keras 3.15's multi-step loop fails under MirroredStrategy and
-    MultiWorkerMirroredStrategy ("You must feed a value for placeholder tensor"),
-    measured here with 2 logical CPUs and in NOTES.md.
-    """
-    return 1 if _replicas() > 1 else single_device
+    """Steps per call: `single_device` normally, 1 under a multi-replica strategy
+    (compat.steps_per_execution says why)."""
+    return compat.steps_per_execution(single_device)
 
 
 def default_group(single_device):
-    """Batches per training step: `single_device` normally, 1 under a
-    multi-replica strategy, which splits each element along its first axis
+    """Batches per training step: `single_device` normally, 1 where the data is split
+    over several replicas or devices, which split each element along its first axis
     (the group's, not the batch's)."""
-    return 1 if _replicas() > 1 else single_device
-
-
-def _replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync if tf.distribute.has_strategy() else 1
+    distribution = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    if compat.replicas() > 1 or distribution is not None:
+        return 1
+    return single_device
 
 
 def default_jit_compile():
-    """XLA, except for several replicas on CPUs, where XLA reads a replica's
-    variables from the wrong device ("Trying to access resource ... located in
-    device CPU:1 from device CPU:0", measured here with 2 logical CPUs)."""
-    return not (_replicas() > 1 and not tf.config.list_logical_devices("GPU"))
+    """XLA, except where tf.distribute cannot take it (compat.jit_compile says why)."""
+    return compat.jit_compile()

@@ -1,21 +1,11 @@
 """Corruption of the input of a denoising autoencoder: masking, Gaussian, salt-and-pepper."""
 
-import tensorflow as tf
+import keras
+from keras import ops
 
-NOISE_KINDS = ("masking", "gaussian", "salt-and-pepper")
+from stackae.config import NOISE_KINDS
 
-
-def _uniform(shape, seed, dtype, jit):
-    # keras.random draws with TensorFlow's "auto_select" algorithm, which runs at
-    # about 3 M numbers/s inside an XLA step on CPU (measured, see NOTES.md);
-    # ThreeFry under XLA and Philox outside it run at 230-500 M/s.
-    alg = "threefry" if jit else "philox"
-    return tf.random.stateless_uniform(shape, seed=seed, dtype=dtype, alg=alg)
-
-
-def _normal(shape, seed, dtype, jit):
-    alg = "threefry" if jit else "philox"
-    return tf.random.stateless_normal(shape, seed=seed, dtype=dtype, alg=alg)
+__all__ = ["NOISE_KINDS", "corrupt"]
 
 
 def corrupt(x, kind, level, seed, jit=False, part=(0, 1)):
@@ -24,9 +14,10 @@ def corrupt(x, kind, level, seed, jit=False, part=(0, 1)):
     kind "masking": each input is set to 0 with probability `level`, the rest
     are kept unscaled (the tutorial's binomial mask). "gaussian": adds
     `level` * N(0, 1). "salt-and-pepper": each input is set, with probability
-    `level`, to 0 or 1 with equal chance. `seed` is a stateless seed
-    (shape [2] integer tensor): the same seed gives the same noise.
-    `jit` says whether the caller is XLA-compiled, which picks the RNG.
+    `level`, to 0 or 1 with equal chance. `seed` is a stateless seed, the pair
+    (seed, step) as a shape-[2] integer tensor: the same pair gives the same noise.
+    `jit` says whether the caller is XLA-compiled, which picks TensorFlow's RNG
+    (JAX always draws with ThreeFry).
 
     `part=(i, n)`: `x` is slice i of a batch split into n equal slices (one per
     replica under tf.distribute); the noise drawn is slice i of the noise of the
@@ -36,18 +27,43 @@ def corrupt(x, kind, level, seed, jit=False, part=(0, 1)):
         raise ValueError(f"Unknown noise kind. Expected one of {NOISE_KINDS}. Received: {kind!r}")
     if level == 0:
         return x
+    draw = _tensorflow_draw if keras.backend.backend() == "tensorflow" else _jax_draw
     index, count = part
-    rows = tf.shape(x)[0]
-    shape = tf.concat([[rows * count], tf.shape(x)[1:]], axis=0)
 
-    def mine(noise):  # (rows, ...) of the whole batch's (rows * count, ...)
-        return noise if count == 1 else noise[index * rows : (index + 1) * rows]
+    def noise(distribution):  # this slice's (rows, ...) of the whole batch's (rows * count, ...)
+        whole = draw(distribution, x, count, seed, jit)
+        if count == 1:
+            return whole
+        rows = ops.shape(x)[0]
+        return whole[index * rows : (index + 1) * rows]
 
     if kind == "gaussian":
-        return x + tf.cast(level, x.dtype) * mine(_normal(shape, seed, x.dtype, jit))
-    u = mine(_uniform(shape, seed, x.dtype, jit))
+        return x + ops.cast(level, x.dtype) * noise("normal")
+    u = noise("uniform")
     if kind == "masking":
-        return tf.where(u < level, tf.zeros_like(x), x)
+        return ops.where(u < level, ops.zeros_like(x), x)
     # salt-and-pepper: u < level/2 -> 0, level/2 <= u < level -> 1.
-    salt = tf.where(u < level / 2, tf.zeros_like(x), tf.ones_like(x))
-    return tf.where(u < level, salt, x)
+    salt = ops.where(u < level / 2, ops.zeros_like(x), ops.ones_like(x))
+    return ops.where(u < level, salt, x)
+
+
+def _tensorflow_draw(distribution, x, count, seed, jit):
+    import tensorflow as tf
+
+    # keras.random draws with TensorFlow's "auto_select" algorithm, which is slow
+    # inside an XLA step on CPU; ThreeFry under XLA and Philox outside it are
+    # 40-100x faster (benchmarks/README.md, "The noise generator").
+    alg = "threefry" if jit else "philox"
+    shape = tf.concat([[tf.shape(x)[0] * count], tf.shape(x)[1:]], axis=0)
+    sample = tf.random.stateless_normal if distribution == "normal" else tf.random.stateless_uniform
+    return sample(shape, seed=seed, dtype=x.dtype, alg=alg)
+
+
+def _jax_draw(distribution, x, count, seed, jit):
+    import jax
+
+    # The pair (seed, step) is the ThreeFry key itself: no state, the same pair the same noise.
+    key = jax.random.wrap_key_data(ops.cast(seed, "uint32"), impl="threefry2x32")
+    shape = (x.shape[0] * count, *x.shape[1:])
+    sample = jax.random.normal if distribution == "normal" else jax.random.uniform
+    return sample(key, shape, dtype=x.dtype)

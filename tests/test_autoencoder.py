@@ -1,9 +1,14 @@
-"""AutoEncoder's train_step/test_step against the NumPy reference, noise, saving, fit."""
+"""AutoEncoder's train_step/test_step against the NumPy reference, noise, saving, fit.
+
+Backend-neutral where the test says nothing about TensorFlow: test_backends.py
+runs those tests again under KERAS_BACKEND=jax.
+"""
+
+import re
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from numpy.testing import assert_allclose
 
 import stackae
@@ -13,10 +18,17 @@ from tests import reference as ref
 
 def draw(x, kind, level, seed, jit=False):
     """corrupt() run the way the model runs it: inside an XLA program when jit."""
-    fn = tf.function(
-        lambda: corrupt(x, kind, level, tf.constant(seed, "int64"), jit=jit), jit_compile=jit
-    )
-    return keras.ops.convert_to_numpy(fn())
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        seed = tf.constant(seed, "int64")
+        fn = tf.function(lambda x: corrupt(x, kind, level, seed, jit=jit), jit_compile=jit)
+    else:
+        import jax
+
+        seed = np.asarray(seed, "int32")
+        fn = jax.jit(lambda x: corrupt(x, kind, level, seed, jit=True))
+    return keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(x)))
 
 
 LR = 0.125  # exact in float32, the dtype of the optimizer's learning rate
@@ -39,9 +51,7 @@ def one_step_against_reference(x, dtype, rtol, **kwargs):
     W, b, bp = weights(model)
     corruption = kwargs.get("corruption", 0.0)
     # The noise of the first step is drawn from the stateless seed (seed, step 0).
-    x_tilde = keras.ops.convert_to_numpy(
-        draw(tf.constant(x, dtype), "masking", corruption, [5, 0], jit=True)
-    ).astype("float64")
+    x_tilde = draw(x.astype(dtype), "masking", corruption, [5, 0], jit=True).astype("float64")
     x64 = x.astype("float64")
     cost_fn = (
         ref.cross_entropy_cost
@@ -103,7 +113,7 @@ def test_test_step_is_clean_cost(small_x):
 @pytest.mark.parametrize("jit", [True, False])
 def test_masking_zeroes_fraction_without_rescaling(jit):
     p = 0.3
-    x = tf.fill((400, 500), 0.7)  # 200,000 inputs
+    x = np.full((400, 500), 0.7, "float32")  # 200,000 inputs
     out = draw(x, "masking", p, [1, 2], jit=jit)
     zeroed = np.mean(out == 0)
     # Binomial(200000, 0.3): standard deviation ~0.001, so 0.01 is ten of them.
@@ -116,7 +126,7 @@ def test_masking_zeroes_fraction_without_rescaling(jit):
 
 
 def test_salt_and_pepper_and_gaussian():
-    x = tf.fill((400, 500), 0.5)
+    x = np.full((400, 500), 0.5, "float32")
     sp = draw(x, "salt-and-pepper", 0.2, [3, 4])
     assert abs(np.mean(sp == 0) - 0.1) < 0.01 and abs(np.mean(sp == 1) - 0.1) < 0.01
     assert abs(np.mean(sp == 0.5) - 0.8) < 0.01
@@ -246,3 +256,49 @@ def test_mixed_float16_pretrains_grouped_and_fine_tunes(small_x, mixed_float16):
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert all(np.isfinite(history.history["loss"]))
     assert keras.backend.standardize_dtype(model(small_x).dtype) == "float32"  # the softmax
+
+
+class Batches(keras.utils.PyDataset):
+    """The rows of `x` in order, `group` batches of `batch` rows per element."""
+
+    def __init__(self, x, batch, group):
+        super().__init__()
+        self.x, self.batch, self.group = x, batch, group
+
+    def __len__(self):
+        return -(-len(self.x) // (self.batch * self.group))
+
+    def __getitem__(self, i):
+        rows = self.x[i * self.batch * self.group : (i + 1) * self.batch * self.group]
+        if self.group == 1:
+            return rows
+        return rows.reshape(-1, self.batch, rows.shape[-1])  # (group, batch, features)
+
+
+def _train_grouped(x, group, epochs=2):
+    keras.utils.set_random_seed(4)
+    model = stackae.AutoEncoder(6, corruption=0.3, sparsity=0.1, seed=9)
+    model.compile(optimizer=keras.optimizers.SGD(LR))
+    history = model.fit(Batches(x, 8, group), epochs=epochs, shuffle=False, verbose=0)
+    return history.history, weights(model), int(model.optimizer.iterations)
+
+
+def test_grouped_updates_equal_one_batch_per_step(small_x):
+    x = np.tile(small_x, (2, 1))  # 128 rows: 16 batches of 8, 4 groups of 4
+    one, grouped = _train_grouped(x, 1), _train_grouped(x, 4)
+    assert one[2] == grouped[2] == 32  # one update per batch either way
+    for name in ("loss", "penalty"):
+        assert_allclose(grouped[0][name], one[0][name], rtol=1e-5)
+    for a, b in zip(grouped[1], one[1]):
+        assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_progress_bar_never_counts_past_the_epoch(small_x, capsys):
+    # 5 grouped elements an epoch: 64 steps per call would print "64/5".
+    model = stackae.AutoEncoder(4, seed=1)
+    model.compile()
+    model.fit(Batches(np.tile(small_x, (5, 1)), 8, 8), epochs=2, verbose=1)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # without colours
+    counts = re.findall(r"(?<!Epoch )\b(\d+)/(\d+) ", out)
+    assert counts and all(int(done) <= int(total) == 5 for done, total in counts), counts
+    assert model.steps_per_execution == 5

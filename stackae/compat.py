@@ -1,0 +1,140 @@
+"""Workarounds for the Keras version stackae is tested with, each with why it exists.
+
+Every function here stands for a behaviour of Keras 3.15 (with TensorFlow 2.21
+or JAX 0.10) that stackae works around. tests/test_backends.py fails when the
+installed Keras leaves TESTED_KERAS, so that someone re-checks each premise
+and deletes what a newer Keras made unnecessary.
+"""
+
+import math
+
+import keras
+
+# Keras versions whose behaviour the workarounds below were measured on: [low, high).
+TESTED_KERAS = ((3, 15), (3, 16))
+BACKENDS = ("tensorflow", "jax")
+
+
+def keras_version():
+    return tuple(int(part) for part in keras.__version__.split(".")[:2])
+
+
+def check_backend():
+    """Raise BackendError (one line) under a Keras backend stackae cannot train on."""
+    from stackae.errors import BackendError
+
+    backend = keras.backend.backend()
+    if backend not in BACKENDS:
+        raise BackendError(
+            f"stackae trains under KERAS_BACKEND=tensorflow or jax; {backend!r} is not "
+            "supported yet"
+        )
+    return backend
+
+
+def replicas():
+    """Replicas of the current tf.distribute strategy; 1 outside one and under other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync if tf.distribute.has_strategy() else 1
+
+
+def steps_per_execution(single_device):
+    """`single_device` steps per call, 1 under a multi-replica tf.distribute strategy.
+
+    Why: Keras 3.15's multi-step loop fails under MirroredStrategy and
+    MultiWorkerMirroredStrategy ("You must feed a value for placeholder tensor").
+    """
+    return 1 if replicas() > 1 else single_device
+
+
+def jit_compile():
+    """XLA, except for several tf.distribute replicas on CPUs.
+
+    Why: there XLA reads a replica's variables from the wrong device ("Trying
+    to access resource ... located in device CPU:1 from device CPU:0").
+    """
+    if replicas() == 1:
+        return True
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def steps_per_call(requested, steps_per_epoch):
+    """The divisor of `steps_per_epoch` nearest `requested` (`requested` when the epoch is unknown).
+
+    Why: Keras 3.15 runs whole calls of steps_per_execution steps. When that
+    does not divide the steps of an epoch, each epoch runs extra steps on the
+    next epoch's batches (with steps_per_epoch), or the progress bar counts
+    past its total (`64/25` with a finite dataset of 25 elements).
+    """
+    if not steps_per_epoch or requested <= 1:
+        return requested
+    return min(_divisors(int(steps_per_epoch)), key=lambda d: abs(math.log(d / requested)))
+
+
+def epoch_steps(x, batch_size=None, steps_per_epoch=None):
+    """Steps in one epoch of fit's `x` where that is known without iterating: else None."""
+    if steps_per_epoch:
+        return int(steps_per_epoch)
+    if isinstance(x, keras.utils.PyDataset):
+        try:
+            return len(x)
+        except TypeError:  # a PyDataset may have no length (num_batches None)
+            return None
+    if hasattr(x, "cardinality") and keras.backend.backend() == "tensorflow":
+        count = int(x.cardinality())
+        return count if count > 0 else None  # INFINITE (-1) and UNKNOWN (-2)
+    if hasattr(x, "shape") and len(x.shape) and x.shape[0]:
+        return -(-int(x.shape[0]) // (batch_size or 32))  # arrays: Keras's default batch is 32
+    return None
+
+
+def mean(x, axis=None):
+    """`keras.ops.mean` that keeps float64 as float64 under every backend.
+
+    Why: Keras 3.15's JAX `ops.mean` sums in `result_type(dtype, "float32")`,
+    which is float32 for float64 input: a float64 cost came out with float32's
+    7 digits.
+    """
+    if keras.backend.backend() != "jax":
+        return keras.ops.mean(x, axis=axis)
+    x = keras.ops.convert_to_tensor(x)
+    count = math.prod(x.shape) if axis is None else x.shape[axis]  # static under JAX
+    return keras.ops.sum(x, axis=axis) / keras.ops.cast(count, x.dtype)
+
+
+def per_replica_logs(logs):
+    """Logs a custom train_step can return under the current tf.distribute strategy.
+
+    Why: under MultiWorkerMirroredStrategy Keras 3.15 reduces logs over workers
+    along axis 0, which a scalar lacks ("Invalid reduction dimension 0 for input
+    with 0 dimensions"); shape-[1] values go through.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return logs
+    import tensorflow as tf
+
+    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+
+
+def compile_from_config(model, config):
+    """What `Model.compile_from_config` does, for a model with its own compile().
+
+    Why: Keras 3.15 skips compiling (with a warning) when compile() is
+    overridden, so a loaded model would come back without its optimizer state.
+    """
+    model.compile(**keras.saving.deserialize_keras_object(config))
+    if model.built:
+        model.optimizer.build(model.trainable_variables)
+
+
+def _divisors(n):
+    """The divisors of n >= 1, ascending."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
