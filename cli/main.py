@@ -1,81 +1,147 @@
-"""The `stackae` command: a thin click shell over the stackae library."""
+"""The `stackae` command: a thin click shell over stackae.workflows."""
 
 import contextlib
 import datetime
-import functools
-import importlib.util
 import os
+import signal
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
 import click
 
+from stackae import config
+from stackae.errors import StackaeError
 
-def _load_config():
-    """stackae/config.py without importing the package (which imports TensorFlow).
-
-    The defaults live in the library; reading them this way keeps `stackae --help`
-    instant.
-    """
-    spec = importlib.util.find_spec("stackae")
-    path = Path(spec.submodule_search_locations[0]) / "config.py"
-    module_spec = importlib.util.spec_from_file_location("_stackae_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+LAYER = config.DEFAULTS
+FINETUNE = config.FINETUNE_DEFAULTS
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 
 
-CONFIG = _load_config()
-LAYER = CONFIG.DEFAULTS
-FINETUNE = CONFIG.FINETUNE_DEFAULTS
-NOISES = ("masking", "gaussian", "salt-and-pepper")
-LOSSES = ("cross-entropy", "squared-error")
-STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi-worker")
+# ---------------------------------------------------------------- option types
 
 
-def _list(kind, choices=None):
-    """A click callback parsing '0.1,0.2' into a tuple, or raising BadParameter."""
+class Number(click.ParamType):
+    """An int or float within bounds; the message says which bound a value crossed."""
 
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        items = value.split(",")
+    def __init__(self, kind, low, low_open=False, high=None, high_open=False):
+        self.kind, self.low, self.low_open = kind, low, low_open
+        self.high, self.high_open = high, high_open
+        self.name = "integer" if kind is int else "number"
+
+    def parse(self, value):
         try:
-            parsed = tuple(kind(item.strip()) for item in items)
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not a comma list of {kind.__name__}s") from None
-        for item in parsed:
-            if choices and item not in choices:
-                raise click.BadParameter(f"{item!r} is not one of {', '.join(choices)}")
-            if kind in (int, float) and item < 0:
-                raise click.BadParameter(f"{value!r}: values must not be negative")
-        return parsed
+            return self.kind(value)
+        except (TypeError, ValueError):
+            return None
 
-    return parse
+    def convert(self, value, param, ctx):
+        number = self.parse(value)
+        if number is None:
+            self.fail(f"{value!r} is not a {self.name}", param, ctx)
+        if number < 0 <= self.low:
+            self.fail(f"{number} is negative: values must not be negative", param, ctx)
+        if (
+            number < self.low
+            or (self.low_open and number == self.low)
+            or (self.high is not None and number > self.high)
+            or (self.high_open and number == self.high)
+        ):
+            self.fail(f"{number} is not {self.describe()}", param, ctx)
+        return number
+
+    def describe(self):
+        if self.kind is int and self.low == 1 and self.high is None:
+            return "a positive integer"
+        left = "(" if self.low_open else "["
+        right = ")" if self.high is None or self.high_open else "]"
+        return f"in {left}{self.low:g}, {'inf' if self.high is None else f'{self.high:g}'}{right}"
 
 
-def _per_layer(flag, field, kind, text, choices=None):
-    """A comma-list option whose help shows the library's default for `field`."""
-    if choices:
-        text = f"{text} {', '.join(choices)}."
-    return click.option(
-        flag,
-        callback=_list(kind, choices),
-        help=f"{text}  [default: {getattr(LAYER, field)}]",
-    )
+class CommaList(click.ParamType):
+    """'0.1,0.2' -> (0.1, 0.2), each item checked by a click type (Number, Choice, ...)."""
+
+    def __init__(self, item):
+        self.item = item
+        self.name = f"{item.name} list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        items = [item.strip() for item in str(value).split(",")]
+        parse = getattr(self.item, "parse", None)
+        if any(not item for item in items) or (
+            parse and any(parse(item) is None for item in items)
+        ):
+            self.fail(f"{value!r} is not a comma list of {self.item.name}s", param, ctx)
+        try:
+            return tuple(self.item.convert(item, param, ctx) for item in items)
+        except click.BadParameter as err:
+            self.fail(f"{value!r}: {err.message}", param, ctx)
 
 
-def _layers(ctx, param, value):
-    sizes = _list(int)(ctx, param, value)
-    if any(size <= 0 for size in sizes):
-        raise click.BadParameter(f"{value!r}: layer sizes must be positive integers")
-    return sizes
+class Grid(click.ParamType):
+    """'10x10' -> (10, 10): tiles per column x per row."""
+
+    name = "ROWSxCOLUMNS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            self.fail(f"{value!r} is not ROWSxCOLUMNS (two positive integers)", param, ctx)
+        return tuple(int(p) for p in parts)
+
+
+POSITIVE_INT = Number(int, 1)
+NON_NEGATIVE = Number(float, 0)
+POSITIVE = Number(float, 0, low_open=True)
+FRACTION = Number(float, 0, high=1, high_open=True)
+
+
+# ---------------------------------------------------------------- errors and signals
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: stop like Ctrl-C does (a BaseException, like KeyboardInterrupt)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+class StackaeGroup(click.Group):
+    """The one place where expected failures become one line (exit 1) and signals a hint."""
+
+    def invoke(self, ctx):
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, Terminated) as err:
+            hint = ctx.meta.get("resume_hint")
+            text = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated (SIGTERM)"
+            if hint:
+                text += f"; every finished epoch is saved. Resume with: {hint}"
+            exception = click.ClickException(text)
+            if isinstance(err, Terminated):
+                exception.exit_code = EXIT_TERMINATED
+            raise exception from None
+        except (StackaeError, OSError) as err:
+            raise click.ClickException(_one_line(err)) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if "stackae.runs" in sys.modules:
+                sys.modules["stackae.runs"].release_locks()
+
+
+def _one_line(err):
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
 
 
 @contextlib.contextmanager
 def _quiet_stderr(enabled):
-    """Silence fd 2 while TensorFlow starts: its C++ start-up lines bypass Python logging."""
+    """Silence fd 2 while the backend starts: TensorFlow's C++ start-up lines bypass Python."""
     if not enabled:
         yield
         return
@@ -91,77 +157,39 @@ def _quiet_stderr(enabled):
         os.close(devnull)
 
 
-def _library(verbose, strategy="auto"):
-    """Import stackae (and TensorFlow) quietly unless -v; return the tf.distribute strategy.
+def _library(verbose, strategy=None):
+    """Import Keras and its backend quietly unless -v; make the distribution strategy.
 
-    The strategy is made first: MultiWorkerMirroredStrategy must configure
-    TensorFlow before anything else starts it.
+    The strategy is made before the backend's devices start: TensorFlow's
+    MultiWorkerMirroredStrategy must configure TensorFlow first.
     """
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_stderr(not verbose):
-        import tensorflow as tf
+        import keras
 
-        import stackae.jobs  # noqa: F401
+        import stackae.workflows  # noqa: F401
         from stackae.distribute import get_strategy
 
-        chosen = get_strategy(strategy)
-        tf.config.list_logical_devices()  # device start-up logs, silenced here too
-    if not verbose:
-        tf.get_logger().setLevel("ERROR")
+        chosen = get_strategy(strategy) if strategy else None
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_logical_devices()  # device start-up logs, silenced here too
+            if not verbose:
+                tf.get_logger().setLevel("ERROR")
     return chosen
 
 
-def _failures(fn):
-    """Expected failures become one line on stderr and exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from_library = ()
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            out = kwargs.get("out") or kwargs.get("run_dir")
-            hint = f" Resume with: stackae pretrain --resume --out {out}" if out else ""
-            raise click.ClickException(
-                f"interrupted; every finished epoch is saved.{hint}"
-            ) from None
-        except Exception as err:
-            from_library = _library_errors()
-            if isinstance(err, from_library):
-                raise click.ClickException(
-                    str(err).splitlines()[0] if str(err) else repr(err)
-                ) from None
-            raise
-
-    return wrapper
+def _bad(err, hint=None):
+    """A library ValueError about an option, as click's usage error (exit 2)."""
+    return click.BadParameter(_one_line(err), param_hint=hint)
 
 
-def _library_errors():
-    if "stackae.jobs" not in sys.modules:
-        return ()
-    from stackae.data import DataError
-    from stackae.jobs import TrainingDiverged
-    from stackae.runs import RunError
-
-    return (DataError, RunError, TrainingDiverged, OSError)
+# ---------------------------------------------------------------- shared options
 
 
-strategy_option = click.option(
-    "--strategy",
-    type=click.Choice(STRATEGIES),
-    default="auto",
-    show_default=True,
-    help="tf.distribute strategy; --batch-size is global.",
-)
-
-verbosity = [
-    click.option("-q", "--quiet", is_flag=True, help="Print no progress bars."),
-    click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log lines."),
-]
-
-
-def _options(options):
+def _options(*options):
     def decorate(fn):
         for option in reversed(options):
             fn = option(fn)
@@ -170,57 +198,74 @@ def _options(options):
     return decorate
 
 
-def _data_options(required=False):
-    return _options(
-        [
-            click.option(
-                "--data",
-                required=required,
-                help="mnist, mnist-sample, fashion-mnist, or a path (.npz .npy .csv, IDX folder, "
-                "mnist.pkl.gz). Default: full MNIST if found, else the shipped mnist-sample.",
-            ),
-            click.option(
-                "--limit",
-                type=click.IntRange(min=1),
-                help="Use only the first N rows of each split.",
-            ),
-            click.option(
-                "--valid-size",
-                type=click.IntRange(min=0),
-                help="Rows held out from the end of the training set for validation.",
-            ),
-            click.option("--label-column", help="CSV column holding the labels."),
-            click.option("--scale", is_flag=True, help="Min-max scale float data into [0, 1]."),
-        ]
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True, help="Show the backend's own log lines."
+)
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print no progress bars.")
+strategy_option = click.option(
+    "--strategy",
+    type=click.Choice(config.STRATEGIES),
+    default="auto",
+    show_default=True,
+    help="tf.distribute strategy (TensorFlow backend); --batch-size is global.",
+)
+data_options = _options(
+    click.option(
+        "--data",
+        help="mnist, mnist-sample, fashion-mnist, or a path (.npz .npy .csv, IDX folder, "
+        "mnist.pkl.gz). Default: full MNIST if found, else the shipped mnist-sample; "
+        "for an existing run, the data it was made with.",
+    ),
+    click.option("--limit", type=POSITIVE_INT, help="Use only the first N rows of each split."),
+    click.option(
+        "--valid-size",
+        type=click.IntRange(min=0),
+        help="Rows held out from the end of the training set for validation.",
+    ),
+    click.option("--label-column", help="CSV column holding the labels."),
+    click.option("--scale", is_flag=True, help="Min-max scale float data into [0, 1]."),
+)
+run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
+
+
+def _per_layer(flag, field, item, text):
+    """A comma-list option whose help shows the library's default for LayerSpec.`field`."""
+    if isinstance(item, click.Choice):
+        text = f"{text} {', '.join(item.choices)}."
+    return click.option(
+        flag,
+        field,
+        type=CommaList(item),
+        help=f"{text}  [default: {getattr(LAYER, field)}]",
     )
 
 
-def _load(data, limit, valid_size, label_column, scale, loss="cross-entropy"):
-    from stackae.data import default_source, load
-
-    if data is None:
-        data, message = default_source()
-        click.echo(message)
-    return load(
-        data, limit=limit, valid_size=valid_size, label_column=label_column, scale=scale, loss=loss
-    ), {"limit": limit, "valid_size": valid_size, "label_column": label_column, "scale": scale}
+def _data_kwargs(limit, valid_size, label_column, scale):
+    return {"limit": limit, "valid_size": valid_size, "label_column": label_column, "scale": scale}
 
 
-def _load_for_run(run, data, limit, valid_size, label_column, scale):
-    """The --data given, else the data the run was pretrained on, with the same options."""
-    recorded = run.manifest["data"]
-    options = recorded.get("options", {})
-    if data is None:
-        data = recorded["name"]
-        limit = limit if limit is not None else options.get("limit")
-        valid_size = valid_size if valid_size is not None else options.get("valid_size")
-        label_column = label_column or options.get("label_column")
-        scale = scale or bool(options.get("scale"))
-    loss = run.manifest["config"]["specs"][0]["loss"]
-    return _load(data, limit, valid_size, label_column, scale, loss)[0]
+def _resolve_source(data):
+    """The --data given, or the default source with its one-line note printed."""
+    if data is not None:
+        return data
+    from stackae.data import default_source
+
+    name, note = default_source()
+    click.echo(note)
+    return name
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _given(ctx, name):
+    return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+
+# ---------------------------------------------------------------- the verbs
+
+
+@click.group(
+    cls=StackaeGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(version("stackae"), prog_name="stackae")
 def cli():
     """Denoising and stacked denoising autoencoders for Keras 3.
@@ -233,35 +278,35 @@ def cli():
 @cli.command()
 @click.option(
     "--layers",
+    type=CommaList(POSITIVE_INT),
     default=str(LAYER.units),
     show_default=True,
-    callback=_layers,
     help="Hidden layer sizes, bottom first, e.g. 1000,1000,1000.",
 )
-@_data_options()
+@data_options
 @_options(
-    [
-        _per_layer(
-            "--corruption", "corruption", float, "Noise level per layer (one value for all)."
-        ),
-        _per_layer("--noise", "noise", str, "Noise kind per layer:", NOISES),
-        _per_layer("--loss", "loss", str, "Reconstruction loss per layer:", LOSSES),
-        _per_layer("--epochs", "epochs", int, "Pretraining epochs per layer."),
-        _per_layer("--batch-size", "batch_size", int, "Global batch size per layer."),
-        _per_layer("--lr", "learning_rate", float, "Learning rate per layer."),
-        _per_layer("--optimizer", "optimizer", str, "Keras optimizer per layer (sgd, adam, ...)."),
-        _per_layer("--l2", "l2", float, "L2 weight decay per layer."),
-        _per_layer("--sparsity", "sparsity", float, "KL sparsity weight per layer."),
-        _per_layer(
-            "--sparsity-target", "sparsity_target", float, "Target mean activation per layer."
-        ),
-        _per_layer("--contraction", "contraction", float, "Contractive penalty weight per layer."),
-    ]
+    _per_layer("--corruption", "corruption", NON_NEGATIVE, "Noise level per layer."),
+    _per_layer("--noise", "noise", click.Choice(config.NOISE_KINDS), "Noise kind per layer:"),
+    _per_layer("--loss", "loss", click.Choice(config.LOSSES), "Reconstruction loss per layer:"),
+    _per_layer("--epochs", "epochs", POSITIVE_INT, "Pretraining epochs per layer."),
+    _per_layer("--batch-size", "batch_size", POSITIVE_INT, "Global batch size per layer."),
+    _per_layer("--lr", "learning_rate", POSITIVE, "Learning rate per layer."),
+    _per_layer(
+        "--optimizer", "optimizer", click.STRING, "Keras optimizer per layer (sgd, adam, ...)."
+    ),
+    _per_layer("--l2", "l2", NON_NEGATIVE, "L2 weight decay per layer."),
+    _per_layer("--sparsity", "sparsity", NON_NEGATIVE, "KL sparsity weight per layer."),
+    _per_layer(
+        "--sparsity-target", "sparsity_target", FRACTION, "Target mean activation per layer."
+    ),
+    _per_layer(
+        "--contraction", "contraction", NON_NEGATIVE, "Contractive penalty weight per layer."
+    ),
 )
 @click.option(
     "--seed",
-    type=int,
-    default=CONFIG.DEFAULT_SEED,
+    type=click.IntRange(0, 2**63 - 1),
+    default=config.DEFAULT_SEED,
     show_default=True,
     help="Seed of weights, data order and noise.",
 )
@@ -271,33 +316,28 @@ def cli():
 @click.option(
     "--resume", is_flag=True, help="Continue the run in --out from its last finished epoch."
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the stackae run in --out (only the files it wrote are removed).",
+)
 @click.option(
     "--tensorboard",
     is_flag=True,
     help="Write TensorBoard logs (scalars, filter images) into the run.",
 )
 @strategy_option
-@_options(verbosity)
-@_failures
+@quiet_option
+@verbose_option
+@click.pass_context
 def pretrain(
+    ctx,
     layers,
     data,
     limit,
     valid_size,
     label_column,
     scale,
-    corruption,
-    noise,
-    loss,
-    epochs,
-    batch_size,
-    lr,
-    optimizer,
-    l2,
-    sparsity,
-    sparsity_target,
-    contraction,
     seed,
     out,
     resume,
@@ -306,91 +346,78 @@ def pretrain(
     strategy,
     quiet,
     verbose,
+    **settings,
 ):
     """Pretrain a stack of denoising autoencoders greedily, layer by layer."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     if resume and not out:
         raise click.UsageError("--resume needs --out RUN")
-    settings = dict(
-        corruption=corruption,
-        noise=noise,
-        loss=loss,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        optimizer=optimizer,
-        l2=l2,
-        sparsity=sparsity,
-        sparsity_target=sparsity_target,
-        contraction=contraction,
-    )
-    strategy = _library(verbose, strategy)
-    from stackae import TiedAutoEncoderLayer, jobs
-    from stackae.distribute import is_chief
-    from stackae.runs import Run
-    from stackae.stack import layer_specs
+    from stackae.config import layer_specs
 
-    try:
-        specs = layer_specs(layers, **settings)
-        for spec in specs:  # the library checks each combination the way AutoEncoder does
-            spec.autoencoder(TiedAutoEncoderLayer(spec.units), seed=0)
-    except ValueError as err:
-        raise click.BadParameter(str(err).splitlines()[0]) from None
-    out = out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    chief_out = out
-    if not is_chief(strategy):
-        # Workers must save what the chief saves (saving runs collective ops), but
-        # into a scratch copy of their own, so nothing they write can collide.
-        out = jobs.worker_scratch(out, resume)
-    with strategy.scope():
-        if resume:
-            run = Run.open(out)
-            stack = jobs.load_stack(run)
-            dataset = _load_for_run(run, data, limit, valid_size, label_column, scale)
-        else:
-            dataset, options = _load(data, limit, valid_size, label_column, scale, specs[0].loss)
-            run, stack = jobs.new_run(
-                out,
-                dataset,
-                specs,
-                seed=seed,
-                overwrite=overwrite,
-                data_options=options,
-            )
-        rows, width = dataset.train.x.shape
-        click.echo(f"data: {dataset.name}, {rows} training rows of {width}")
-        jobs.pretrain_run(
-            run,
-            stack,
-            dataset,
-            verbose=0 if quiet else "auto",
-            tensorboard=tensorboard,
+    if resume:
+        from stackae.runs import Run
+
+        conflicts = Run.open(out).resume_conflicts(
+            layers=layers if _given(ctx, "layers") else None,
+            seed=seed if _given(ctx, "seed") else None,
+            **settings,
         )
-    if out != chief_out:
-        jobs.remove_scratch(out)
+        if conflicts:
+            raise click.UsageError(
+                "--resume continues the recorded run; these options differ from it: "
+                + "; ".join(conflicts)
+            )
+        specs = None
+    else:
+        try:
+            specs = layer_specs(layers, **settings)
+        except ValueError as err:
+            raise _bad(err) from None
+        data = _resolve_source(data)
+    out = out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    chosen = _library(verbose, strategy)
+    from stackae import workflows
+
+    if specs is not None:
+        try:
+            for spec in specs:
+                spec.make_optimizer()
+        except ValueError as err:
+            raise _bad(err, "--optimizer") from None
+
+    def on_data(loaded):
+        rows, width = loaded.train.x.shape
+        click.echo(f"data: {loaded.name}, {rows} training rows of {width}")
+        ctx.meta["resume_hint"] = f"stackae pretrain --resume --out {out}"
+
+    run = workflows.pretrain_job(
+        out,
+        specs,
+        data=data,
+        data_options=_data_kwargs(limit, valid_size, label_column, scale),
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+        strategy=chosen,
+        tensorboard=tensorboard,
+        verbose=0 if quiet else "auto",
+        on_data=on_data,
+    )
+    if run is None:  # a worker that is not the chief: the chief reports
         return
-    _summary(run, jobs)
+    _summary(run)
     click.echo(f"run saved in {run.path}")
 
 
-def _summary(run, jobs):
+def _summary(run):
     click.echo(
         f"{'layer':>5} {'size':>6} {'corruption':>10} {'epochs':>6} {'cost':>10} {'seconds':>8}"
     )
-    for layer, size, corruption, epochs, cost, seconds in jobs.summary_rows(run):
+    for layer, size, corruption, epochs, cost, seconds in run.summary_rows():
         click.echo(
             f"{layer:>5} {size:>6} {corruption:>10g} {epochs:>6} {cost:>10.4f} {seconds:>8.1f}"
         )
-
-
-def _open(run_dir):
-    from stackae.runs import Run
-
-    return Run.open(run_dir)
-
-
-run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
 
 
 def _finetune_option(flag, kind, text, name=None):
@@ -400,75 +427,127 @@ def _finetune_option(flag, kind, text, name=None):
     return click.option(flag, name, type=kind, default=default, show_default=True, help=text)
 
 
-FRACTION = click.FloatRange(0, 1, max_open=True)
 finetune_options = _options(
-    [
-        _finetune_option("--epochs", click.IntRange(min=1), "Most fine-tuning epochs."),
-        _finetune_option(
-            "--lr", click.FloatRange(min=0, min_open=True), "Learning rate.", "learning_rate"
-        ),
-        _finetune_option("--batch-size", click.IntRange(min=1), "Global batch size."),
-        _finetune_option(
-            "--patience",
-            click.IntRange(min=1),
-            "Epochs without a better validation error before stopping.",
-        ),
-        _finetune_option("--optimizer", str, "Keras optimizer name."),
-        _finetune_option("--momentum", FRACTION, "SGD momentum."),
-        _finetune_option(
-            "--lr-decay", click.FloatRange(0, 1, min_open=True), "Learning rate factor per epoch."
-        ),
-        _finetune_option("--dropout", FRACTION, "Dropout after each hidden layer, in training."),
-        _finetune_option("--input-dropout", FRACTION, "Dropout on the input, in training."),
-    ]
+    _finetune_option("--epochs", POSITIVE_INT, "Most fine-tuning epochs."),
+    _finetune_option("--lr", POSITIVE, "Learning rate.", "learning_rate"),
+    _finetune_option("--batch-size", POSITIVE_INT, "Global batch size."),
+    _finetune_option(
+        "--patience", POSITIVE_INT, "Epochs without a better validation error before stopping."
+    ),
+    _finetune_option("--optimizer", str, "Keras optimizer name."),
+    _finetune_option("--momentum", FRACTION, "SGD momentum."),
+    _finetune_option(
+        "--lr-decay", Number(float, 0, low_open=True, high=1), "Learning rate factor per epoch."
+    ),
+    _finetune_option("--dropout", FRACTION, "Dropout after each hidden layer, in training."),
+    _finetune_option("--input-dropout", FRACTION, "Dropout on the input, in training."),
 )
 
 
 @cli.command()
 @run_argument
-@_data_options()
+@data_options
 @finetune_options
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted fine-tuning from its last epoch."
+)
+@click.option("--overwrite", is_flag=True, help="Fine-tune again, replacing the run's classifier.")
 @strategy_option
-@_options(verbosity)
-@_failures
+@quiet_option
+@verbose_option
+@click.pass_context
 def finetune(
-    run_dir, data, limit, valid_size, label_column, scale, strategy, quiet, verbose, **settings
+    ctx,
+    run_dir,
+    data,
+    limit,
+    valid_size,
+    label_column,
+    scale,
+    resume,
+    overwrite,
+    strategy,
+    quiet,
+    verbose,
+    **settings,
 ):
     """Fine-tune the pretrained stack with labels; saves classifier.keras."""
-    if settings["momentum"] and settings["optimizer"].lower() != "sgd":
-        raise click.BadParameter(
-            f"momentum is an SGD setting, not {settings['optimizer']}'s", param_hint="--momentum"
-        )
-    strategy = _library(verbose, strategy)
-    from stackae import jobs
-    from stackae.config import FinetuneSpec
+    import dataclasses
 
-    run = _open(run_dir)
-    dataset = _load_for_run(run, data, limit, valid_size, label_column, scale)
-    spec = FinetuneSpec(**settings)
-    with strategy.scope():
-        result = jobs.finetune_run(run, dataset, spec, verbose=0 if quiet else "auto")
-    if result["valid_error"] is not None:
-        click.echo(f"validation error {100 * result['valid_error']:.2f} %")
-    if result["test_error"] is not None:
-        click.echo(f"test error {100 * result['test_error']:.2f} %")
+    from stackae.config import FinetuneSpec
+    from stackae.runs import Run
+
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    try:
+        spec = FinetuneSpec(**settings)
+    except ValueError as err:
+        raise _bad(err) from None
+    run = Run.open(run_dir)
+    record = run.finetune
+    if resume:
+        if record is None or record.finished:
+            raise click.ClickException(f"{run.path}: no interrupted fine-tuning to resume")
+        recorded = dataclasses.asdict(record.spec)
+        differ = [
+            f"{name} {recorded[name]} (given {value})"
+            for name, value in settings.items()
+            if _given(ctx, name) and value != recorded[name]
+        ]
+        if differ:
+            raise click.UsageError(
+                "--resume continues the recorded fine-tuning; these options differ from it: "
+                + "; ".join(differ)
+            )
+        spec = record.spec
+    elif record is not None and not overwrite:
+        if record.finished:
+            raise click.ClickException(
+                f"{run.path}: already fine-tuned; use --overwrite to fine-tune it again"
+            )
+        raise click.ClickException(
+            f"{run.path}: fine-tuning stopped after epoch {record.epochs_done}; "
+            "continue it with --resume or start again with --overwrite"
+        )
+    chosen = _library(verbose, strategy)
+    from stackae import workflows
+
+    try:
+        spec.make_optimizer()
+    except ValueError as err:
+        raise _bad(err, "--optimizer") from None
+    run.lock()
+    loaded = workflows.load_run_data(
+        run, data, **_data_kwargs(limit, valid_size, label_column, scale)
+    )
+    ctx.meta["resume_hint"] = f"stackae finetune {run.path} --resume"
+    with workflows.strategy_scope(chosen):
+        result = workflows.finetune_run(
+            run, loaded, spec, resume=resume, verbose=0 if quiet else "auto"
+        )
+    if result.valid_error is not None:
+        click.echo(f"validation error {100 * result.valid_error:.2f} %")
+    if result.test_error is not None:
+        click.echo(f"test error {100 * result.test_error:.2f} %")
     click.echo(f"classifier saved in {run.path / 'classifier.keras'}")
 
 
 @cli.command()
 @run_argument
-@_data_options()
-@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log lines.")
-@_failures
+@data_options
+@verbose_option
 def evaluate(run_dir, data, limit, valid_size, label_column, scale, verbose):
     """Test error and confusion counts of the classifier, reconstruction cost of each layer."""
-    _library(verbose)
-    from stackae import jobs
+    from stackae.runs import Run
 
-    run = _open(run_dir)
-    result = jobs.evaluate_run(
-        run, _load_for_run(run, data, limit, valid_size, label_column, scale)
+    run = Run.open(run_dir)
+    _library(verbose)
+    from stackae import workflows
+
+    loaded = workflows.load_run_data(
+        run, data, **_data_kwargs(limit, valid_size, label_column, scale)
     )
+    result = workflows.evaluate_run(run, loaded)
     for k, cost in enumerate(result["reconstruction"]):
         click.echo(f"layer {k + 1} reconstruction cost {cost:.4f}")
     if "error" in result:
@@ -494,33 +573,23 @@ def evaluate(run_dir, data, limit, valid_size, label_column, scale, verbose):
     type=click.Path(dir_okay=False),
     help="Where to write the codes (.npz).",
 )
-@click.option(
-    "--layer", type=click.IntRange(min=1), help="Codes after this layer.  [default: the top]"
-)
-@click.option("--limit", type=click.IntRange(min=1), help="Encode only the first N rows.")
+@click.option("--layer", type=POSITIVE_INT, help="Codes after this layer.  [default: the top]")
+@click.option("--limit", type=POSITIVE_INT, help="Encode only the first N rows.")
 @click.option("--scale", is_flag=True, help="Min-max scale float data into [0, 1].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log lines.")
-@_failures
+@verbose_option
 def encode(run_dir, data, out_path, layer, limit, scale, overwrite, verbose):
     """Write the codes of your data (top layer, or --layer k) to an .npz file."""
-    if os.path.exists(out_path) and not overwrite:
-        raise click.ClickException(f"{out_path}: exists; use --overwrite to replace it")
+    from stackae.files import refuse_existing
+    from stackae.runs import Run
+
+    refuse_existing(out_path, overwrite)
+    run = Run.open(run_dir)
     _library(verbose)
-    import numpy as np
+    from stackae import workflows
 
-    from stackae import jobs, runs
-
-    run = _open(run_dir)
-    dataset = _load_for_run(run, data, limit, 0, None, scale)
-    arrays = {"train": jobs.encode_run(run, dataset.train.x, layer)}
-    for name, split in (("valid", dataset.valid), ("test", dataset.test)):
-        if split is not None:
-            arrays[name] = jobs.encode_run(run, split.x, layer)
-    for name, split in (("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)):
-        if split is not None and split.y is not None:
-            arrays[f"y_{name}"] = split.y
-    runs.atomic_write(out_path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
+    loaded = workflows.load_run_data(run, data, limit=limit, valid_size=0, scale=scale)
+    arrays = workflows.encode_job(run, loaded, out_path, layer, overwrite)
     shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if not k.startswith("y_"))
     click.echo(f"wrote {out_path}: {shapes}")
 
@@ -528,11 +597,7 @@ def encode(run_dir, data, out_path, layer, limit, scale, overwrite, verbose):
 @cli.command()
 @run_argument
 @click.option(
-    "--layer",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Which layer's filters.",
+    "--layer", type=POSITIVE_INT, default=1, show_default=True, help="Which layer's filters."
 )
 @click.option(
     "--out",
@@ -540,96 +605,99 @@ def encode(run_dir, data, out_path, layer, limit, scale, overwrite, verbose):
     type=click.Path(dir_okay=False),
     help="PNG to write.  [default: RUN/filters_layer_K.png]",
 )
-@click.option("--grid", default="10x10", show_default=True, help="Tiles per column x per row.")
-@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log lines.")
-@_failures
-def filters(run_dir, layer, out_path, grid, verbose):
+@click.option(
+    "--grid", type=Grid(), default="10x10", show_default=True, help="Tiles per column x per row."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@verbose_option
+def filters(run_dir, layer, out_path, grid, overwrite, verbose):
     """Draw each hidden unit's weights as a tile, like the tutorial's filters picture."""
-    try:
-        grid = tuple(int(n) for n in grid.lower().split("x"))
-        assert len(grid) == 2 and min(grid) > 0
-    except (ValueError, AssertionError):
-        raise click.BadParameter(f"{grid!r} is not ROWSxCOLUMNS", param_hint="--grid") from None
-    _library(verbose)
-    from stackae import images, jobs
+    from stackae.runs import Run
 
-    run = _open(run_dir)
-    stack = jobs.load_stack(run)
-    if layer > len(stack.specs):
-        raise click.BadParameter(f"the run has {len(stack.specs)} layers", param_hint="--layer")
-    kernel = stack.encoder_layers[layer - 1].kernel.numpy()
-    shape = run.manifest["data"]["image_shape"] if layer == 1 else None
-    out_path = out_path or run.file(f"filters_layer_{layer}.png")
-    images.save_filters(kernel, out_path, image_shape=tuple(shape) if shape else None, grid=grid)
-    click.echo(f"wrote {out_path}")
+    run = Run.open(run_dir)
+    if layer > run.n_layers:
+        raise click.BadParameter(f"the run has {run.n_layers} layers", param_hint="--layer")
+    _library(verbose)
+    from stackae import workflows
+
+    path = workflows.filters_run(run, layer, out_path, grid, overwrite)
+    click.echo(f"wrote {path}")
 
 
 @cli.command()
 @run_argument
-@_data_options()
-@click.option(
-    "--n", type=click.IntRange(min=1), default=20, show_default=True, help="Number of examples."
-)
-@click.option(
-    "--corruption",
-    type=click.FloatRange(0, 1, max_open=True),
-    help="Masking level.  [default: layer 1's]",
-)
+@data_options
+@click.option("--n", type=POSITIVE_INT, default=20, show_default=True, help="Number of examples.")
+@click.option("--corruption", type=FRACTION, help="Masking level.  [default: layer 1's]")
 @click.option(
     "--out",
     "out_path",
     type=click.Path(dir_okay=False),
     help="PNG to write.  [default: RUN/reconstructions.png]",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log lines.")
-@_failures
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@verbose_option
 def reconstruct(
-    run_dir, data, limit, valid_size, label_column, scale, n, corruption, out_path, verbose
+    run_dir,
+    data,
+    limit,
+    valid_size,
+    label_column,
+    scale,
+    n,
+    corruption,
+    out_path,
+    overwrite,
+    verbose,
 ):
     """Rows of input, corrupted input and reconstruction through the whole stack."""
-    _library(verbose)
-    from stackae import jobs
+    from stackae.runs import Run
 
-    run = _open(run_dir)
-    dataset = _load_for_run(run, data, limit, valid_size, label_column, scale)
-    out_path = out_path or run.file("reconstructions.png")
-    jobs.reconstruct_run(run, dataset, out_path, n=n, corruption=corruption)
-    click.echo(f"wrote {out_path}")
+    run = Run.open(run_dir)
+    _library(verbose)
+    from stackae import workflows
+
+    loaded = workflows.load_run_data(
+        run, data, **_data_kwargs(limit, valid_size, label_column, scale)
+    )
+    path = workflows.reconstruct_run(run, loaded, out_path, n, corruption, overwrite)
+    click.echo(f"wrote {path}")
 
 
 @cli.command()
 @run_argument
-@_failures
 def info(run_dir):
     """What a run holds: config, data, per-layer costs and timings, versions, status."""
-    _library(False)
-    run = _open(run_dir)
-    m = run.manifest
+    from stackae.runs import Run  # reads the manifest only: no backend is imported
+
+    run = Run.open(run_dir)
     click.echo(f"run: {run.path}")
-    click.echo(f"status: {m.get('status')}")
-    data = m["data"]
+    click.echo(f"status: {run.status}")
+    record = run.data
     click.echo(
-        f"data: {data.get('name')} ({data.get('origin')}), {data['n_features']} features, "
-        f"shapes {data.get('shapes')}"
+        f"data: {record.name} ({run.data_origin}), {record.n_features} features, "
+        f"shapes {run.data_shapes}"
     )
-    click.echo(f"seed: {m['config']['seed']}")
-    versions = m.get("versions", {})
-    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    click.echo(f"seed: {run.seed}")
+    click.echo(f"backend: {run.backend}")
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in run.versions.items()))
     header = ("layer", "size", "noise", "epochs", "cost", "seconds")
     click.echo("{:>5} {:>6} {:>16} {:>9} {:>10} {:>8}  finished".format(*header))
-    for k, (layer, spec) in enumerate(zip(m["layers"], m["config"]["specs"])):
-        losses = layer["history"].get("loss") or [float("nan")]
-        noise = f"{spec.get('noise')} {spec.get('corruption')}"
-        epochs = f"{layer['epochs_done']}/{spec.get('epochs')}"
+    for k, spec in enumerate(run.specs):
+        state = run.layer(k)
+        cost = (state.history.get("loss") or [float("nan")])[-1]
+        noise = f"{spec.noise} {spec.corruption}"
+        epochs = f"{state.epochs_done}/{spec.epochs}"
         click.echo(
-            f"{k + 1:>5} {layer['units']:>6} {noise:>16} {epochs:>9} "
-            f"{losses[-1]:>10.4f} {layer.get('seconds', 0):>8.1f}  {layer['finished']}"
+            f"{k + 1:>5} {spec.units:>6} {noise:>16} {epochs:>9} "
+            f"{cost:>10.4f} {state.seconds:>8.1f}  {state.finished}"
         )
-    tune = m.get("finetune")
+    tune = run.finetune
     if tune:
-        parts = [f"{tune['epochs']} epochs, {tune['seconds']:.1f} s"]
-        if tune.get("valid_error") is not None:
-            parts.append(f"validation error {100 * tune['valid_error']:.2f} %")
-        if tune.get("test_error") is not None:
-            parts.append(f"test error {100 * tune['test_error']:.2f} %")
-        click.echo("fine-tuned: " + ", ".join(parts))
+        parts = [f"{tune.epochs_done}/{tune.spec.epochs} epochs, {tune.seconds:.1f} s"]
+        if tune.valid_error is not None:
+            parts.append(f"validation error {100 * tune.valid_error:.2f} %")
+        if tune.test_error is not None:
+            parts.append(f"test error {100 * tune.test_error:.2f} %")
+        label = "fine-tuned" if tune.finished else "fine-tuning (interrupted)"
+        click.echo(f"{label}: " + ", ".join(parts))

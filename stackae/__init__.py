@@ -2,10 +2,15 @@
 
 The package loads lazily (PEP 562): `import stackae` imports no backend, so
 the command line and `stackae.config` start instantly; the first use of a
-name below imports what it needs.
+name below imports what it needs. stackae's Keras classes are registered for
+`.keras` loading (safe mode, no custom_objects) as soon as Keras is imported,
+before or after stackae.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
@@ -38,3 +43,56 @@ def __getattr__(name):
 
 def __dir__():
     return __all__
+
+
+# Modules whose classes Keras must know by name to load a stackae `.keras` file.
+_SERIALIZABLE = ("stackae.layers", "stackae.autoencoder", "stackae.stack")
+_importing = set()  # watched modules whose code is running now
+
+
+class _RegisterWithKeras(importlib.abc.MetaPathFinder):
+    """An import hook: registers stackae's classes with Keras once Keras is imported.
+
+    Keras resolves a saved class by its registered name only, so the classes
+    must be registered before a file is loaded; importing them with stackae
+    would import the backend at `import stackae`, which the lazy package avoids.
+    The hook watches `keras` and stackae's own serializable modules, and
+    registers when Keras is loaded and none of those modules is half-imported
+    (so `from stackae.layers import ...` as a first import works too).
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras" and name not in _SERIALIZABLE:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_and_register(module):
+                _importing.add(name)
+                try:
+                    exec_module(module)
+                finally:
+                    _importing.discard(name)
+                _register_when_ready()
+
+            spec.loader.exec_module = exec_and_register
+        return spec
+
+
+def _register_when_ready():
+    if "keras" in _importing or "keras" not in sys.modules or _importing & set(_SERIALIZABLE):
+        return
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _RegisterWithKeras)]
+    for module in _SERIALIZABLE:
+        importlib.import_module(module)
+
+
+if not any(isinstance(finder, _RegisterWithKeras) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWithKeras())
+    if "keras" in sys.modules:
+        _register_when_ready()

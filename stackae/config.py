@@ -113,6 +113,40 @@ class LayerSpec:
         )
 
 
+def layer_specs(layers, **settings):
+    """One LayerSpec per size in `layers`; each setting is one value or one per layer.
+
+    >>> [s.corruption for s in layer_specs((1000, 1000), corruption=(0.1, 0.2))]
+    [0.1, 0.2]
+    """
+    layers = tuple(layers)
+    if not layers or any(not _is_int(u) or u <= 0 for u in layers):
+        raise ValueError(f"`layers` must be positive integers. Received: layers={layers}")
+    fields = {f.name for f in dataclasses.fields(LayerSpec)} - {"units"}
+    per_layer = [{"units": u} for u in layers]
+    for name, value in settings.items():
+        if name not in fields:
+            raise ValueError(f"Unknown layer setting {name!r}. Expected one of {sorted(fields)}")
+        if value is None:
+            continue
+        values = _broadcast(name, value, len(layers))
+        for spec, v in zip(per_layer, values):
+            spec[name] = v
+    return [LayerSpec(**spec) for spec in per_layer]
+
+
+def _broadcast(name, value, n):
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        return [value] * n
+    if len(value) == 1:
+        return list(value) * n
+    if len(value) != n:
+        raise ValueError(
+            f"`{name}` has {len(value)} values for {n} layers; give one value or one per layer."
+        )
+    return list(value)
+
+
 DEFAULTS = LayerSpec()
 
 

@@ -1,11 +1,11 @@
 """Filter tiles and reconstruction grids as grayscale PNG images (Pillow)."""
 
 import math
-import os
-import tempfile
 
 import numpy as np
 from PIL import Image
+
+from stackae.files import atomic_write
 
 # Filters are shown ten to a row, like the tutorial's 10 x 10 tile of 100 units.
 FILTER_COLUMNS = 10
@@ -117,28 +117,20 @@ def save_reconstructions(x, corrupted, reconstructed, path, image_shape=None):
 
 
 def save_png(image, path):
-    """Write a uint8 (h, w) array as a grayscale PNG atomically; returns `path`.
+    """Write a uint8 (h, w) array as a grayscale PNG, atomically; returns `path`.
 
-    The image goes to a temporary file in the same directory first, then
-    replaces `path`, so a reader never sees a half-written file and a failed
-    write leaves any earlier file as it was.
+    A reader never sees a half-written file and a failed write leaves any
+    earlier file as it was (`stackae.files.atomic_write`).
     """
     image = np.asarray(image)
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(
             f"`image` must be a 2-D uint8 array. Received: shape={image.shape}, dtype={image.dtype}"
         )
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # A 2-D uint8 array becomes a grayscale ("L") image.
-            Image.fromarray(image).save(f, format="PNG")
-        # mkstemp makes the file private (0600); give it an ordinary file's mode.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    def write(tmp):
+        # A 2-D uint8 array becomes a grayscale ("L") image.
+        Image.fromarray(image).save(tmp, format="PNG")
+
+    atomic_write(path, write, suffix=".png")
     return path

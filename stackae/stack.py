@@ -1,48 +1,12 @@
 """Greedy layer-wise pretraining of a stack of tied-weight denoising autoencoders."""
 
 import dataclasses
-from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from stackae.config import DEFAULT_SEED, LayerSpec
+from stackae.config import DEFAULT_SEED, PREDICT_BATCH, LayerSpec, layer_specs  # noqa: F401 (public here too)
 from stackae.layers import TiedAutoEncoderLayer
-
-
-def layer_specs(layers, **settings):
-    """One LayerSpec per size in `layers`; each setting is one value or one per layer.
-
-    >>> [s.corruption for s in layer_specs((1000, 1000), corruption=(0.1, 0.2))]
-    [0.1, 0.2]
-    """
-    layers = tuple(layers)
-    if not layers or any(not isinstance(u, int) or isinstance(u, bool) or u <= 0 for u in layers):
-        raise ValueError(f"`layers` must be positive integers. Received: layers={layers}")
-    fields = {f.name for f in dataclasses.fields(LayerSpec)} - {"units"}
-    per_layer = [{"units": u} for u in layers]
-    for name, value in settings.items():
-        if name not in fields:
-            raise ValueError(f"Unknown layer setting {name!r}. Expected one of {sorted(fields)}")
-        if value is None:
-            continue
-        values = _broadcast(name, value, len(layers))
-        for spec, v in zip(per_layer, values):
-            spec[name] = v
-    return [LayerSpec(**spec) for spec in per_layer]
-
-
-def _broadcast(name, value, n):
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        return [value] * n
-    if len(value) == 1:
-        return list(value) * n
-    if len(value) != n:
-        raise ValueError(
-            f"`{name}` has {len(value)} values for {n} layers; give one value or one per layer."
-        )
-    return list(value)
 
 
 @keras.saving.register_keras_serializable(package="stackae")
@@ -98,14 +62,13 @@ class Stack(keras.Model):
         """The AutoEncoder that pretrains layer k (0-based), sharing its weights."""
         return self.specs[k].autoencoder(self.encoder_layers[k], seed=self.seed + k)
 
-    def codes(self, x, depth, batch_size=1024):
-        """Clean codes of `x` after `depth` layers, as a float32 array."""
+    def codes(self, x, depth):
+        """Clean codes of `x` after `depth` layers, as a float32 NumPy array (`x` for depth 0)."""
         if depth == 0:
             return x
-        from stackae.data import batches
-
-        lower = keras.Sequential(self.encoder_layers[:depth])
-        return lower.predict(batches(x, batch_size), verbose=0).astype("float32")
+        for layer in self.encoder_layers[:depth]:
+            x = layer_codes(layer, _in_memory(x))
+        return keras.ops.convert_to_numpy(x)
 
 
 def pretrain(
@@ -116,7 +79,7 @@ def pretrain(
     callbacks=None,
     verbose="auto",
     start_layer=0,
-    resume_from=None,
+    initial_epoch=0,
     on_layer_end=None,
     group=None,
 ):
@@ -127,9 +90,9 @@ def pretrain(
         x: training rows in [0, 1]; valid: optional validation rows.
         callbacks: a function k -> list of Keras callbacks for layer k.
         start_layer: layers below it are taken as already trained.
-        resume_from: (first_epoch, weights_path) to continue `start_layer` from
-            a checkpoint written by `autoencoder.save_weights` (weights and
-            optimizer state).
+        initial_epoch: the epoch `start_layer` starts at (resuming: a callback
+            of that layer restores its checkpoint in `on_train_begin`, as
+            `keras.callbacks.BackupAndRestore` does; see stackae.callbacks).
         on_layer_end: called as on_layer_end(k, autoencoder, history) after each layer.
         group: batches per training step (`data.training_dataset`); None: 16 on
             one device, 1 under a multi-replica strategy. Results do not
@@ -145,20 +108,16 @@ def pretrain(
     inputs, valid_inputs = _in_memory(x), _in_memory(valid)
     for k in range(len(stack.specs)):
         if k:  # one layer up: the clean codes of layer k-1, the previous inputs freed
-            inputs = _encode(stack.encoder_layers[k - 1], inputs)
-            valid_inputs = _encode(stack.encoder_layers[k - 1], valid_inputs)
+            inputs = layer_codes(stack.encoder_layers[k - 1], inputs)
+            valid_inputs = layer_codes(stack.encoder_layers[k - 1], valid_inputs)
         if k < start_layer:
             continue
         spec = stack.specs[k]
         check_batch(len(inputs), spec.batch_size, f"layer {k + 1} training data")
         autoencoder = stack.autoencoder(k)
         autoencoder.compile(optimizer=spec.make_optimizer())
-        first_epoch = 0
-        if resume_from and k == start_layer:
-            first_epoch, weights_path = resume_from
-            autoencoder.build((None, inputs.shape[-1]))
-            autoencoder.optimizer.build(autoencoder.trainable_variables)
-            autoencoder.load_weights(weights_path)
+        first_epoch = initial_epoch if k == start_layer else 0
+        autoencoder.build((None, inputs.shape[-1]))
         train, order = training_dataset(
             inputs,
             spec.batch_size,
@@ -187,19 +146,32 @@ def pretrain(
 
 
 def _in_memory(x):
-    """An in-memory array as one float32 tensor (made once); a memmap stays on disk."""
-    if x is None or isinstance(x, np.memmap) or tf.is_tensor(x):
+    """An in-memory array as float32, made once: one TensorFlow tensor for tf.data to
+    gather from, a NumPy array for a PyDataset to slice. A memmap stays on disk."""
+    if x is None or isinstance(x, np.memmap):
         return x
-    return tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
+    if keras.backend.backend() != "tensorflow":
+        return np.asarray(x, dtype=np.float32)
+    import tensorflow as tf
+
+    return x if tf.is_tensor(x) else tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
 
 
-def _encode(layer, x):
-    """Clean codes of `x` through one layer: one op on a tensor, batches from a memmap."""
+def layer_codes(layer, x):
+    """Clean codes of `x` through one layer: one compiled op in memory, batches from a memmap."""
     if x is None:
         return None
-    if tf.is_tensor(x):
-        # XLA fuses the bias and sigmoid into the matmul's output: no second (rows, units) buffer.
-        return tf.function(layer.encode, jit_compile=True)(x)  # (rows, units)
-    from stackae.data import batches
+    if isinstance(x, np.memmap):
+        from stackae.data import batches
 
-    return _in_memory(keras.Sequential([layer]).predict(batches(x, 1024), verbose=0))
+        return _in_memory(keras.Sequential([layer]).predict(batches(x, PREDICT_BATCH), verbose=0))
+    # XLA fuses the bias and sigmoid into the matmul's output: no second (rows, units) buffer.
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        encode = tf.function(layer.encode, jit_compile=True)
+    else:
+        import jax
+
+        encode = jax.jit(layer.encode)
+    return _in_memory(encode(x))  # (rows, units)

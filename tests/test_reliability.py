@@ -223,8 +223,8 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert "No space left on device" in last and "layer_1_epoch_2" in last
     monkeypatch.setattr(runs, "atomic_write", real)
     run = runs.Run.open(out)  # checksums still agree with what is on disk
-    assert run.layers[0]["epochs_done"] == 1
-    assert run.layers[0]["checkpoint"] in run.files
+    assert run.layer(0).epochs_done == 1
+    assert run.layer(0).checkpoint in run.files
     assert not [p for p in out.iterdir() if ".tmp" in p.name or "epoch_2" in p.name]
     result = CliRunner().invoke(cli, ["pretrain", *ARGS, "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
@@ -255,7 +255,7 @@ def test_diverging_training_stops_with_a_hint(tmp_path):
     line = result.output.strip().splitlines()[-1]
     assert "layer 1, epoch 1" in line and "lower the learning rate" in line
     run = runs.Run.open(out)
-    assert run.layers[0]["epochs_done"] == 0  # no NaN checkpoint was recorded
+    assert run.layer(0).epochs_done == 0  # no NaN checkpoint was recorded
     weights = stack_weights(out)
     assert all(np.isfinite(w).all() for w in weights)
 

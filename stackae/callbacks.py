@@ -1,0 +1,169 @@
+"""Keras callbacks that tie training to a run: checkpoints, divergence guard, banners, pictures."""
+
+import math
+import time
+
+import keras
+import numpy as np
+
+from stackae import runs
+from stackae.errors import TrainingDiverged
+
+
+def _updates(model):
+    # .value: under MultiWorkerMirroredStrategy a MirroredVariable, which int() refuses.
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations.value))
+
+
+def _restore(model, path):
+    """Weights and optimizer state from `path` (a checkpoint this run wrote)."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    runs.load_weights(model, path)
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training with TrainingDiverged when a logged cost is NaN or infinite."""
+
+    def __init__(self, where):
+        super().__init__()
+        self.where = where  # "layer 2" or "fine-tuning": names the phase in the message
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.first_update = _updates(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            # A Keras "batch" here may be a group of batches: count the updates.
+            step = _updates(self.model) - self.first_update
+            raise TrainingDiverged(
+                f"{self.where}, epoch {self.epoch + 1}: the cost became {float(loss)} "
+                f"by step {step}; lower the learning rate. The last good checkpoint is kept."
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        bad = {k: float(v) for k, v in (logs or {}).items() if not math.isfinite(float(v))}
+        if bad:
+            raise TrainingDiverged(
+                f"{self.where}, epoch {epoch + 1}: {bad}; lower the learning rate. "
+                "The last good checkpoint is kept."
+            )
+
+
+class LayerCheckpoint(keras.callbacks.Callback):
+    """Checkpoints layer k of a run after every epoch; restores it first when resuming.
+
+    Like `keras.callbacks.BackupAndRestore`: `on_train_begin` loads the
+    checkpoint given as `restore` (weights and optimizer state; the caller
+    passes the matching `initial_epoch` to fit), `on_epoch_end` writes the
+    epoch's checkpoint and records it in the manifest in one step.
+    """
+
+    def __init__(self, run, k, restore=None):
+        super().__init__()
+        self.run = run
+        self.k = k
+        self.restore = restore
+
+    def on_train_begin(self, logs=None):
+        if self.restore is not None:
+            _restore(self.model, self.restore)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.record_epoch(
+            self.k,
+            epoch,
+            logs or {},
+            time.perf_counter() - self.started,
+            lambda path: self.model.save_weights(path),
+        )
+
+
+class FinetuneCheckpoint(keras.callbacks.Callback):
+    """Checkpoints fine-tuning after every epoch: trainer weights, optimizer, early stopping.
+
+    `stopper` is the early-stopping callback (with get_state/set_state and
+    best_weights); its state goes in the manifest and its best weights in a
+    file of their own, written when they change.
+    """
+
+    def __init__(self, run, stopper=None, restore=None):
+        super().__init__()
+        self.run = run
+        self.stopper = stopper
+        self.restore = restore
+        self.best_epoch = None
+
+    def on_train_begin(self, logs=None):
+        if self.restore is not None:
+            _restore(self.model, self.restore)
+        self.best_epoch = self._best_epoch()
+
+    def _best_epoch(self):
+        if self.stopper is None:
+            return None
+        return (self.stopper.get_state() or {}).get("best_epoch")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_best = None
+        best_epoch = self._best_epoch()
+        if best_epoch is not None and best_epoch != self.best_epoch:
+            self.best_epoch = best_epoch
+            weights = self.stopper.best_weights
+
+            def save_best(path):
+                np.savez(path, *weights)
+
+        self.run.record_finetune_epoch(
+            epoch,
+            logs or {},
+            time.perf_counter() - self.started,
+            self.stopper.get_state() if self.stopper is not None else None,
+            lambda path: self.model.save_weights(path),
+            save_best,
+        )
+
+
+class Banner(keras.callbacks.Callback):
+    """Prints which phase is training above Keras's progress bar, and where the job stands."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.text = text
+
+    def on_train_begin(self, logs=None):
+        print(self.text, flush=True)
+
+
+class FilterImages(keras.callbacks.Callback):
+    """Logs the first 100 filters of an AutoEncoder's layer to TensorBoard after every epoch.
+
+    TensorBoard's image summaries are TensorFlow's: on another backend this
+    callback is not made (the workflow says so in one line).
+    """
+
+    def __init__(self, logdir, image_shape):
+        super().__init__()
+        self.logdir = str(logdir)
+        self.image_shape = image_shape
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        from stackae.images import filters_image
+
+        picture = filters_image(
+            keras.ops.convert_to_numpy(self.model.layer.kernel), self.image_shape
+        )
+        writer = tf.summary.create_file_writer(self.logdir)
+        with writer.as_default():
+            tf.summary.image("filters", picture[None, :, :, None], step=epoch)
+        writer.close()

@@ -1,0 +1,74 @@
+"""Writing files safely: atomic replacement, the umask's mode, never clobbering a user's file."""
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from stackae.errors import RunError
+
+
+def umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write, suffix=""):
+    """Call write(tmp_path), fsync it, then rename it over `path`.
+
+    A crash (or a full disk) at any moment leaves either the old file or the
+    new one, never half of one. The file gets the mode an ordinary new file
+    would (0666 less the umask). `suffix` keeps extensions Keras insists on.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise RunError(f"{path}: the folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path, text):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
+
+
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def refuse_existing(path, overwrite, owned=False):
+    """RunError unless `path` may be written: new, or --overwrite, or a file we wrote."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise RunError(f"{path}: exists and is not a regular file; refusing to replace it")
+    if path.exists() and not (overwrite or owned):
+        raise RunError(f"{path}: exists; use --overwrite to replace it")
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
