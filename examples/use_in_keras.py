@@ -1,14 +1,23 @@
-"""Use stackae in ordinary Keras: the layer in a model, a frozen encoder, a saved classifier.
+"""Use stackae in ordinary Keras: the layer in your models, a frozen encoder, a saved classifier.
 
     python examples/use_in_keras.py [--limit 3000] [--out DIR]
 
-Three ways, on the mnist-sample that ships with stackae:
+Six ways, on the mnist-sample that ships with stackae:
 (a) a TiedAutoEncoderLayer as the first layer of a functional classifier,
     trained with plain compile/fit on labels, saved and loaded as .keras;
 (b) a pretrained stack's encoder as a frozen feature extractor in front of a
     small Dense head;
 (c) the exported classifier saved as .keras and loaded back by plain Keras in
-    a process that never imports stackae.
+    a process that never imports stackae;
+(d) a tied autoencoder written as a plain functional model:
+    `h = tied(x); x_hat = tied(h, reverse=True)`;
+(e) a pretrained layer with two heads: a softmax on its code and its own tied
+    decoder, trained together (labels plus reconstruction);
+(f) the layer in a Sequential model between Dropout, BatchNormalization and
+    Dense layers.
+Each model trains with plain fit, is saved as .keras and loads back with the
+same predictions (the layer is registered with Keras by stackae: no
+custom_objects).
 """
 
 import argparse
@@ -25,7 +34,7 @@ import numpy as np  # noqa: E402
 
 import stackae  # noqa: E402
 from stackae import data, export  # noqa: E402
-from stackae.finetune import error_rate  # noqa: E402
+from stackae.finetune import error_rate, finetune  # noqa: E402
 
 SEED = 123
 N_CLASSES = 10
@@ -36,18 +45,25 @@ def numpy(variable):
     return variable.numpy()
 
 
+def save_and_load(model, path):
+    """The model saved as .keras at `path` and loaded back (None when `path` is None)."""
+    if path is None:
+        return None
+    model.save(path)
+    return keras.saving.load_model(path)
+
+
 def layer_in_model(x, y, units=64, epochs=3, path=None):
     """(a) Input -> TiedAutoEncoderLayer -> Dense(softmax), trained with labels only.
 
+    The layer only encodes here, so its decoder bias stays out of the trained
+    weights: Keras finds no weight without a gradient.
     Returns (model, kernel before, kernel after, per-epoch losses, reloaded model).
     """
     inputs = keras.Input((x.shape[1],))
     tied = stackae.TiedAutoEncoderLayer(units, name="tied")
     outputs = keras.layers.Dense(N_CLASSES, activation="softmax")(tied(inputs))
     model = keras.Model(inputs, outputs)
-    # A classifier only encodes: the decoder bias gets no gradient, and Keras would
-    # warn about it at every fit. (Freezing is not saved; a reloaded layer would warn.)
-    tied.decoder_bias.trainable = False
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss="sparse_categorical_crossentropy",
@@ -56,12 +72,81 @@ def layer_in_model(x, y, units=64, epochs=3, path=None):
     before = numpy(model.get_layer("tied").kernel).copy()
     history = model.fit(x, y, batch_size=20, epochs=epochs, verbose=0)
     after = numpy(model.get_layer("tied").kernel)
-    reloaded = None
-    if path is not None:
-        # The layer is registered with Keras by `import stackae`: no custom_objects.
-        model.save(path)
-        reloaded = keras.saving.load_model(path)
-    return model, before, after, history.history["loss"], reloaded
+    return model, before, after, history.history["loss"], save_and_load(model, path)
+
+
+def tied_autoencoder(x, units=64, epochs=5, path=None):
+    """(d) A tied autoencoder as a functional model: one layer, called both ways.
+
+    The decoder uses the encoder's kernel transposed, so the model has one
+    kernel and two biases. Returns (model, decoder bias before, after,
+    per-epoch losses, reloaded model).
+    """
+    inputs = keras.Input((x.shape[1],))
+    tied = stackae.TiedAutoEncoderLayer(units, name="tied")
+    code = tied(inputs)  # (batch, units)
+    reconstruction = tied(code, reverse=True)  # (batch, n_visible)
+    model = keras.Model(inputs, reconstruction)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy")
+    before = numpy(tied.decoder_bias).copy()
+    history = model.fit(x, x, batch_size=20, epochs=epochs, verbose=0)
+    after = numpy(tied.decoder_bias)
+    return model, before, after, history.history["loss"], save_and_load(model, path)
+
+
+def decoder_head(x, y, units=64, pretrain_epochs=3, epochs=3, path=None):
+    """(e) A pretrained layer with two heads: labels from its code, and its tied decoder.
+
+    The layer is pretrained as a denoising autoencoder by stackae, then
+    trained on labels while the reconstruction head keeps it a good
+    autoencoder. Returns (model, pretrained kernel, kernel after,
+    history, reloaded model).
+    """
+    stack = stackae.Stack(
+        stackae.layer_specs((units,), corruption=0.2, epochs=pretrain_epochs), seed=SEED
+    )
+    stackae.pretrain(stack, x, verbose=0)
+    tied = stack.encoder_layers[0]
+    pretrained = numpy(tied.kernel).copy()
+
+    inputs = keras.Input((x.shape[1],))
+    code = tied(inputs)
+    outputs = {
+        "label": keras.layers.Dense(N_CLASSES, activation="softmax", name="label")(code),
+        "reconstruction": tied(code, reverse=True),
+    }
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss={"label": "sparse_categorical_crossentropy", "reconstruction": "binary_crossentropy"},
+        loss_weights={"label": 1.0, "reconstruction": 0.5},
+    )
+    history = model.fit(
+        x, {"label": y, "reconstruction": x}, batch_size=20, epochs=epochs, verbose=0
+    )
+    after = numpy(tied.kernel)
+    return model, pretrained, after, history.history, save_and_load(model, path)
+
+
+def mixed_model(x, y, units=64, epochs=3, path=None):
+    """(f) The layer in a Sequential model with Dropout, BatchNormalization and Dense.
+
+    Returns (model, per-epoch losses, reloaded model).
+    """
+    model = keras.Sequential(
+        [
+            keras.Input((x.shape[1],)),
+            keras.layers.Dropout(0.1),
+            stackae.TiedAutoEncoderLayer(units, name="tied"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(N_CLASSES, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    return model, history.history["loss"], save_and_load(model, path)
 
 
 def frozen_encoder(x, y, units=(256, 64), pretrain_epochs=5, epochs=10):
@@ -131,9 +216,22 @@ def saved_classifier(stack, train, valid, path, epochs=2):
     """(c) Export the stack's classifier, fine-tune it briefly, save it as .keras."""
     model = export.classifier(stack, N_CLASSES)
     spec = stackae.FinetuneSpec(epochs=epochs, batch_size=20, patience=epochs)
-    stackae.finetune(model, train, valid, spec, verbose=0)
+    finetune(model, train, valid, spec, verbose=0)
     model.save(path)
     return model
+
+
+def same_predictions(model, reloaded, x):
+    """Whether two models (outputs: one array or a dict of them) predict the same on `x`."""
+    a, b = model.predict(x, verbose=0), reloaded.predict(x, verbose=0)
+    if isinstance(a, dict):
+        return all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    return np.allclose(a, b, atol=1e-6)
+
+
+def label_model(model):
+    """The label head of (e)'s two-headed model, as a model of its own (same weights)."""
+    return keras.Model(model.inputs, model.get_layer("label").output)
 
 
 def main(argv=None):
@@ -153,7 +251,7 @@ def main(argv=None):
     model, before, after, losses, reloaded = layer_in_model(
         x, y, path=os.path.join(out, "tied_classifier.keras")
     )
-    same = np.allclose(model.predict(valid[0], verbose=0), reloaded.predict(valid[0], verbose=0))
+    same = same_predictions(model, reloaded, valid[0])
     print(
         "(a) TiedAutoEncoderLayer in a functional model, plain fit on labels: "
         f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
@@ -178,6 +276,40 @@ def main(argv=None):
     print(
         f"(c) {os.path.basename(path)} loaded by plain Keras without stackae ({summary}): "
         f"same predictions: {same}"
+    )
+
+    model, before, after, losses, reloaded = tied_autoencoder(
+        x, path=os.path.join(out, "tied_autoencoder.keras")
+    )
+    same = same_predictions(model, reloaded, valid[0])
+    print(
+        "(d) functional tied autoencoder, tied(h, reverse=True): "
+        f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+        f"decoder bias moved by {np.abs(after - before).max():.3f} (max), "
+        f"{len(model.trainable_weights)} trainable weights (one kernel, two biases), "
+        f".keras reload gives the same reconstructions: {same}"
+    )
+
+    model, pretrained, after, history, reloaded = decoder_head(
+        x, y, path=os.path.join(out, "decoder_head.keras")
+    )
+    same = same_predictions(model, reloaded, valid[0])
+    print(
+        "(e) pretrained layer + softmax head + its tied decoder as a second head: "
+        f"label loss {history['label_loss'][0]:.3f} -> {history['label_loss'][-1]:.3f}, "
+        f"reconstruction loss {history['reconstruction_loss'][0]:.3f} -> "
+        f"{history['reconstruction_loss'][-1]:.3f}, "
+        f"validation error {100 * error_rate(label_model(model), *valid):.1f} %, "
+        f".keras reload gives the same outputs: {same}"
+    )
+
+    model, losses, reloaded = mixed_model(x, y, path=os.path.join(out, "mixed.keras"))
+    same = same_predictions(model, reloaded, valid[0])
+    print(
+        "(f) Sequential: Dropout, TiedAutoEncoderLayer, BatchNormalization, Dense, Dropout, "
+        f"Dense: loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+        f"validation error {100 * error_rate(model, *valid):.1f} %, "
+        f".keras reload gives the same predictions: {same}"
     )
 
 

@@ -438,11 +438,7 @@ def expected():
 
 
 def load_fixture(name, cls):
-    """Load a fixture in safe mode without custom_objects; it must come back a `cls`.
-
-    Reading `stackae.<cls>` first imports the module that registers it with Keras
-    (`import stackae` alone loads nothing: the package loads lazily).
-    """
+    """Load a fixture in safe mode without custom_objects; it must come back a `cls`."""
     model = keras.saving.load_model(os.path.join(FIXTURES, name))
     assert isinstance(model, cls)
     return model

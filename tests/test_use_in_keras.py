@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -30,11 +31,21 @@ def digits():
     return x, y
 
 
+def gradient_warnings(run, *args, **kwargs):
+    """Run `run` and return (its result, the warnings about weights without gradients)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(*args, **kwargs)
+    messages = [str(w.message) for w in caught]
+    return result, [m for m in messages if "Gradients do not exist" in m or "decoder_bias" in m]
+
+
 def test_tied_layer_trains_inside_a_functional_model(example, digits, tmp_path):
     keras.utils.set_random_seed(1)
-    model, before, after, losses, reloaded = example.layer_in_model(
-        *digits, units=16, epochs=3, path=str(tmp_path / "tied.keras")
+    (model, before, after, losses, reloaded), warned = gradient_warnings(
+        example.layer_in_model, *digits, units=16, epochs=3, path=str(tmp_path / "tied.keras")
     )
+    assert warned == []  # the unused decoder bias is not among the trained weights
     assert not np.allclose(before, after)
     assert losses[-1] < losses[0]
     assert type(reloaded.get_layer("tied")).__name__ == "TiedAutoEncoderLayer"
@@ -64,3 +75,67 @@ def test_classifier_loads_without_stackae(example, digits, tmp_path):
     predictions, summary = example.predict_without_stackae(path, x[:50], str(tmp_path))
     assert summary == "Sequential ['Dense', 'Dense']"
     assert_allclose(predictions, model.predict(x[:50], verbose=0), atol=1e-6)
+
+
+def test_functional_tied_autoencoder(example, digits, tmp_path):
+    keras.utils.set_random_seed(4)
+    x = digits[0]
+    (model, before, after, losses, reloaded), warned = gradient_warnings(
+        example.tied_autoencoder, x, units=16, epochs=3, path=str(tmp_path / "ae.keras")
+    )
+    assert warned == []
+    assert [w.name for w in model.trainable_weights] == ["kernel", "bias", "decoder_bias"]
+    assert not np.allclose(before, after)  # the decoder's bias trained through the reverse call
+    assert losses[-1] < losses[0]
+    assert model.output.shape == (None, 784)
+    assert_allclose(
+        reloaded.predict(x[:50], verbose=0), model.predict(x[:50], verbose=0), atol=1e-6
+    )
+    # Reloaded, the one layer still decodes with its own kernel, transposed.
+    tied = reloaded.get_layer("tied")
+    assert_allclose(
+        np.asarray(tied(tied(x[:5]), reverse=True)),
+        reloaded.predict(x[:5], verbose=0),
+        atol=1e-6,
+    )
+
+
+def test_decoder_head_on_a_pretrained_layer(example, digits, tmp_path):
+    keras.utils.set_random_seed(5)
+    (model, pretrained, after, history, reloaded), warned = gradient_warnings(
+        example.decoder_head,
+        *digits,
+        units=16,
+        pretrain_epochs=1,
+        epochs=2,
+        path=str(tmp_path / "head.keras"),
+    )
+    assert warned == []
+    assert not np.allclose(pretrained, after)
+    assert history["label_loss"][-1] < history["label_loss"][0]
+    x = digits[0][:50]
+    got, want = reloaded.predict(x, verbose=0), model.predict(x, verbose=0)
+    assert set(got) == {"label", "reconstruction"}
+    for name in got:
+        assert_allclose(got[name], want[name], atol=1e-6)
+    accuracy = np.mean(example.label_model(model).predict(x, verbose=0).argmax(1) == digits[1][:50])
+    assert accuracy > 0.5  # ten classes: chance is 0.1
+
+
+def test_layer_among_dropout_batchnorm_and_dense(example, digits, tmp_path):
+    keras.utils.set_random_seed(6)
+    (model, losses, reloaded), warned = gradient_warnings(
+        example.mixed_model, *digits, units=16, epochs=3, path=str(tmp_path / "mixed.keras")
+    )
+    assert warned == []
+    assert [type(layer).__name__ for layer in reloaded.layers] == [
+        "Dropout",
+        "TiedAutoEncoderLayer",
+        "BatchNormalization",
+        "Dense",
+        "Dropout",
+        "Dense",
+    ]
+    assert losses[-1] < losses[0]
+    x = digits[0][:50]
+    assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
