@@ -706,6 +706,10 @@ def _is_number(value):
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _fields(spec_class):
+    return {field.name for field in dataclasses.fields(spec_class)}
+
+
 def _plain_name(name):
     """A file name inside the run directory, never a path out of it."""
     return (
@@ -753,6 +757,8 @@ def validate_manifest(manifest, file="manifest.json"):
     _check(isinstance(specs, list) and specs, file, "no layer specs")
     for k, spec in enumerate(specs):
         _check(isinstance(spec, dict), file, f"layer {k + 1} spec is not an object")
+        missing = sorted(_fields(LayerSpec) - set(spec))
+        _check(not missing, file, f"layer {k + 1} spec lacks {', '.join(missing)}")
         try:
             LayerSpec(**spec)
         except (TypeError, ValueError) as err:
@@ -832,6 +838,8 @@ def _check_data(data, file):
 
 def _check_finetune(record, files, file):
     _check(isinstance(record, dict) and isinstance(record.get("spec"), dict), file, "finetune")
+    missing = sorted(_fields(FinetuneSpec) - set(record["spec"]))
+    _check(not missing, file, f"finetune spec lacks {', '.join(missing)}")
     try:
         FinetuneSpec(**record["spec"])
     except (TypeError, ValueError) as err:
