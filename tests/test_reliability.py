@@ -285,3 +285,33 @@ def test_manifest_reader_fuzz_random_bytes(tmp_path_factory, blob):
     with pytest.raises(RunError):
         runs.Run.open(folder)
     os.remove(folder / "manifest.json")
+
+
+def test_sigterm_is_like_ctrl_c_and_resumes_exactly(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    code, err = start_and_stop(out, 0, 2, signal.SIGTERM)
+    assert code == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert "terminated (SIGTERM)" in last
+    assert f"Resume with: stackae pretrain --resume --out {out}" in last
+    runs.Run.open(out)
+    run_child(out, "--resume")
+    for got, want in zip(stack_weights(out), stack_weights(uninterrupted)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_help_and_info_import_no_backend(uninterrupted):
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from stackae_cli.main import cli\n"
+        "for args in (['--help'], ['pretrain', '--help'], ['info', sys.argv[1]]):\n"
+        "    result = CliRunner().invoke(cli, args)\n"
+        "    assert result.exit_code == 0, result.output\n"
+        "loaded = [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(uninterrupted)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
