@@ -302,3 +302,31 @@ def test_progress_bar_never_counts_past_the_epoch(small_x, capsys):
     counts = re.findall(r"(?<!Epoch )\b(\d+)/(\d+) ", out)
     assert counts and all(int(done) <= int(total) == 5 for done, total in counts), counts
     assert model.steps_per_execution == 5
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "squared-error"])
+@pytest.mark.parametrize(
+    "penalties",
+    [
+        {},
+        {"l2": 0.3},
+        {"beta": 0.5, "rho": 0.2},
+        {"lam": 0.7},
+        {"l2": 0.1, "beta": 0.2, "lam": 0.3},
+    ],
+    ids=lambda p: ",".join(p) or "none",
+)
+def test_reference_gradients_equal_numeric_gradients(rng, loss, penalties):
+    # The hand-derived gradients the update tests rely on, against central differences.
+    x = rng.random((6, 5))
+    x_tilde = x * (rng.random(x.shape) > 0.3)
+    W, b, bp = rng.uniform(-1, 1, (5, 3)), rng.uniform(-1, 1, 3), rng.uniform(-1, 1, 5)
+    cost = ref.cross_entropy_cost if loss == "cross-entropy" else ref.squared_error_cost
+
+    def objective():
+        return cost(x, x_tilde, W, b, bp) + ref.penalty(x_tilde, W, b, **penalties)
+
+    numeric = ref.numeric_grad(objective, [W, b, bp])
+    derived = ref.gradients(x, x_tilde, W, b, bp, loss=loss, **penalties)
+    for name, got, want in zip(("W", "b", "b'"), derived, numeric):
+        assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=name)

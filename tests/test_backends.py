@@ -1,0 +1,206 @@
+"""Keras backends: JAX trains as TensorFlow does, .keras files cross over, the Keras version.
+
+The backend is fixed when Keras is imported, so each backend runs in a
+subprocess of its own (KERAS_BACKEND set, TensorFlow blocked where it says).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import stackae
+from stackae import compat
+from stackae.distribute import get_strategy
+from stackae.errors import BackendError
+
+ROOT = Path(__file__).parent.parent
+TIMEOUT = 300
+
+# Prepended to a script that must run without TensorFlow: any import of it fails.
+NO_TENSORFLOW = 'import sys\nsys.modules["tensorflow"] = None\n'
+
+
+def run_under(backend, script, tmp_path, *, env=None, without_tensorflow=False):
+    """Run `script` in a fresh Python under KERAS_BACKEND=`backend`; return its JSON stdout."""
+    code = textwrap.dedent(script)
+    if without_tensorflow:
+        code = NO_TENSORFLOW + code
+    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=environment,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_keras_version_is_the_tested_one():
+    # Fails on a new Keras on purpose: re-check each premise in stackae/compat.py,
+    # delete the workarounds it made unnecessary, then move TESTED_KERAS (and pyproject).
+    low, high = compat.TESTED_KERAS
+    assert low <= compat.keras_version() < high, (
+        f"Keras {keras.__version__} is outside the tested range {low} to {high}: "
+        "re-check the workarounds in stackae/compat.py"
+    )
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pinned = re.search(r'"keras>=([\d.]+),<([\d.]+)"', pyproject)
+    assert pinned, "pyproject.toml states the tested Keras range"
+    bounds = tuple(tuple(int(p) for p in v.split(".")[:2]) for v in pinned.groups())
+    assert bounds == compat.TESTED_KERAS
+
+
+def test_unsupported_backend_raises_one_line(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(BackendError, match="'torch' is not supported yet") as info:
+        stackae.AutoEncoder(4)
+    assert "\n" not in str(info.value)
+    with pytest.raises(BackendError, match="not supported yet"):
+        get_strategy("auto")
+
+
+def test_reference_updates_and_grouping_pass_under_jax():
+    # The same tests, tolerances included, as under TensorFlow; float64 needs JAX's x64.
+    selection = "one_sgd_step or clean_cost or masking or salt or grouped_updates or progress"
+    command = [sys.executable, "-m", "pytest", "tests/test_autoencoder.py", "-q"]
+    command += ["-o", "addopts=", "-p", "no:cacheprovider", "-k", selection]
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_ENABLE_X64="1")
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=env
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    passed = re.search(r"(\d+) passed", done.stdout)
+    assert passed and int(passed.group(1)) >= 15, done.stdout[-1000:]
+
+
+# Two epochs of AutoEncoder.fit from weights and batches both backends share.
+FIT_TWO_EPOCHS = """
+import json
+import keras
+import numpy as np
+import stackae
+
+rng = np.random.default_rng(0)
+x = rng.random((96, 30)).astype("float32")
+model = stackae.AutoEncoder(8, sparsity=0.1, l2=0.001, seed=4)
+model.compile(optimizer=keras.optimizers.SGD(0.1))
+model.build((None, 30))
+for variable in model.layer.weights:
+    variable.assign(rng.uniform(-0.3, 0.3, variable.shape).astype("float32"))
+history = model.fit(x, batch_size=8, epochs=2, shuffle=False, verbose=0)
+result = {
+    "backend": keras.backend.backend(),
+    "history": history.history,
+    "weights": [keras.ops.convert_to_numpy(w).tolist() for w in model.layer.weights],
+    "steps": int(model.optimizer.iterations),
+}
+print(json.dumps(result))
+"""
+
+
+def test_fit_costs_equal_under_tensorflow_and_jax(tmp_path):
+    tf_run = run_under("tensorflow", FIT_TWO_EPOCHS, tmp_path)
+    jax_run = run_under("jax", FIT_TWO_EPOCHS, tmp_path, without_tensorflow=True)
+    assert (tf_run["backend"], jax_run["backend"]) == ("tensorflow", "jax")
+    assert tf_run["steps"] == jax_run["steps"] == 24
+    for name in ("loss", "penalty"):
+        assert_allclose(jax_run["history"][name], tf_run["history"][name], rtol=1e-4)
+    for a, b in zip(jax_run["weights"], tf_run["weights"]):
+        assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+# Under JAX with no TensorFlow: load the TensorFlow stack, pretrain a stack, export, save.
+JAX_SIDE = """
+import json
+import sys
+import keras
+import numpy as np
+import stackae
+from stackae import export
+from stackae.distribute import get_strategy, is_chief
+from stackae.errors import BackendError
+
+x = np.load("x.npy")
+loaded = keras.saving.load_model("tf_stack.keras")
+np.save("tf_stack_codes_under_jax.npy", keras.ops.convert_to_numpy(loaded.encode(x)))
+
+strategy = get_strategy("auto")
+try:
+    get_strategy("mirrored")
+    refused = None
+except BackendError as err:
+    refused = str(err)
+with strategy.scope():
+    stack = stackae.Stack(stackae.layer_specs((12, 6), corruption=0.2, epochs=2, batch_size=8))
+    histories = stackae.pretrain(stack, x, verbose=0)
+classifier = export.classifier(stack, 3, zero_init=False)
+stack.save("jax_stack.keras")
+classifier.save("jax_classifier.keras")
+np.save("jax_codes.npy", keras.ops.convert_to_numpy(stack.encode(x)))
+np.save("jax_predictions.npy", classifier.predict(x, verbose=0))
+print(json.dumps({
+    "tensorflow_imported": sys.modules["tensorflow"] is not None
+    or any(name.startswith("tensorflow.") for name in sys.modules),
+    "losses": [h.history["loss"] for h in histories],
+    "strategy": type(strategy).__name__,
+    "chief": is_chief(strategy),
+    "refused": refused,
+}))
+"""
+
+TF_SIDE = """
+import json
+import keras
+import numpy as np
+import stackae  # registers its classes, so the stack loads (the classifier needs no stackae)
+
+x = np.load("x.npy")
+stack = keras.saving.load_model("jax_stack.keras")
+classifier = keras.saving.load_model("jax_classifier.keras")
+np.save("codes_under_tf.npy", keras.ops.convert_to_numpy(stack.encode(x)))
+np.save("predictions_under_tf.npy", classifier.predict(x, verbose=0))
+print(json.dumps({"backend": keras.backend.backend(), "stack": type(stack).__name__}))
+"""
+
+
+def test_jax_without_tensorflow_pretrains_and_files_cross_backends(tmp_path):
+    x = np.random.default_rng(2).random((120, 30)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    tf_stack = stackae.Stack(stackae.layer_specs((9,)), seed=1)
+    tf_stack.build((None, 30))
+    tf_stack.save(tmp_path / "tf_stack.keras")  # made under this process's backend
+
+    result = run_under("jax", JAX_SIDE, tmp_path, without_tensorflow=True)
+    assert not result["tensorflow_imported"]
+    assert result["strategy"] == "LocalDevices" and result["chief"]
+    assert "needs TensorFlow" in result["refused"]
+    for losses in result["losses"]:
+        assert len(losses) == 2 and losses[1] < losses[0]
+    assert_allclose(
+        np.load(tmp_path / "tf_stack_codes_under_jax.npy"),
+        keras.ops.convert_to_numpy(tf_stack.encode(x)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+    loaded = run_under("tensorflow", TF_SIDE, tmp_path)
+    assert loaded == {"backend": "tensorflow", "stack": "Stack"}
+    for name in ("codes", "predictions"):
+        assert_allclose(
+            np.load(tmp_path / f"{name}_under_tf.npy"),
+            np.load(tmp_path / f"jax_{name}.npy"),
+            rtol=1e-5,
+            atol=1e-6,
+        )
