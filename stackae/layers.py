@@ -27,7 +27,8 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
     The decoder bias `b'` exists from `build` on (saved files hold all three
     weights), but it is trainable only once the decoder is used: by a
     `reverse=True` call, or by `use_decoder()`. A model that only encodes
-    therefore has no trainable weight without a gradient.
+    therefore has no trainable weight without a gradient. (A model that only
+    decodes leaves the encoder bias unused: set `layer.bias.trainable = False`.)
 
     Args:
         units: size of the code (number of hidden units).
