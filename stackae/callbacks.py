@@ -15,7 +15,7 @@ def _updates(model):
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations.value))
 
 
-def _restore(model, path):
+def restore_checkpoint(model, path):
     """Weights and optimizer state from `path` (a checkpoint this run wrote)."""
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
@@ -69,7 +69,7 @@ class LayerCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.restore is not None:
-            _restore(self.model, self.restore)
+            restore_checkpoint(self.model, self.restore)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -101,7 +101,7 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.restore is not None:
-            _restore(self.model, self.restore)
+            restore_checkpoint(self.model, self.restore)
         self.best_epoch = self._best_epoch()
 
     def _best_epoch(self):

@@ -14,9 +14,16 @@ import keras
 import numpy as np
 
 from stackae import export, runs
-from stackae.callbacks import Banner, DivergenceGuard, FilterImages, LayerCheckpoint
+from stackae.callbacks import (
+    Banner,
+    DivergenceGuard,
+    FilterImages,
+    FinetuneCheckpoint,
+    LayerCheckpoint,
+    restore_checkpoint,
+)
 from stackae.config import DEFAULT_SEED, FINETUNE_DEFAULTS, PREDICT_BATCH, LayerSpec
-from stackae.errors import BackendError, RunError
+from stackae.errors import BackendError, CheckpointError, RunError
 from stackae.files import atomic_write, refuse_existing
 from stackae.runs import Run
 
@@ -257,11 +264,14 @@ def labelled(split, name, n_classes):
 def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="auto"):
     """Export the classifier, fine-tune it with labels (checkpointed every epoch), save it.
 
-    With `resume`, an interrupted fine-tuning continues from its last finished
-    epoch and ends as an uninterrupted one would.
+    Every epoch writes the trainer's weights and optimizer state, the early
+    stopping's state and (when they change) the best weights into the run.
+    With `resume`, an interrupted fine-tuning continues after its last
+    finished epoch and ends with the classifier an uninterrupted one ends with.
+    Returns the run's FinetuneRecord.
     """
     from stackae.data import check_batch, check_width
-    from stackae.finetune import error_rate, finetune
+    from stackae.finetune import EarlyStopping, error_rate, finetune, make_finetuner
 
     stack = load_stack(run)
     if not run.pretrained:
@@ -269,24 +279,76 @@ def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="au
             f"{run.path}: pretraining is not finished; "
             f"resume it with: stackae pretrain --resume --out {run.path}"
         )
+    record = run.finetune
+    if resume and (record is None or record.finished):
+        raise RunError(f"{run.path}: no interrupted fine-tuning to resume")
+    if resume:
+        spec = record.spec
     check_width(data.train.x, run.data.n_features, "training data")
-    n_classes = data.n_classes or run.data.n_classes
+    n_classes = record.n_classes if resume else (data.n_classes or run.data.n_classes)
     train = labelled(data.train, "training data", n_classes)
     check_batch(len(train[0]), spec.batch_size, "training data")
     valid = labelled(data.valid, "validation data", n_classes) if data.valid is not None else None
     spec.make_optimizer()  # ValueError for a name Keras does not know
-    keras.utils.set_random_seed(run.seed)  # the same batches every time
+    keras.utils.set_random_seed(run.seed)
     model = export.classifier(
         stack, n_classes, dropout=spec.dropout, input_dropout=spec.input_dropout
     )
-    run.start_finetune(spec, n_classes)
-    finetune(model, train, valid, spec, verbose=verbose)
+    finetuner = make_finetuner(model, spec, seed=run.seed)
+    finetuner.build((None, run.data.n_features))  # a checkpoint loads into built models only
+    stopper = EarlyStopping(spec.patience) if valid is not None else None
+    first_epoch, restore = 0, None
+    if resume:
+        first_epoch = record.epochs_done
+        restore = run.file(record.checkpoint) if record.checkpoint else None
+        if stopper is not None and record.stopper is not None:
+            stopper.set_state(record.stopper)
+            if record.best_checkpoint:
+                stopper.best_weights = _load_arrays(run.file(record.best_checkpoint))
+    else:
+        run.start_finetune(spec, n_classes)
+    stopped = stopper is not None and stopper.wait >= spec.patience
+    if first_epoch < spec.epochs and not stopped:
+        sizes = "-".join(str(n) for n in [run.data.n_features, *stack.sizes, n_classes])
+        text = f"fine-tuning {sizes}: at most {spec.epochs} epochs, patience {spec.patience}"
+        if first_epoch:
+            text += f" (resumed after epoch {first_epoch})"
+        callbacks = [
+            Banner(text),
+            DivergenceGuard("fine-tuning"),
+            FinetuneCheckpoint(run, stopper, restore=restore),
+        ]
+        finetune(
+            model,
+            train,
+            valid,
+            spec,
+            callbacks=callbacks,
+            verbose=verbose,
+            initial_epoch=first_epoch,
+            finetuner=finetuner,
+            early_stopping=stopper,
+        )
+    else:  # killed after its last epoch was recorded: only the ending is left
+        if restore is not None:
+            restore_checkpoint(finetuner, restore)
+        if stopper is not None and stopper.best_weights is not None:
+            model.set_weights(stopper.best_weights)
     valid_error = error_rate(model, *valid) if valid else None
     test_error = None
     if data.test is not None and data.test.y is not None:
         test_error = error_rate(model, *labelled(data.test, "test data", n_classes))
     run.finish_finetune(model, valid_error, test_error)
     return run.finetune
+
+
+def _load_arrays(path):
+    """The arrays of an .npz of weights this run wrote (in order)."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    except Exception as err:  # numpy raises many kinds for a damaged archive
+        raise CheckpointError(f"{path}: damaged checkpoint ({runs.first_line(err)})") from None
 
 
 # ---------------------------------------------------------------- evaluate, encode, pictures
