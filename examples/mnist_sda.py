@@ -1,6 +1,9 @@
 """Reproduce the deeplearning.net SdA tutorial on MNIST, with and without pretraining.
 
-    python examples/mnist_sda.py PATH_TO_mnist.npz [--pretrain-epochs 15] [--out DIR]
+    python examples/mnist_sda.py [--data mnist] [--pretrain-epochs 15] [--out DIR]
+
+`--data` takes what `stackae pretrain --data` takes: `mnist` (from
+STACKAE_MNIST=/path/to/mnist.npz, Keras's cache, or a download), or a path.
 
 Greedy layer-wise pretraining of three denoising autoencoders (masking noise
 0.1 / 0.2 / 0.3), then supervised fine-tuning of the exported classifier with
@@ -24,7 +27,7 @@ import numpy as np  # noqa: E402
 
 import stackae  # noqa: E402
 from stackae import data, export  # noqa: E402
-from stackae.finetune import error_rate  # noqa: E402
+from stackae.finetune import error_rate, finetune  # noqa: E402
 from stackae.images import reconstructions_image, save_filters, save_png  # noqa: E402
 
 SEED = 123
@@ -99,7 +102,7 @@ def tune(label, model, split, spec):
     """Fine-tune `model`; returns a row of the results table and the history."""
     keras.utils.set_random_seed(SEED)  # both networks see the same batches
     start = time.perf_counter()
-    history = stackae.finetune(
+    history = finetune(
         model,
         (split.train.x, split.train.y),
         (split.valid.x, split.valid.y),
@@ -132,7 +135,11 @@ def print_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("npz", help="MNIST in Keras's layout (x_train 60000x28x28 uint8).")
+    parser.add_argument(
+        "--data",
+        default="mnist",
+        help="mnist (STACKAE_MNIST, Keras's cache or a download), or a path.",
+    )
     parser.add_argument("--layers", type=int_list, default=(1000, 1000, 1000))
     parser.add_argument("--corruption", type=float_list, default=(0.1, 0.2, 0.3))
     parser.add_argument("--pretrain-epochs", type=int, default=15)
@@ -158,7 +165,7 @@ def main(argv=None):
     parser.add_argument("--out", default="sda_out", help="Folder for figures and histories.")
     args = parser.parse_args(argv)
 
-    split = data.load(args.npz, valid_size=args.valid_size, limit=args.limit)
+    split = data.load(args.data, valid_size=args.valid_size, limit=args.limit)
     print(
         f"MNIST: {len(split.train)} train / {len(split.valid)} validation / "
         f"{len(split.test)} test rows",

@@ -31,6 +31,7 @@ def test_mnist_da_runs_and_writes_filters(tmp_path):
         [
             sys.executable,
             os.path.join(EXAMPLES, "mnist_da.py"),
+            "--data",
             str(npz),
             "--epochs",
             "1",
@@ -64,6 +65,7 @@ def test_mnist_sda_runs_and_prints_the_table(tmp_path):
         [
             sys.executable,
             os.path.join(EXAMPLES, "mnist_sda.py"),
+            "--data",
             str(npz),
             "--layers",
             "20,10",
