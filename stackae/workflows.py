@@ -115,8 +115,12 @@ def load_stack(run):
     return stack
 
 
-def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False):
-    """Pretrain every unfinished layer of the run's stack, checkpointing each epoch."""
+def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbacks=()):
+    """Pretrain every unfinished layer of the run's stack, checkpointing each epoch.
+
+    `callbacks`: more Keras callbacks for every layer, run before the checkpoint.
+    """
+    extra = list(callbacks)
     from stackae.data import check_width
     from stackae.stack import pretrain
 
@@ -129,7 +133,7 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False):
             _check_tensorboard()
         n_layers = run.n_layers
 
-        def callbacks(k):
+        def layer_callbacks(k):
             spec = stack.specs[k]
             n_in = data.n_features if k == 0 else stack.specs[k - 1].units
             restore = checkpoint if k == start else None
@@ -142,6 +146,7 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False):
             found = [
                 Banner(text),
                 DivergenceGuard(f"layer {k + 1}"),
+                *extra,
                 LayerCheckpoint(run, k, restore=restore),
             ]
             if tensorboard:
@@ -154,7 +159,7 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False):
             stack,
             data.train.x,
             data.valid.x if data.valid is not None else None,
-            callbacks=callbacks,
+            callbacks=layer_callbacks,
             verbose=verbose,
             start_layer=start,
             initial_epoch=first_epoch,
@@ -207,6 +212,7 @@ def pretrain_job(
     tensorboard=False,
     verbose="auto",
     on_data=None,
+    callbacks=(),
 ):
     """Pretrain a new run in `out` (or `resume` the one there), under a distribution strategy.
 
@@ -214,7 +220,8 @@ def pretrain_job(
     by `stackae.distribute.get_strategy`.
     `data` is a source name or path (None: the default source) and
     `data_options` its load options. `on_data(Data)` is called once the data
-    is loaded and checked, before training (the CLI prints a line there).
+    is loaded and checked, before training (the CLI prints a line there);
+    `callbacks` go to every layer's `fit`.
     Returns the Run (on a non-chief worker, None: the chief's run is the result).
     """
     from stackae.distribute import get_strategy, is_chief
@@ -236,7 +243,9 @@ def pretrain_job(
                 )
             if on_data is not None:
                 on_data(loaded)
-            pretrain_run(run, stack, loaded, verbose=verbose, tensorboard=tensorboard)
+            pretrain_run(
+                run, stack, loaded, verbose=verbose, tensorboard=tensorboard, callbacks=callbacks
+            )
         if where != out:
             run.unlock()
             return None
