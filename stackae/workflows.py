@@ -143,6 +143,9 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
             )
             if restore is not None:
                 text += f" (resumed after epoch {first_epoch})"
+            left = _pretraining_left(run, data.n_features)
+            if left is not None and left >= 60:  # shorter jobs need no forecast
+                text += f"; about {left / 60:.0f} min of pretraining left"
             found = [
                 Banner(text),
                 DivergenceGuard(f"layer {k + 1}"),
@@ -169,6 +172,25 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
         run.save_model(export.encoder(stack), runs.ENCODER)
         run.set_status("pretrained")
     return run
+
+
+def _pretraining_left(run, n_features):
+    """Seconds of pretraining left, from the finished epochs' pace (None before any epoch).
+
+    An epoch of layer k costs about n_in(k) x units(k) multiply-adds per row,
+    so the pace measured so far, per unit of that, predicts the rest.
+    """
+    sizes = [n_features, *(spec.units for spec in run.specs)]
+    cost = [sizes[k] * sizes[k + 1] for k in range(run.n_layers)]
+    states = [run.layer(k) for k in range(run.n_layers)]
+    spent = sum(state.seconds for state in states)
+    work_done = sum(state.epochs_done * c for state, c in zip(states, cost))
+    if not work_done or not spent:
+        return None
+    work_left = sum(
+        (spec.epochs - state.epochs_done) * c for spec, state, c in zip(run.specs, states, cost)
+    )
+    return spent / work_done * work_left
 
 
 def _check_tensorboard():
