@@ -1,4 +1,8 @@
-"""GPU check: dA pretraining speed against the GPU's matmul floor, and its costs against the CPU."""
+"""GPU check: dA pretraining speed against the GPU's matmul floor, and its costs against the CPU.
+
+Runs under Keras's TensorFlow or JAX backend (`KERAS_BACKEND`); under JAX it
+needs no TensorFlow installed (benchmarks/README.md gives the recipe).
+"""
 
 import argparse
 import os
@@ -7,7 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
 from pretrain_throughput import (  # noqa: E402
     DEFAULT_DATA,
     SEED,
@@ -41,12 +45,44 @@ class Output:
             self.file.close()
 
 
+def gpus():
+    """The GPUs the backend sees, as printable strings."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return [f"{d} {d.device_kind}" for d in jax.devices() if d.platform == "gpu"]
+    import tensorflow as tf
+
+    return [
+        f"{gpu.name} {tf.config.experimental.get_device_details(gpu)}"
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+
+
+def versions():
+    import importlib.metadata
+
+    backend = keras.backend.backend()
+    return f"{backend} {importlib.metadata.version(backend)}, Keras {keras.__version__}"
+
+
+def on_cpu():
+    """A context in which the backend computes on the CPU (the reference run)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_device(jax.devices("cpu")[0])
+    import tensorflow as tf
+
+    return tf.device("/CPU:0")
+
+
 def initial_weights(n_visible):
-    with tf.device("/CPU:0"):
+    with on_cpu():
         keras.utils.set_random_seed(SEED)
         layer = Stack(layer_specs((N_HIDDEN,)), seed=SEED).encoder_layers[0]
         layer.build((None, n_visible))
-        return [v.numpy() for v in layer.weights]
+        return [ops.convert_to_numpy(v) for v in layer.weights]
 
 
 def pretrain_layer(x, batch, epochs, initial, policy):
@@ -71,12 +107,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="Small run (for CPU-only machines).")
     args = parser.parse_args(argv)
     out = Output(args.out)
-    gpus = tf.config.list_physical_devices("GPU")
-    out(f"# TensorFlow {tf.__version__}, Keras {keras.__version__}")
-    for gpu in gpus:
-        details = tf.config.experimental.get_device_details(gpu)
-        out(f"# device: {gpu.name} {details.get('device_name', '?')} {details}")
-    if not gpus:
+    out(f"# {versions()}")
+    for gpu in gpus():
+        out(f"# device: {gpu}")
+    if not gpus():
         out("# device: no GPU visible; running on the CPU (the CPU check compares CPU with CPU)")
     rows = CHECK_ROWS if args.quick else 50_000
     batches = (20, 256) if args.quick else (20, 256, 4096)
@@ -100,7 +134,7 @@ def main(argv=None):
 
     # Epoch-1 cost at corruption 0 on the default device against the CPU, same start.
     subset = x[:CHECK_ROWS]
-    with tf.device("/CPU:0"):
+    with on_cpu():
         _, reference = pretrain_layer(subset, 20, 1, initial, "float32")
     failed = False
     for policy in ("float32", "mixed_float16"):

@@ -1,9 +1,16 @@
-"""Pretraining throughput of one dA layer against the machine's matmul floor and a naive fit."""
+"""Pretraining throughput of one dA layer against the machine's matmul floor and a naive fit.
+
+The TensorFlow rows run in this process; the JAX backend's stackae rows run in
+a subprocess (the backend is fixed when Keras is imported) and are printed
+against the same floor.
+"""
 
 import argparse
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -11,14 +18,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 from stackae.data import DataError, load, training_dataset  # noqa: E402
 from stackae.stack import Stack, layer_specs, pretrain  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "mnist.npz")
+# As the CLI: "mnist" (STACKAE_MNIST, Keras's cache or a download), or any path.
+DEFAULT_DATA = "mnist"
 ROWS = 50_000
 N_VISIBLE = 784
 LEARNING_RATE = 0.1
@@ -29,10 +35,12 @@ COST_RTOL = 1e-3
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default=DEFAULT_DATA, help="MNIST .npz in Keras's layout.")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="MNIST: a source name or a path.")
     parser.add_argument("--epochs", type=int, default=5, help="Epochs per configuration (>= 2).")
     parser.add_argument("--gpu", action="store_true", help="Run on the first GPU, not the CPU.")
     parser.add_argument("--quick", action="store_true", help="A reduced run (< 1 minute).")
+    parser.add_argument("--no-jax", action="store_true", help="Skip the JAX backend's rows.")
+    parser.add_argument("--jax-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch includes compilation")
@@ -92,6 +100,10 @@ def median(times):
 
 def floor_seconds(rows, batch, n_hidden, repeats=5, dtype="float32"):
     """Seconds per epoch of only the five matmuls of each step, looped inside one XLA program."""
+    if keras.backend.backend() == "jax":
+        return jax_floor_seconds(rows, batch, n_hidden, repeats, dtype)
+    import tensorflow as tf
+
     steps = rows // batch
     rng = np.random.default_rng(0)
     data = tf.constant(rng.random((steps * batch, N_VISIBLE), dtype="float32").astype(dtype))
@@ -125,6 +137,10 @@ def whole_epoch_step_seconds(x, n_hidden, batch, repeats=5):
     The same updates as `pretrain`, with no Keras loop and no tf.data: what the
     arithmetic of stackae's step costs beyond the floor's five matmuls.
     """
+    if keras.backend.backend() == "jax":
+        return jax_whole_epoch_step_seconds(x, n_hidden, batch, repeats)
+    import tensorflow as tf
+
     steps = len(x) // batch
     epoch = tf.constant(x[: steps * batch].reshape(steps, batch, N_VISIBLE))
     model = Stack(layer_specs((n_hidden,)), seed=SEED).autoencoder(0)
@@ -153,7 +169,7 @@ def run_stackae(x, n_hidden, batch, corruption, epochs, group=None):
     )
     stack = Stack(specs, seed=SEED)
     stack.build((None, x.shape[1]))
-    initial = [v.numpy() for v in stack.encoder_layers[0].weights]
+    initial = [ops.convert_to_numpy(v) for v in stack.encoder_layers[0].weights]
     timer = EpochTimer()
     history = pretrain(stack, x, callbacks=lambda k: [timer], verbose=0, group=group)[0]
     return timer.times, history.history["loss"], initial
@@ -196,7 +212,98 @@ def run_naive(x, n_hidden, batch, epochs, initial):
 def epoch_zero_order(x, batch):
     """The rows of pretrain's first epoch (layer 0) in the order it visits them."""
     ds, _ = training_dataset(x, batch, seed=SEED)  # its EpochOrder starts at epoch 0
-    return np.concatenate([b.numpy() for b in ds])
+    return np.concatenate([ops.convert_to_numpy(b) for b in ds])
+
+
+def jax_floor_seconds(rows, batch, n_hidden, repeats=5, dtype="float32"):
+    """floor_seconds under JAX: the same five matmuls in one `lax.fori_loop`."""
+    import jax
+    import jax.numpy as jnp
+
+    steps = rows // batch
+    rng = np.random.default_rng(0)
+    data = jnp.asarray(rng.random((steps * batch, N_VISIBLE), dtype="float32").astype(dtype))
+    kernel = jnp.asarray(rng.uniform(-0.1, 0.1, (N_VISIBLE, n_hidden)).astype(dtype))
+
+    @jax.jit
+    def epoch(data, kernel):
+        def body(i, w):
+            x = jax.lax.dynamic_slice(data, (i * batch, 0), (batch, N_VISIBLE))
+            h = x @ w  # (batch, n_hidden)
+            z = h @ w.T  # (batch, n_visible)
+            dh = z @ w  # (batch, n_hidden)
+            grad = x.T @ dh + z.T @ h
+            return w - jnp.asarray(1e-9, w.dtype) * grad
+
+        return jax.lax.fori_loop(0, steps, body, kernel)
+
+    epoch(data, kernel).block_until_ready()  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        epoch(data, kernel).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def jax_whole_epoch_step_seconds(x, n_hidden, batch, repeats=5):
+    """whole_epoch_step_seconds under JAX: one jitted `AutoEncoder.train_step(state, epoch)`."""
+    import jax
+
+    steps = len(x) // batch
+    epoch = x[: steps * batch].reshape(steps, batch, N_VISIBLE)
+    model = Stack(layer_specs((n_hidden,)), seed=SEED).autoencoder(0)
+    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE))
+    model.build((None, N_VISIBLE))
+    model.optimizer.build(model.trainable_variables)
+    state = [
+        [v.value for v in variables]
+        for variables in (
+            model.trainable_variables,
+            model.non_trainable_variables,
+            model.optimizer.variables,
+            model.metrics_variables,
+        )
+    ]
+    step = jax.jit(model.train_step)
+    jax.block_until_ready(step(state, epoch))  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        logs, _ = step(state, epoch)
+        float(logs["loss"])
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def jax_worker(args):
+    """Under KERAS_BACKEND=jax: the stackae rows as JSON lines, for the parent to print."""
+    rows, epochs, batches, corruptions = settings(args)
+    x, _ = load_rows(args.data, rows)
+    for batch in batches:
+        result = {"batch": batch, "step": whole_epoch_step_seconds(x, 500, batch)}
+        for corruption in corruptions:
+            times, costs, _ = run_stackae(x, 500, batch, corruption, epochs)
+            result[f"corruption={corruption}"] = {"times": times, "costs": costs}
+        print(json.dumps(result), flush=True)
+
+
+def jax_rows(args):
+    """Run jax_worker in a subprocess with KERAS_BACKEND=jax; its results, one per batch size."""
+    command = [sys.executable, os.path.abspath(__file__), "--jax-worker", "--data", args.data]
+    command += ["--epochs", str(args.epochs)] + (["--quick"] if args.quick else [])
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        sys.exit(f"the JAX rows failed:\n{done.stderr[-3000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def settings(args):
+    """(rows, epochs, batch sizes, corruptions) of this run."""
+    rows = 5_000 if args.quick else ROWS
+    epochs = 2 if args.quick else args.epochs
+    return rows, epochs, (20, 256), (0.0, 0.3)
 
 
 class Table:
@@ -221,12 +328,19 @@ class Table:
             f"{ratio_floor} {ratio_naive} {peak_rss_mib():8.0f}"
             + (f" {typical:7.3f}" if typical else "")
         )
+        self.note(line)
+
+    def note(self, line):
         self.lines.append(line)
         print(line, flush=True)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.jax_worker:
+        return jax_worker(args)
+    import tensorflow as tf
+
     if args.gpu:
         if not tf.config.list_physical_devices("GPU"):
             sys.exit("--gpu: TensorFlow sees no GPU")
@@ -235,21 +349,24 @@ def main(argv=None):
         # Hide any GPU, so Keras's defaults are the ones a CPU-only user gets.
         tf.config.set_visible_devices([], "GPU")
         device = "/CPU:0"
-    rows = 5_000 if args.quick else ROWS
-    epochs = 2 if args.quick else args.epochs
-    batches = (20, 256)
-    corruptions = (0.0, 0.3)
+    rows, epochs, batches, corruptions = settings(args)
     scale_rows = (2_000, 5_000) if args.quick else (10_000, 25_000, 50_000)
     scale_hidden = (250, 500) if args.quick else (250, 500, 1000)
 
     x, origin = load_rows(args.data, rows)
     versions = f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    if not args.no_jax:
+        import importlib.metadata
+
+        versions += f", JAX {importlib.metadata.version('jax')} (its rows: KERAS_BACKEND=jax)"
     print(f"# {device}, {os.cpu_count()} cores, {versions}")
     print(
         f"# data: {origin}, {len(x)} rows; {epochs} epochs per run; s/epoch: the fastest of "
         "epochs 2.. (the floor: of 5 repeats), median: their median"
     )
     print("# ratios: /floor = s/epoch over the floor's; /naive = naive s/epoch over this one's")
+    # The JAX subprocess first, alone: the two backends never share the 2 cores.
+    jax_results = {} if args.no_jax else {r["batch"]: r for r in jax_rows(args)}
     failures = []
     with tf.device(device):
         floors = {b: floor_seconds(rows, b, 500) for b in batches}
@@ -295,26 +412,44 @@ def main(argv=None):
             verdict = "PASS" if relative <= COST_RTOL else "FAIL"
             if verdict == "FAIL":
                 failures.append(batch)
-            table.lines.append(
+            table.note(
                 f"  epoch-1 cost b={batch}: stackae {costs[0]:.6f}, naive {n_costs[0]:.6f}, "
                 f"relative difference {relative:.1e} (<= {COST_RTOL:g}): {verdict}"
             )
-            print(table.lines[-1], flush=True)
             # Without grouping: one batch per training step, the Keras loop around each.
             times, single_costs, _ = run_stackae(x, 500, batch, 0.0, epochs, group=1)
             stackae_row(f"stackae b={batch} corruption=0 group=1", times)
             if not np.allclose(single_costs, costs, rtol=1e-6, atol=0):
                 failures.append(batch)
-                table.lines.append(f"  group=1 costs differ: {single_costs} vs {costs}: FAIL")
-                print(table.lines[-1], flush=True)
+                table.note(f"  group=1 costs differ: {single_costs} vs {costs}: FAIL")
             for corruption in corruptions[1:]:
                 stackae_row(
                     f"stackae b={batch} corruption={corruption}",
                     run_stackae(x, 500, batch, corruption, epochs)[0],
                 )
+            if batch in jax_results:
+                jax_result = jax_results[batch]
+                table.add(
+                    f"jax: train_step, 1 call/epoch b={batch}",
+                    jax_result["step"],
+                    rows,
+                    batch,
+                    500,
+                    floors[batch],
+                )
+                for corruption in corruptions:
+                    stackae_row(
+                        f"jax: stackae b={batch} corruption={corruption:g}",
+                        jax_result[f"corruption={corruption}"]["times"],
+                    )
+                jax_cost = jax_result["corruption=0.0"]["costs"][0]
+                # Each backend's pipeline draws its own epoch order: close, not equal.
+                table.note(
+                    f"  epoch-1 cost b={batch}: jax {jax_cost:.6f}, tensorflow {costs[0]:.6f} "
+                    f"(other batch order), relative {abs(jax_cost - costs[0]) / costs[0]:.1e}"
+                )
 
-        table.lines.append("scaling (stackae, b=20, corruption 0):")
-        print(table.lines[-1])
+        table.note("scaling (stackae, b=20, corruption 0):")
         for n in scale_rows:
             seconds = steady(run_stackae(x[:n], 500, 20, 0.0, epochs)[0])
             table.add(f"  rows={n} hidden=500", seconds, n, 20, 500, floor_seconds(n, 20, 500))

@@ -3,11 +3,12 @@
 import keras
 from keras import ops
 
+# Modules, not names: any of these may be the first import, and Keras's import then
+# registers this module while that one is half-imported (stackae/__init__.py).
 from stackae import compat, losses
+from stackae import noise as noises
 from stackae.config import LOSSES, NOISE_KINDS
-from stackae.distribute import default_jit_compile, default_steps_per_execution
 from stackae.layers import TiedAutoEncoderLayer
-from stackae.noise import corrupt
 
 # The fast path is the default: one XLA program per step, many steps per call
 # (per-step Python overhead dominates at the tutorial's batch of 20).
@@ -48,7 +49,7 @@ class _TensorFlowSteps:
 
         part = self._replica_part()
         step = self.optimizer.iterations
-        corrupted = corrupt(
+        corrupted = noises.corrupt(
             x, self.noise, self.corruption, self._noise_seed(step), bool(self.jit_compile), part
         )
         with tf.GradientTape() as tape:
@@ -109,7 +110,7 @@ class _JaxSteps:
         optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
         with keras.StatelessScope(state_mapping=optimizer_mapping):
             step = ops.convert_to_tensor(self.optimizer.iterations)
-        corrupted = corrupt(x, self.noise, self.corruption, self._noise_seed(step), jit=True)
+        corrupted = noises.corrupt(x, self.noise, self.corruption, self._noise_seed(step), jit=True)
 
         def objective(trainable):
             mapping = list(zip(self.trainable_variables, trainable)) + optimizer_mapping
@@ -270,11 +271,11 @@ class AutoEncoder(_STEPS, keras.Model):
         per call, except where tf.distribute cannot take them (see distribute.py).
         """
         if jit_compile is None:
-            jit_compile = default_jit_compile()
+            jit_compile = compat.jit_compile()
         if optimizer is None:
             optimizer = keras.optimizers.SGD(learning_rate=0.1)
         if steps_per_execution is None:
-            steps_per_execution = default_steps_per_execution(DEFAULT_STEPS_PER_EXECUTION)
+            steps_per_execution = compat.steps_per_execution(DEFAULT_STEPS_PER_EXECUTION)
         self._requested_steps_per_execution = steps_per_execution
         super().compile(
             optimizer=optimizer,

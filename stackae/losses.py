@@ -2,7 +2,7 @@
 
 from keras import ops
 
-from stackae.compat import mean
+from stackae import compat
 from stackae.config import LOSSES
 
 __all__ = ["LOSSES", "contraction", "cross_entropy", "kl_sparsity", "squared_error"]
@@ -30,7 +30,7 @@ def weight_decay(kernel):
 def kl_sparsity(h, target):
     """KL(target || mean activation) summed over hidden units; h: (batch, n_hidden)."""
     eps = 1e-7
-    rho_hat = ops.clip(mean(h, axis=0), eps, 1.0 - eps)  # (n_hidden,)
+    rho_hat = ops.clip(compat.mean(h, axis=0), eps, 1.0 - eps)  # (n_hidden,)
     return ops.sum(
         target * ops.log(target / rho_hat)
         + (1.0 - target) * ops.log((1.0 - target) / (1.0 - rho_hat))
@@ -43,4 +43,4 @@ def contraction(h, kernel):
     J_ij = h_j (1 - h_j) W_ij, so ||J||^2 = sum_j (h_j (1 - h_j))^2 sum_i W_ij^2.
     """
     column_norms = ops.sum(ops.square(kernel), axis=0)  # (n_hidden,)
-    return mean(ops.sum(ops.square(h * (1.0 - h)) * column_norms, axis=-1))
+    return compat.mean(ops.sum(ops.square(h * (1.0 - h)) * column_norms, axis=-1))

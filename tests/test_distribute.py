@@ -112,3 +112,110 @@ def test_strategy_names():
         model = stackae.AutoEncoder(4)
         model.compile()
     assert model.steps_per_execution > 1 and model.jit_compile
+
+
+def test_is_chief_is_what_the_strategy_says():
+    import tensorflow as tf
+
+    for strategy in (get_strategy("auto"), get_strategy("cpu"), tf.distribute.MirroredStrategy()):
+        assert is_chief(strategy) is strategy.extended.should_checkpoint is True
+
+
+CHIEF = """
+import json
+from stackae.distribute import get_strategy, is_chief
+
+strategy = get_strategy("multi-worker")  # waits for its peer: the cluster really forms
+print(json.dumps({"chief": is_chief(strategy), "replicas": strategy.num_replicas_in_sync}))
+"""
+
+
+def test_is_chief_is_worker_zero_of_a_two_worker_cluster():
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = []
+    for index in range(2):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(config), TF_CPP_MIN_LOG_LEVEL="3")
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", CHIEF],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    try:
+        outputs = [w.communicate(timeout=TIMEOUT) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+                w.wait()
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert results == [{"chief": True, "replicas": 2}, {"chief": False, "replicas": 2}]
+
+
+JAX_DATA_PARALLEL = """
+import json
+import sys
+
+sys.modules["tensorflow"] = None
+import keras
+import numpy as np
+
+import stackae
+from stackae.distribute import LocalDevices, default_group, get_strategy, is_chief
+
+x = np.random.default_rng(0).random((96, 30)).astype("float32")
+
+
+def train(strategy):
+    with strategy.scope():
+        model = stackae.AutoEncoder(8, corruption=0.3, seed=4)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        model.build((None, 30))
+        rng = np.random.default_rng(5)
+        for variable in model.layer.weights:
+            variable.assign(rng.uniform(-0.3, 0.3, variable.shape).astype("float32"))
+        history = model.fit(x, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        group = default_group(16)
+    weights = [keras.ops.convert_to_numpy(w) for w in model.layer.weights]
+    return history.history["loss"], weights, group
+
+
+strategy = get_strategy("auto")
+parallel, single = train(strategy), train(LocalDevices())
+print(json.dumps({
+    "strategy": type(strategy).__name__,
+    "devices": len(keras.distribution.list_devices()),
+    "chief": is_chief(strategy),
+    "loss": [parallel[0], single[0]],
+    "groups": [parallel[2], single[2]],
+    "max_weight_difference": max(float(abs(a - b).max()) for a, b in zip(parallel[1], single[1])),
+}))
+"""
+
+
+def test_jax_several_devices_use_keras_data_parallel(tmp_path):
+    env = dict(
+        os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_DATA_PARALLEL],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["strategy"] == "DataParallel" and result["devices"] == 2 and result["chief"]
+    assert result["groups"] == [1, 16]  # the data is split along each element's first axis
+    parallel, single = result["loss"]
+    np.testing.assert_allclose(parallel, single, rtol=1e-5)
+    assert result["max_weight_difference"] < 1e-5
