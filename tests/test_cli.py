@@ -177,3 +177,22 @@ def test_momentum_needs_sgd(run_dir):
     out, _ = run_dir
     result = invoke("finetune", out, "--optimizer", "adam", "--momentum", "0.9")
     assert result.exit_code == 2 and "SGD" in result.output
+
+
+def test_progress_never_counts_past_its_total(tmp_path):
+    import re
+
+    out = tmp_path / "run"
+    args = ["--layers", "16", "--data", "mnist-sample", "--limit", "700", "--epochs", "2"]
+    pretrained = invoke("pretrain", *args, "--out", out)
+    assert pretrained.exit_code == 0, pretrained.output
+    tuned = invoke("finetune", out, "--epochs", "2")
+    assert tuned.exit_code == 0, tuned.output
+    for output in (pretrained.output, tuned.output):
+        # Keras's bar: "\r" or a bold escape, then done/total, then a space or an escape.
+        found = re.findall(r"(?:\x1b\[1m|\r|^)(\d+)/(\d+)(?:\x1b\[0m)? ", output, re.M)
+        counts = [(int(done), int(total)) for done, total in found]
+        assert counts, output[-2000:]
+        assert all(done <= total for done, total in counts), counts
+    assert "layer 1/1: 784 -> 16" in pretrained.output
+    assert "fine-tuning 784-16-10" in tuned.output
