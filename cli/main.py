@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime
+import importlib.util
 import os
 import signal
 import sys
@@ -172,12 +173,17 @@ def _library(verbose, strategy=None):
         from stackae.distribute import get_strategy
 
         chosen = get_strategy(strategy) if strategy else None
+        tf = None
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
             tf.config.list_logical_devices()  # device start-up logs, silenced here too
-            if not verbose:
-                tf.get_logger().setLevel("ERROR")
+        elif importlib.util.find_spec("tensorflow") is not None:
+            # Keras's data adapters import an installed TensorFlow on any backend during
+            # fit; importing it here keeps its start-up lines out of the terminal.
+            import tensorflow as tf
+    if tf is not None and not verbose:
+        tf.get_logger().setLevel("ERROR")
     return chosen
 
 
