@@ -167,8 +167,13 @@ def _library(verbose, strategy=None):
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_stderr(not verbose):
-        import keras
+        try:
+            import keras
+        except ImportError as err:  # KERAS_BACKEND names a backend that is not installed
+            raise click.ClickException(f"Keras could not start: {_one_line(err)}") from None
+        from stackae.compat import check_backend
 
+        check_backend()  # one line under a backend stackae does not train on
         import stackae.workflows  # noqa: F401
         from stackae.distribute import get_strategy
 

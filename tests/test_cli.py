@@ -196,3 +196,21 @@ def test_progress_never_counts_past_its_total(tmp_path):
         assert all(done <= total for done, total in counts), counts
     assert "layer 1/1: 784 -> 16" in pretrained.output
     assert "fine-tuning 784-16-10" in tuned.output
+
+
+def test_an_unsupported_backend_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    command = [sys.executable, "-m", "stackae_cli", "pretrain", "--layers", "4", *SMALL]
+    done = subprocess.run(
+        [*command, "--out", str(out)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    assert "torch" in lines[0]
+    assert not out.exists()
