@@ -33,6 +33,22 @@ def _is_number(value):
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_optimizer_settings(spec):
+    """The fields both specs share: a positive learning rate and an optimizer name."""
+    _require(
+        _is_number(spec.learning_rate) and spec.learning_rate > 0,
+        "learning_rate",
+        spec.learning_rate,
+        "a number > 0",
+    )
+    _require(
+        isinstance(spec.optimizer, str) and spec.optimizer.strip() != "",
+        "optimizer",
+        spec.optimizer,
+        "a Keras optimizer name",
+    )
+
+
 def _require(ok, name, value, what):
     if not ok:
         raise ValueError(f"`{name}` must be {what}. Received: {name}={value!r}")
@@ -72,18 +88,7 @@ class LayerSpec:
             self.corruption,
             f"in [0, {upper:g}) for {self.noise} noise",
         )
-        _require(
-            _is_number(self.learning_rate) and self.learning_rate > 0,
-            "learning_rate",
-            self.learning_rate,
-            "a number > 0",
-        )
-        _require(
-            isinstance(self.optimizer, str) and self.optimizer.strip() != "",
-            "optimizer",
-            self.optimizer,
-            "a Keras optimizer name",
-        )
+        _check_optimizer_settings(self)
         for name in ("l2", "sparsity", "contraction"):
             value = getattr(self, name)
             _require(_is_number(value) and value >= 0, name, value, "a number >= 0")
@@ -168,18 +173,7 @@ class FinetuneSpec:
         for name in ("epochs", "batch_size", "patience"):
             value = getattr(self, name)
             _require(_is_int(value) and value >= 1, name, value, "an integer >= 1")
-        _require(
-            _is_number(self.learning_rate) and self.learning_rate > 0,
-            "learning_rate",
-            self.learning_rate,
-            "a number > 0",
-        )
-        _require(
-            isinstance(self.optimizer, str) and self.optimizer.strip() != "",
-            "optimizer",
-            self.optimizer,
-            "a Keras optimizer name",
-        )
+        _check_optimizer_settings(self)
         for name in ("momentum", "dropout", "input_dropout"):
             value = getattr(self, name)
             _require(_is_number(value) and 0 <= value < 1, name, value, "in [0, 1)")

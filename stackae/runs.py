@@ -554,13 +554,7 @@ class Run:
             "test_error": None,
         }
         self._manifest["status"] = "finetuning"
-        for name in stale:
-            if name:
-                self._manifest["files"].pop(name, None)
-        self.save()
-        for name in stale:
-            if name:
-                _remove(self.file(name))
+        self._drop(stale)
 
     def record_finetune_epoch(self, epoch, logs, seconds, stopper, save_checkpoint, save_best):
         """Fine-tuning finished `epoch`: checkpoint, best weights (if improved), then the record.
@@ -587,11 +581,7 @@ class Run:
         record["stopper"] = stopper
         for key, value in logs.items():
             record["history"].setdefault(key, []).append(float(value))
-        for old in stale:
-            self._manifest["files"].pop(old, None)
-        self.save()
-        for old in stale:
-            _remove(self.file(old))
+        self._drop(stale)
 
     def finish_finetune(self, model, valid_error, test_error):
         """Save the classifier, record the errors, drop the fine-tuning checkpoints."""
@@ -600,13 +590,16 @@ class Run:
         record.update(finished=True, valid_error=valid_error, test_error=test_error)
         stale = [record.pop("checkpoint", None), record.pop("best_checkpoint", None)]
         self._manifest["status"] = "finetuned"
-        for name in stale:
-            if name:
-                self._manifest["files"].pop(name, None)
+        self._drop(stale)
+
+    def _drop(self, names):
+        """Save the manifest without `names` (None ignored), then remove those files."""
+        names = [name for name in names if name]
+        for name in names:
+            self._manifest["files"].pop(name, None)
         self.save()
-        for name in stale:
-            if name:
-                _remove(self.file(name))
+        for name in names:
+            _remove(self.file(name))
 
 
 @dataclasses.dataclass(frozen=True)

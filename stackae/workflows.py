@@ -34,21 +34,14 @@ def load_data(source=None, *, limit=None, valid_size=None, label_column=None, sc
     """(Data, the options to record) for a new run."""
     from stackae.data import load
 
-    data = load(
-        source,
-        limit=limit,
-        valid_size=valid_size,
-        label_column=label_column,
-        scale=scale,
-        loss=loss,
-    )
     options = {"limit": limit, "valid_size": valid_size, "label_column": label_column}
-    return data, {**options, "scale": bool(scale)}
+    options["scale"] = bool(scale)
+    return load(source, loss=loss, **options), options
 
 
 def load_run_data(run, source=None, *, limit=None, valid_size=None, label_column=None, scale=False):
     """The data given, else the data the run was made with and its recorded options."""
-    from stackae.data import check_width, load
+    from stackae.data import check_width
 
     record = run.data
     if source is None:
@@ -57,7 +50,7 @@ def load_run_data(run, source=None, *, limit=None, valid_size=None, label_column
         valid_size = valid_size if valid_size is not None else record.valid_size
         label_column = label_column if label_column is not None else record.label_column
         scale = scale or record.scale
-    data = load(
+    data, _ = load_data(
         source,
         limit=limit,
         valid_size=valid_size,
