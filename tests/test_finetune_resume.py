@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -15,8 +14,8 @@ from click.testing import CliRunner
 
 from stackae import runs
 from stackae_cli.main import cli
+from tests.processes import DEADLINE, signal_when
 
-DEADLINE = 120
 PRETRAIN = ["--layers", "32", "--data", "mnist-sample", "--limit", "1000", "--epochs", "1", "-q"]
 TUNE = ["--epochs", "6", "--patience", "3", "--dropout", "0.2", "--input-dropout", "0.1"]
 TUNE += ["--momentum", "0.5", "--lr-decay", "0.9", "-q"]
@@ -35,24 +34,13 @@ def epochs_done(out):
 
 
 def kill_after(out, epochs, sig, *extra):
-    child = subprocess.Popen(
-        finetune_command(out, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline and child.poll() is None:
-            done = epochs_done(out)
-            if done is not None and done >= epochs:
-                time.sleep(random.uniform(0, 0.1))  # somewhere inside the next epoch
-                break
-            time.sleep(0.01)
-        child.send_signal(sig)
-        _, err = child.communicate(timeout=DEADLINE)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    return child.returncode, err
+    """Start fine-tuning, wait until `epochs` epochs are recorded, then send `sig`."""
+
+    def ready():
+        done = epochs_done(out)
+        return done is not None and done >= epochs
+
+    return signal_when(finetune_command(out, *extra), ready, sig)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -22,10 +21,10 @@ from hypothesis import strategies as st
 from stackae import runs
 from stackae.runs import RunError, validate_manifest
 from stackae_cli.main import cli
+from tests.processes import DEADLINE, signal_when
 
 ARGS = ["--layers", "24,12", "--data", "mnist-sample", "--limit", "1000", "--epochs", "4"]
 ARGS += ["--corruption", "0.2,0.3", "-q"]
-DEADLINE = 120  # seconds any one child may take before the test gives up on it
 
 
 def command(out, *extra):
@@ -48,24 +47,12 @@ def progress(out):
 
 def start_and_stop(out, layer, epochs, sig, *extra):
     """Start pretraining, wait until `layer` has `epochs` epochs, then send `sig`."""
-    child = subprocess.Popen(
-        command(out, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline and child.poll() is None:
-            done = progress(out)
-            if done and done[layer] >= epochs:
-                time.sleep(random.uniform(0, 0.15))  # somewhere inside the next epoch
-                break
-            time.sleep(0.01)
-        child.send_signal(sig)
-        _, err = child.communicate(timeout=DEADLINE)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    return child.returncode, err
+
+    def ready():
+        done = progress(out)
+        return bool(done) and done[layer] >= epochs
+
+    return signal_when(command(out, *extra), ready, sig)
 
 
 def stack_weights(out):
