@@ -93,22 +93,22 @@ class Finetuner(keras.Model):
             **kwargs,
         )
 
-    def fit(self, x=None, *args, **kwargs):
+    def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """Like `keras.Model.fit`; steps per call adapt so that each call stays in one epoch.
 
-        Keras counts `steps_per_execution` steps per call: when that does not
-        divide the steps of an epoch, its progress bar shows a count past the
-        total and each call after the first eats into the next epoch. So a
-        call runs a divisor of the epoch's steps (`steps_per_epoch`, or the
-        dataset's cardinality), the one nearest the compiled value.
+        Keras runs `steps_per_execution` steps per call and its progress bar
+        counts them: when that does not divide the steps of an epoch, the bar
+        shows a count past its total. So a call runs a divisor of the epoch's
+        steps (`steps_per_epoch`, the dataset's length, or the batches of
+        arrays), the one nearest the compiled value.
         """
-        steps = kwargs.get("steps_per_epoch") or _cardinality(x)
+        steps = kwargs.get("steps_per_epoch") or _steps(x, batch_size)
         requested = getattr(self, "_requested_steps_per_execution", self.steps_per_execution)
         chosen = nearest_divisor(steps, requested) if steps else requested
         if chosen != self.steps_per_execution:
             self.steps_per_execution = chosen
             self.train_function = None  # traced with the old number of steps
-        return super().fit(x, *args, **kwargs)
+        return super().fit(x, y, batch_size, **kwargs)
 
     # ------------------------------------------------------------ backend-neutral parts
 
@@ -387,15 +387,16 @@ def nearest_divisor(n, target):
     return min(sorted(divisors), key=lambda d: abs(math.log(d / target)))
 
 
-def _cardinality(data):
-    """Elements of a finite tf.data.Dataset or of a keras.utils.PyDataset, else None."""
+def _steps(data, batch_size):
+    """Steps of an epoch of `fit(data, batch_size=...)`, where known without iterating."""
     if isinstance(data, keras.utils.PyDataset):
         return len(data)
-    cardinality = getattr(data, "cardinality", None)
-    if cardinality is None:
-        return None
-    n = int(cardinality())
-    return n if n > 0 else None
+    if hasattr(data, "cardinality"):  # a tf.data.Dataset
+        n = int(data.cardinality())
+        return n if n > 0 else None
+    if hasattr(data, "shape") and len(data.shape) >= 1 and data.shape[0]:  # an array
+        return -(-int(data.shape[0]) // (batch_size or 32))
+    return None
 
 
 def predict_classes(model, x, batch_size=PREDICT_BATCH):
