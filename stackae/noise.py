@@ -50,9 +50,9 @@ def corrupt(x, kind, level, seed, jit=False, part=(0, 1)):
 def _tensorflow_draw(distribution, x, count, seed, jit):
     import tensorflow as tf
 
-    # keras.random draws with TensorFlow's "auto_select" algorithm, which is slow
-    # inside an XLA step on CPU; ThreeFry under XLA and Philox outside it are
-    # 40-100x faster (benchmarks/README.md, "The noise generator").
+    # keras.random draws with TensorFlow's "auto_select" algorithm, about 2-3 M
+    # numbers/s inside an XLA step on CPU; ThreeFry under XLA and Philox outside
+    # it run at 220-410 M/s (benchmarks/README.md, "Measured facts").
     alg = "threefry" if jit else "philox"
     shape = tf.concat([[tf.shape(x)[0] * count], tf.shape(x)[1:]], axis=0)
     sample = tf.random.stateless_normal if distribution == "normal" else tf.random.stateless_uniform
