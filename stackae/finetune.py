@@ -108,6 +108,9 @@ class Finetuner(keras.Model):
         if chosen != self.steps_per_execution:
             self.steps_per_execution = chosen
             self.train_function = None  # traced with the old number of steps
+        if not self.built and self.classifier.built:
+            # Else Keras's JAX fit builds by calling the model on an element, maybe a group.
+            self.build(self.classifier.input_shape)
         return super().fit(x, y, batch_size, **kwargs)
 
     # ------------------------------------------------------------ backend-neutral parts
@@ -215,13 +218,78 @@ class Finetuner(keras.Model):
         self._track(y, probabilities, cost)
 
     def _logs(self):
-        import tensorflow as tf
+        from stackae import compat
 
-        logs = {m.name: m.result() for m in self.metrics}
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras reduces logs over workers along axis 0, which a scalar lacks.
-            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
-        return logs
+        return compat.per_replica_logs({m.name: m.result() for m in self.metrics})
+
+    # ------------------------------------------------------------ JAX
+
+    if keras.backend.backend() == "jax":  # Keras's JAX trainer calls train_step(state, data)
+
+        def train_step(self, state, data):
+            """As under TensorFlow, in Keras's stateless JAX shape; a group in one `lax.scan`."""
+            import jax
+
+            trainable, non_trainable, optimizer_vars, metrics_vars = state
+            x, y = self._inputs(data)
+            carry = (trainable, optimizer_vars, metrics_vars)
+            if len(x.shape) == 2:
+                carry = self._stateless_update(carry, (x, y))
+            else:
+                carry = jax.lax.scan(
+                    lambda c, batch: (self._stateless_update(c, batch), None), carry, (x, y)
+                )[0]
+            trainable, optimizer_vars, metrics_vars = carry
+            state = (trainable, non_trainable, optimizer_vars, metrics_vars)
+            return self._stateless_logs(metrics_vars), state
+
+        def _stateless_update(self, carry, batch):
+            """One optimizer step on the batch (x, y): variable values in, new values out."""
+            import jax
+
+            (x, y), (trainable, optimizer_vars, metrics_vars) = batch, carry
+            optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
+            with keras.StatelessScope(state_mapping=optimizer_mapping):
+                step = ops.convert_to_tensor(self.optimizer.iterations)
+
+            def objective(trainable):
+                mapping = list(zip(self.trainable_variables, trainable)) + optimizer_mapping
+                with keras.StatelessScope(state_mapping=mapping):
+                    probabilities = self.probabilities(x, step=step, jit=True)
+                    cost = self.cost(y, probabilities)
+                    total = cost
+                    if self.losses:
+                        total = total + ops.cast(ops.sum(self.losses), cost.dtype)
+                    return self.optimizer.scale_loss(total), (probabilities, cost)
+
+            gradients, (probabilities, cost) = jax.grad(objective, has_aux=True)(trainable)
+            trainable, optimizer_vars = self.optimizer.stateless_apply(
+                optimizer_vars, gradients, trainable
+            )
+            metrics_vars = self._stateless_track(metrics_vars, y, probabilities, cost)
+            return trainable, optimizer_vars, metrics_vars
+
+        def test_step(self, state, data):
+            trainable, non_trainable, metrics_vars = state
+            x, y = self._inputs(data)
+            with keras.StatelessScope(state_mapping=list(zip(self.trainable_variables, trainable))):
+                probabilities = self.classifier(x, training=False)
+                cost = self.cost(y, probabilities)
+            metrics_vars = self._stateless_track(metrics_vars, y, probabilities, cost)
+            return self._stateless_logs(metrics_vars), (trainable, non_trainable, metrics_vars)
+
+        def _stateless_track(self, metrics_vars, y, probabilities, cost):
+            with keras.StatelessScope(
+                state_mapping=list(zip(self.metrics_variables, metrics_vars))
+            ) as scope:
+                self._track(y, probabilities, cost)
+            return [scope.get_current_value(v) for v in self.metrics_variables]
+
+        def _stateless_logs(self, metrics_vars):
+            with keras.StatelessScope(
+                state_mapping=list(zip(self.metrics_variables, metrics_vars))
+            ):
+                return self._logs()
 
 
 class EarlyStopping(keras.callbacks.Callback):
