@@ -236,7 +236,10 @@ class AutoEncoder(_STEPS, keras.Model):
     def has_penalty(self):
         # The layer's regularizers, not layer.losses: that reads the variables,
         # which Keras's JAX trainer detaches from the model during fit.
-        regularized = self.layer.kernel_regularizer or self.layer.bias_regularizer
+        layer = self.layer
+        regularized = (
+            layer.kernel_regularizer or layer.bias_regularizer or layer.decoder_bias_regularizer
+        )
         return bool(self.l2 or self.sparsity or self.contraction or regularized)
 
     @property

@@ -330,3 +330,32 @@ def test_reference_gradients_equal_numeric_gradients(rng, loss, penalties):
     derived = ref.gradients(x, x_tilde, W, b, bp, loss=loss, **penalties)
     for name, got, want in zip(("W", "b", "b'"), derived, numeric):
         assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+def test_resumed_training_equals_uninterrupted(small_x, tmp_path):
+    # Noise from (seed, optimizer step): weights and optimizer state saved after
+    # epoch 2 and loaded into a new model continue the same run.
+    def model():
+        ae = stackae.AutoEncoder(
+            stackae.TiedAutoEncoderLayer(6, decoder_bias_regularizer="l2"), corruption=0.3, seed=8
+        )
+        ae.compile(optimizer=keras.optimizers.SGD(LR, momentum=0.5))
+        ae.build(small_x.shape)
+        ae.layer.set_weights([np.full(w.shape, 0.1, "float32") for w in ae.layer.weights])
+        return ae
+
+    whole = model()
+    history = whole.fit(small_x, batch_size=16, epochs=4, shuffle=False, verbose=0).history
+    first = model()
+    first.fit(small_x, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    first.save_weights(tmp_path / "after2.weights.h5")
+    resumed = model()
+    resumed.optimizer.build(resumed.trainable_variables)
+    resumed.load_weights(tmp_path / "after2.weights.h5")
+    rest = resumed.fit(
+        small_x, batch_size=16, epochs=4, initial_epoch=2, shuffle=False, verbose=0
+    ).history
+    assert "penalty" in rest  # the decoder bias's regularizer counts
+    assert_allclose(rest["loss"], history["loss"][2:], rtol=1e-6)
+    for a, b in zip(weights(resumed), weights(whole)):
+        assert_allclose(a, b, rtol=1e-6, atol=1e-7)

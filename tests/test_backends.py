@@ -74,6 +74,7 @@ def test_unsupported_backend_raises_one_line(monkeypatch):
 def test_reference_updates_and_grouping_pass_under_jax():
     # The same tests, tolerances included, as under TensorFlow; float64 needs JAX's x64.
     selection = "one_sgd_step or clean_cost or masking or salt or grouped_updates or progress"
+    selection += " or resumed"
     command = [sys.executable, "-m", "pytest", "tests/test_autoencoder.py", "-q"]
     command += ["-o", "addopts=", "-p", "no:cacheprovider", "-k", selection]
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_ENABLE_X64="1")
@@ -82,7 +83,7 @@ def test_reference_updates_and_grouping_pass_under_jax():
     )
     assert done.returncode == 0, done.stdout[-3000:]
     passed = re.search(r"(\d+) passed", done.stdout)
-    assert passed and int(passed.group(1)) >= 15, done.stdout[-1000:]
+    assert passed and int(passed.group(1)) >= 18, done.stdout[-1000:]
 
 
 # Two epochs of AutoEncoder.fit from weights and batches both backends share.
