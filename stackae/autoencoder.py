@@ -14,7 +14,7 @@ from stackae.layers import TiedAutoEncoderLayer
 # (per-step Python overhead dominates at the tutorial's batch of 20).
 DEFAULT_STEPS_PER_EXECUTION = 64
 # Batches per step when pretraining (data.training_dataset's `group`): each
-# step runs this many updates in one XLA loop (benchmarks/README.md).
+# step runs this many updates in one compiled loop (benchmarks/README.md).
 DEFAULT_GROUP = 16
 
 
@@ -271,7 +271,7 @@ class AutoEncoder(_STEPS, keras.Model):
         """Like `keras.Model.compile`, defaulting to the tutorial's SGD(0.1) and to XLA.
 
         `jit_compile` and `steps_per_execution` default to XLA with many steps
-        per call, except where tf.distribute cannot take them (see distribute.py).
+        per call, except where tf.distribute cannot take them (stackae/compat.py says why).
         """
         if jit_compile is None:
             jit_compile = compat.jit_compile()
