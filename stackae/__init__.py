@@ -56,13 +56,13 @@ class _RegisterWithKeras(importlib.abc.MetaPathFinder):
     Keras resolves a saved class by its registered name only, so the classes
     must be registered before a file is loaded; importing them with stackae
     would import the backend at `import stackae`, which the lazy package avoids.
-    The hook watches `keras` and stackae's own serializable modules, and
-    registers when Keras is loaded and none of those modules is half-imported
-    (so `from stackae.layers import ...` as a first import works too).
+    The hook watches `keras` and stackae's own modules, and registers once
+    Keras is loaded and no stackae module is half-imported (so any first
+    import, `from stackae.layers import ...` say, works).
     """
 
     def find_spec(self, name, path=None, target=None):
-        if name != "keras" and name not in _SERIALIZABLE:
+        if name != "keras" and not name.startswith("stackae."):
             return None
         sys.meta_path.remove(self)
         try:
@@ -85,7 +85,8 @@ class _RegisterWithKeras(importlib.abc.MetaPathFinder):
 
 
 def _register_when_ready():
-    if "keras" in _importing or "keras" not in sys.modules or _importing & set(_SERIALIZABLE):
+    # Not while any stackae module is half-imported: its names may not exist yet.
+    if _importing or "keras" not in sys.modules:
         return
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _RegisterWithKeras)]
     for module in _SERIALIZABLE:

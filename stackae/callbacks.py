@@ -11,8 +11,10 @@ from stackae.errors import TrainingDiverged
 
 
 def _updates(model):
-    # .value: under MultiWorkerMirroredStrategy a MirroredVariable, which int() refuses.
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations.value))
+    # .value: under MultiWorkerMirroredStrategy a MirroredVariable, which int() refuses;
+    # its value converts with .numpy() there, a JAX array with numpy.asarray.
+    value = model.optimizer.iterations.value
+    return int(value.numpy() if hasattr(value, "numpy") else np.asarray(value))
 
 
 def restore_checkpoint(model, path):
