@@ -129,8 +129,9 @@ def save_png(image, path):
         )
 
     def write(tmp):
-        # A 2-D uint8 array becomes a grayscale ("L") image.
-        Image.fromarray(image).save(tmp, format="PNG")
+        with open(tmp, "wb") as f:
+            # A 2-D uint8 array becomes a grayscale ("L") image.
+            Image.fromarray(image).save(f, format="PNG")
 
     atomic_write(path, write, suffix=".png")
     return path
