@@ -1,17 +1,13 @@
 """Supervised fine-tuning of an exported classifier: a fast trainer, early stopping, resume."""
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
+# Modules, not names, as in stackae.autoencoder (any may be the first import).
+from stackae import autoencoder, compat
+from stackae import noise as noises
 from stackae.config import FINETUNE_DEFAULTS, PREDICT_BATCH
-from stackae.noise import corrupt
-
-# As pretraining (stackae.autoencoder): many updates per call, in groups of batches.
-DEFAULT_STEPS_PER_EXECUTION = 64
-DEFAULT_GROUP = 16
 
 
 class Finetuner(keras.Model):
@@ -74,17 +70,18 @@ class Finetuner(keras.Model):
         """Like `keras.Model.compile`, defaulting to SGD(0.1) and to XLA with many steps per call.
 
         `jit_compile` and `steps_per_execution` default to what the active
-        tf.distribute strategy can take (see distribute.py). The loss and
-        metrics are the Finetuner's own: pass neither.
+        tf.distribute strategy can take (stackae/compat.py says why), with as
+        many steps per call as pretraining. The loss and metrics are the
+        Finetuner's own: pass neither.
         """
-        from stackae.distribute import default_jit_compile, default_steps_per_execution
-
         if jit_compile is None:
-            jit_compile = default_jit_compile()
+            jit_compile = compat.jit_compile()
         if optimizer is None:
             optimizer = keras.optimizers.SGD(learning_rate=0.1)
         if steps_per_execution is None:
-            steps_per_execution = default_steps_per_execution(DEFAULT_STEPS_PER_EXECUTION)
+            steps_per_execution = compat.steps_per_execution(
+                autoencoder.DEFAULT_STEPS_PER_EXECUTION
+            )
         self._requested_steps_per_execution = steps_per_execution
         super().compile(
             optimizer=optimizer,
@@ -94,17 +91,11 @@ class Finetuner(keras.Model):
         )
 
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
-        """Like `keras.Model.fit`; steps per call adapt so that each call stays in one epoch.
-
-        Keras runs `steps_per_execution` steps per call and its progress bar
-        counts them: when that does not divide the steps of an epoch, the bar
-        shows a count past its total. So a call runs a divisor of the epoch's
-        steps (`steps_per_epoch`, the dataset's length, or the batches of
-        arrays), the one nearest the compiled value.
-        """
-        steps = kwargs.get("steps_per_epoch") or _steps(x, batch_size)
+        """Like `keras.Model.fit`; steps per call divide the epoch (compat.steps_per_call), so
+        Keras's progress bar never counts past its total."""
+        steps = compat.epoch_steps(x, batch_size, kwargs.get("steps_per_epoch"))
         requested = getattr(self, "_requested_steps_per_execution", self.steps_per_execution)
-        chosen = nearest_divisor(steps, requested) if steps else requested
+        chosen = compat.steps_per_call(requested, steps)
         if chosen != self.steps_per_execution:
             self.steps_per_execution = chosen
             self.train_function = None  # traced with the old number of steps
@@ -131,7 +122,7 @@ class Finetuner(keras.Model):
                 continue
             if step is not None and layer.rate > 0:
                 seed = self.mask_seed(step, index)
-                kept = corrupt(h, "masking", layer.rate, seed, jit=jit, part=part)
+                kept = noises.corrupt(h, "masking", layer.rate, seed, jit=jit, part=part)
                 h = kept * ops.cast(1.0 / (1.0 - layer.rate), h.dtype)
             index += 1
         return h
@@ -218,8 +209,6 @@ class Finetuner(keras.Model):
         self._track(y, probabilities, cost)
 
     def _logs(self):
-        from stackae import compat
-
         return compat.per_replica_logs({m.name: m.result() for m in self.metrics})
 
     # ------------------------------------------------------------ JAX
@@ -346,13 +335,11 @@ def compile_classifier(model, spec=FINETUNE_DEFAULTS, optimizer=None):
     `optimizer` defaults to a fresh one from `spec`; `make_finetuner` passes
     its own, so `model.optimizer` is the one that trained the model.
     """
-    from stackae.distribute import default_jit_compile
-
     model.compile(
         optimizer=optimizer or spec.make_optimizer(),
         loss="sparse_categorical_crossentropy",
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=default_jit_compile(),
+        jit_compile=compat.jit_compile(),
     )
     return model
 
@@ -419,7 +406,7 @@ def finetune(
         x,
         spec.batch_size,
         seed=finetuner.seed,
-        group=group or default_group(DEFAULT_GROUP),
+        group=group or default_group(autoencoder.DEFAULT_GROUP),
         y=np.asarray(y, dtype="int64"),
     )
     schedule = []
@@ -446,25 +433,6 @@ def finetune(
 def _is_dropout(layer):
     # Exactly Dropout: subclasses (spatial dropout) draw other masks, by their own call.
     return type(layer) is keras.layers.Dropout
-
-
-def nearest_divisor(n, target):
-    """The divisor of n >= 1 nearest `target` (by ratio)."""
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    divisors = set(small + [n // d for d in small])
-    return min(sorted(divisors), key=lambda d: abs(math.log(d / target)))
-
-
-def _steps(data, batch_size):
-    """Steps of an epoch of `fit(data, batch_size=...)`, where known without iterating."""
-    if isinstance(data, keras.utils.PyDataset):
-        return len(data)
-    if hasattr(data, "cardinality"):  # a tf.data.Dataset
-        n = int(data.cardinality())
-        return n if n > 0 else None
-    if hasattr(data, "shape") and len(data.shape) >= 1 and data.shape[0]:  # an array
-        return -(-int(data.shape[0]) // (batch_size or 32))
-    return None
 
 
 def predict_classes(model, x, batch_size=PREDICT_BATCH):

@@ -19,7 +19,6 @@ from stackae.finetune import (
     error_rate,
     finetune,
     make_finetuner,
-    nearest_divisor,
 )
 from stackae.stack import Stack, layer_specs
 
@@ -302,14 +301,6 @@ def test_progress_of_a_fit_on_arrays_never_counts_past_its_total(labelled, capsy
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
     counts = [(int(a), int(b)) for a, b in re.findall(r"(?<!Epoch )\b(\d+)/(\d+)\b", out)]
     assert counts and all(a <= b == 9 for a, b in counts)
-
-
-def test_nearest_divisor():
-    assert nearest_divisor(157, 64) == 157
-    assert nearest_divisor(125, 64) == 125
-    assert nearest_divisor(100, 64) == 50
-    assert nearest_divisor(12, 5) == 6
-    assert nearest_divisor(7, 1) == 1
 
 
 def test_finetuner_refuses_what_it_cannot_train():
