@@ -14,7 +14,7 @@ import tensorflow as tf  # noqa: E402
 
 from stackae.config import FinetuneSpec  # noqa: E402
 from stackae.data import DataError, load  # noqa: E402
-from stackae.finetune import finetune, make_finetuner  # noqa: E402
+from stackae.finetuning import finetune, make_finetuner  # noqa: E402
 
 SIZES = (784, 1000, 1000, 1000, 10)  # the SdA example's classifier
 ROWS = 50_000

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 import stackae  # noqa: E402
 from stackae import data, export  # noqa: E402
-from stackae.finetune import error_rate, finetune  # noqa: E402
+from stackae.finetuning import error_rate, finetune  # noqa: E402
 
 SEED = 123
 N_CLASSES = 10

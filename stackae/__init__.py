@@ -21,7 +21,7 @@ _EXPORTS = {
     "LayerSpec": "stackae.config",
     "Stack": "stackae.stack",
     "TiedAutoEncoderLayer": "stackae.layers",
-    "finetune": "stackae.finetune",
+    "finetune": "stackae.finetuning",
     "layer_specs": "stackae.stack",
     "pretrain": "stackae.stack",
 }

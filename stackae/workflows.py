@@ -295,7 +295,7 @@ def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="au
     Returns the run's FinetuneRecord.
     """
     from stackae.data import check_batch, check_width
-    from stackae.finetune import EarlyStopping, error_rate, finetune, make_finetuner
+    from stackae.finetuning import EarlyStopping, error_rate, finetune, make_finetuner
 
     stack = load_stack(run)
     if not run.pretrained:
@@ -388,7 +388,7 @@ def _encode_layer(layer, x):
 def evaluate_run(run, data):
     """Test error and confusion counts of the classifier, reconstruction cost of each layer."""
     from stackae.data import batches, check_width
-    from stackae.finetune import confusion_counts, error_rate
+    from stackae.finetuning import confusion_counts, error_rate
 
     stack = load_stack(run)
     split = data.test if data.test is not None else data.valid or data.train

@@ -18,7 +18,7 @@ import stackae  # noqa: E402
 from stackae import export  # noqa: E402
 from stackae.config import FinetuneSpec  # noqa: E402
 from stackae.data import training_dataset  # noqa: E402
-from stackae.finetune import finetune  # noqa: E402
+from stackae.finetuning import finetune  # noqa: E402
 from stackae.stack import Stack, layer_specs  # noqa: E402
 
 rng = np.random.default_rng(0)

@@ -238,7 +238,7 @@ def mixed_float16():
 
 def test_mixed_float16_pretrains_grouped_and_fine_tunes(small_x, mixed_float16):
     from stackae import export
-    from stackae.finetune import finetune
+    from stackae.finetuning import finetune
 
     stack = stackae.Stack(stackae.layer_specs((8, 6), corruption=0.2, epochs=2, batch_size=5))
     stack.build((None, 30))

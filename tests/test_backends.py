@@ -215,7 +215,7 @@ import numpy as np
 import stackae
 from stackae import export
 from stackae.config import FinetuneSpec
-from stackae.finetune import Finetuner, finetune
+from stackae.finetuning import Finetuner, finetune
 
 rng = np.random.default_rng(0)
 x = rng.random((96, 30)).astype("float32")

@@ -13,7 +13,7 @@ from numpy.testing import assert_allclose
 
 from stackae import export
 from stackae.config import FinetuneSpec
-from stackae.finetune import (
+from stackae.finetuning import (
     EarlyStopping,
     Finetuner,
     error_rate,

@@ -9,7 +9,7 @@ import stackae
 from stackae import export
 from stackae.config import FinetuneSpec
 from stackae.data import training_dataset
-from stackae.finetune import error_rate, finetune
+from stackae.finetuning import error_rate, finetune
 from stackae.stack import Stack, layer_specs, pretrain
 
 
@@ -149,3 +149,9 @@ def test_exported_classifier_loads_without_stackae(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=1e-6)
+
+
+def test_the_finetune_function_survives_importing_its_module():
+    import stackae.finetuning  # noqa: F401  (binds stackae.finetuning, not stackae.finetune)
+
+    assert stackae.finetune is stackae.finetuning.finetune
