@@ -338,3 +338,15 @@ def test_manifest_fuzz_every_accepted_value_is_usable(finished_manifest, path, v
 @pytest.fixture(scope="module")
 def finished_manifest(finished):
     return json.loads((finished / "manifest.json").read_text())
+
+
+def test_keras_safe_mode_refusal_is_one_whole_line(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(RunError) as info:
+        runs.load_model(tmp_path / "lambda.keras")
+    text = str(info.value)
+    assert "\n" not in text and "Lambda" in text
+    assert text.endswith("enable_unsafe_deserialization().)")  # not cut mid-sentence
