@@ -7,12 +7,14 @@ import time
 DEADLINE = 120  # seconds any one child may take before a test gives up on it
 
 
-def signal_when(command, ready, sig):
+def signal_when(command, ready, sig, env=None):
     """Start `command`; once `ready()` is true, wait a moment, send `sig`; (returncode, stderr).
 
     The short random wait lands the signal somewhere inside the next epoch.
     """
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline and child.poll() is None:
