@@ -290,12 +290,7 @@ class AutoEncoder(_STEPS, keras.Model):
     def fit(self, x=None, *args, **kwargs):
         """Like `keras.Model.fit`; steps per call divide the epoch (compat.steps_per_call)."""
         batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else None)
-        steps = compat.epoch_steps(x, batch_size, kwargs.get("steps_per_epoch"))
-        requested = getattr(self, "_requested_steps_per_execution", self.steps_per_execution)
-        chosen = compat.steps_per_call(requested, steps)
-        if chosen != self.steps_per_execution:
-            self.steps_per_execution = chosen
-            self.train_function = None  # traced with the old number of steps
+        compat.fit_steps_per_call(self, x, batch_size, kwargs.get("steps_per_epoch"))
         return super().fit(x, *args, **kwargs)
 
     def compile_from_config(self, config):

@@ -93,6 +93,20 @@ def epoch_steps(x, batch_size=None, steps_per_epoch=None):
     return None
 
 
+def fit_steps_per_call(model, x, batch_size=None, steps_per_epoch=None):
+    """Set `model.steps_per_execution` for a fit on `x` (see `steps_per_call`).
+
+    The number asked for at compile time is kept in `_requested_steps_per_execution`
+    (stackae's models set it in `compile`); the train function is traced again
+    when the number changes.
+    """
+    requested = getattr(model, "_requested_steps_per_execution", model.steps_per_execution)
+    chosen = steps_per_call(requested, epoch_steps(x, batch_size, steps_per_epoch))
+    if chosen != model.steps_per_execution:
+        model.steps_per_execution = chosen
+        model.train_function = None  # traced with the old number of steps
+
+
 def mean(x, axis=None):
     """`keras.ops.mean` that keeps float64 as float64 under every backend.
 

@@ -93,12 +93,7 @@ class Finetuner(keras.Model):
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """Like `keras.Model.fit`; steps per call divide the epoch (compat.steps_per_call), so
         Keras's progress bar never counts past its total."""
-        steps = compat.epoch_steps(x, batch_size, kwargs.get("steps_per_epoch"))
-        requested = getattr(self, "_requested_steps_per_execution", self.steps_per_execution)
-        chosen = compat.steps_per_call(requested, steps)
-        if chosen != self.steps_per_execution:
-            self.steps_per_execution = chosen
-            self.train_function = None  # traced with the old number of steps
+        compat.fit_steps_per_call(self, x, batch_size, kwargs.get("steps_per_epoch"))
         if not self.built and self.classifier.built:
             # Else Keras's JAX fit builds by calling the model on an element, maybe a group.
             self.build(self.classifier.input_shape)

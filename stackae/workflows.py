@@ -439,19 +439,25 @@ def encode_job(run, data, out_path, layer=None, overwrite=False):
     return arrays
 
 
-def _picture_path(run, out_path, default, overwrite):
-    """Where a picture goes: `out_path`, else `default` inside the run; refuses to clobber."""
+def _write_picture(run, image, out_path, default, overwrite):
+    """Write `image` to `out_path`, else to `default` inside the run; never clobbers.
+
+    A picture inside the run is the run's own output (locked, recorded, replaceable);
+    an `out_path` that exists is replaced only with `overwrite`. Returns the path.
+    """
+    from stackae.images import save_png
+
     if out_path is None:
-        path = run.file(default)
-        refuse_existing(path, overwrite, owned=run.owns(default))
-        return path, default
+        refuse_existing(run.file(default), overwrite, owned=run.owns(default))
+        run.lock()
+        return run.write_output(default, lambda tmp: save_png(image, tmp), suffix=".png")
     refuse_existing(out_path, overwrite)
-    return Path(out_path), None
+    return save_png(image, Path(out_path))
 
 
 def filters_run(run, layer=1, out_path=None, grid=(10, 10), overwrite=False):
     """PNG of layer `layer`'s filters (one tile per hidden unit); returns its path."""
-    from stackae.images import filters_image, save_png
+    from stackae.images import filters_image
 
     stack = load_stack(run)
     if not 1 <= layer <= len(stack.specs):
@@ -459,19 +465,13 @@ def filters_run(run, layer=1, out_path=None, grid=(10, 10), overwrite=False):
     kernel = keras.ops.convert_to_numpy(stack.encoder_layers[layer - 1].kernel)
     shape = run.data.image_shape if layer == 1 else None
     image = filters_image(kernel, shape, grid)
-    path, owned = _picture_path(run, out_path, f"filters_layer_{layer}.png", overwrite)
-    if owned:
-        run.lock()
-        run.write_output(owned, lambda tmp: save_png(image, tmp), suffix=".png")
-    else:
-        save_png(image, path)
-    return path
+    return _write_picture(run, image, out_path, f"filters_layer_{layer}.png", overwrite)
 
 
 def reconstruct_run(run, data, out_path=None, n=20, corruption=None, overwrite=False):
     """PNG of n rows: input | corrupted input | reconstruction through the whole stack."""
     from stackae.data import check_width
-    from stackae.images import reconstructions_image, save_png
+    from stackae.images import reconstructions_image
     from stackae.noise import corrupt
 
     stack = load_stack(run)
@@ -488,13 +488,7 @@ def reconstruct_run(run, data, out_path=None, n=20, corruption=None, overwrite=F
         keras.ops.convert_to_numpy(recon),
         run.data.image_shape,
     )
-    path, owned = _picture_path(run, out_path, "reconstructions.png", overwrite)
-    if owned:
-        run.lock()
-        run.write_output(owned, lambda tmp: save_png(image, tmp), suffix=".png")
-    else:
-        save_png(image, path)
-    return path
+    return _write_picture(run, image, out_path, "reconstructions.png", overwrite)
 
 
 __all__ = [
