@@ -369,7 +369,8 @@ def pretrain(
     if resume:
         from stackae.runs import Run
 
-        conflicts = Run.open(out).resume_conflicts(
+        # Only the manifest is read here; the workflow checks every file when it opens the run.
+        conflicts = Run.open(out, verify=False).resume_conflicts(
             layers=layers if _given(ctx, "layers") else None,
             seed=seed if _given(ctx, "seed") else None,
             **settings,
@@ -483,8 +484,6 @@ def finetune(
     **settings,
 ):
     """Fine-tune the pretrained stack with labels; saves classifier.keras."""
-    import dataclasses
-
     from stackae.config import FinetuneSpec
     from stackae.runs import Run
 
@@ -495,31 +494,16 @@ def finetune(
     except ValueError as err:
         raise _bad(err) from None
     run = Run.open(run_dir)
-    record = run.finetune
+    run.check_finetune(resume, overwrite)
     if resume:
-        if record is None or record.finished:
-            raise click.ClickException(f"{run.path}: no interrupted fine-tuning to resume")
-        recorded = dataclasses.asdict(record.spec)
-        differ = [
-            f"{name} {recorded[name]} (given {value})"
-            for name, value in settings.items()
-            if _given(ctx, name) and value != recorded[name]
-        ]
+        given = {name: value for name, value in settings.items() if _given(ctx, name)}
+        differ = run.finetune_conflicts(**given)
         if differ:
             raise click.UsageError(
                 "--resume continues the recorded fine-tuning; these options differ from it: "
                 + "; ".join(differ)
             )
-        spec = record.spec
-    elif record is not None and not overwrite:
-        if record.finished:
-            raise click.ClickException(
-                f"{run.path}: already fine-tuned; use --overwrite to fine-tune it again"
-            )
-        raise click.ClickException(
-            f"{run.path}: fine-tuning stopped after epoch {record.epochs_done}; "
-            "continue it with --resume or start again with --overwrite"
-        )
+        spec = run.finetune.spec
     chosen = _library(verbose, strategy)
     from stackae import workflows
 

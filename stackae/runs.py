@@ -185,7 +185,7 @@ class Run:
         run.lock()  # refused if another process holds the old run
         run.save()
         if old is not None:
-            old._remove_own_files(keep=set())
+            old._remove_own_files()
         return run
 
     @classmethod
@@ -375,6 +375,34 @@ class Run:
                 found.append(f"{name} {shown} (given {','.join(map(str, values))})")
         return found
 
+    def check_finetune(self, resume, overwrite=False):
+        """RunError (one line) unless fine-tuning may start here, or with `resume` continue.
+
+        A finished or interrupted fine-tuning is started again only with `overwrite`.
+        """
+        record = self.finetune
+        if resume:
+            if record is None or record.finished:
+                raise RunError(f"{self.path}: no interrupted fine-tuning to resume")
+        elif record is not None and not overwrite:
+            if record.finished:
+                raise RunError(
+                    f"{self.path}: already fine-tuned; use --overwrite to fine-tune it again"
+                )
+            raise RunError(
+                f"{self.path}: fine-tuning stopped after epoch {record.epochs_done}; "
+                "continue it with --resume or start again with --overwrite"
+            )
+
+    def finetune_conflicts(self, **settings):
+        """FinetuneSpec fields given to resume fine-tuning that contradict the recorded ones."""
+        recorded = dataclasses.asdict(self.finetune.spec)
+        return [
+            f"{name} {recorded[name]} (given {value})"
+            for name, value in settings.items()
+            if value != recorded[name]
+        ]
+
     def summary_rows(self):
         """(layer, size, corruption, epochs done, final cost, seconds) for each layer."""
         rows = []
@@ -453,12 +481,6 @@ class Run:
     def load_model(self, name):
         return load_model(self.file(name))
 
-    def forget(self, name):
-        """Drop a file from the manifest, then from the disk."""
-        if self._manifest["files"].pop(name, None) is not None:
-            self.save()
-        _remove(self.file(name))
-
     def verify(self):
         """RunError if a file the manifest vouches for is missing or changed."""
         for name, digest in self._manifest["files"].items():
@@ -468,10 +490,10 @@ class Run:
             if sha256(path) != digest:
                 raise RunError(f"{path}: damaged (its checksum differs from {MANIFEST})")
 
-    def _remove_own_files(self, keep):
+    def _remove_own_files(self):
+        # history.csv too: runs made before outputs were recorded wrote it unrecorded.
         for name in [*self._manifest["files"], *self._manifest["outputs"], HISTORY]:
-            if name not in keep:
-                _remove(self.file(name))
+            _remove(self.file(name))
 
     def remove_stray_checkpoints(self):
         """Checkpoints a killed run wrote but never recorded (only names stackae makes)."""
@@ -506,12 +528,7 @@ class Run:
         entry["seconds"] = round(entry.get("seconds", 0.0) + seconds, 3)
         for key, value in logs.items():
             entry["history"].setdefault(key, []).append(float(value))
-        stale = previous if previous not in (None, name) else None
-        if stale:
-            self._manifest["files"].pop(stale, None)
-        self.save()
-        if stale:
-            _remove(self.file(stale))
+        self._drop([previous] if previous != name else [])
         self._write_history()
 
     def finish_layer(self, k, stack):
@@ -519,10 +536,7 @@ class Run:
         self.save_model(stack, STACK)
         entry = self._manifest["layers"][k]
         entry["finished"] = True
-        checkpoint = entry.pop("checkpoint", None)
-        self.save()
-        if checkpoint:
-            self.forget(checkpoint)
+        self._drop([entry.pop("checkpoint", None)])
 
     def _write_history(self):
         rows = ["layer,epoch,loss,val_loss"]

@@ -303,9 +303,8 @@ def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="au
             f"{run.path}: pretraining is not finished; "
             f"resume it with: stackae pretrain --resume --out {run.path}"
         )
+    run.check_finetune(resume, overwrite=True)  # a library call may fine-tune again
     record = run.finetune
-    if resume and (record is None or record.finished):
-        raise RunError(f"{run.path}: no interrupted fine-tuning to resume")
     if resume:
         spec = record.spec
     check_width(data.train.x, run.data.n_features, "training data")
@@ -378,17 +377,11 @@ def _load_arrays(path):
 # ---------------------------------------------------------------- evaluate, encode, pictures
 
 
-def _encode_layer(layer, x):
-    """Clean codes of `x` through one layer, in batches, as float32."""
-    from stackae.data import batches
-
-    return keras.Sequential([layer]).predict(batches(x, PREDICT_BATCH), verbose=0).astype("float32")
-
-
 def evaluate_run(run, data):
     """Test error and confusion counts of the classifier, reconstruction cost of each layer."""
     from stackae.data import batches, check_width
     from stackae.finetuning import confusion_counts, error_rate
+    from stackae.stack import layer_codes
 
     stack = load_stack(run)
     split = data.test if data.test is not None else data.valid or data.train
@@ -401,7 +394,7 @@ def evaluate_run(run, data):
         cost = autoencoder.evaluate(batches(codes, PREDICT_BATCH), verbose=0, return_dict=True)
         result["reconstruction"].append(float(cost["loss"]))
         if k + 1 < len(stack.encoder_layers):
-            codes = _encode_layer(layer, codes)  # one layer up, not again from the input
+            codes = layer_codes(layer, codes)  # one layer up, not again from the input
     if runs.CLASSIFIER in run.files and split.y is not None:
         model = run.load_model(runs.CLASSIFIER)
         n_classes = model.output_shape[-1]
@@ -420,10 +413,7 @@ def encode_run(run, x, layer=None):
     depth = len(stack.specs) if layer is None else layer
     if not 1 <= depth <= len(stack.specs):
         raise RunError(f"--layer must be between 1 and {len(stack.specs)}; got {depth}")
-    codes = x
-    for tied in stack.encoder_layers[:depth]:
-        codes = _encode_layer(tied, codes)
-    return codes
+    return stack.codes(x, depth)
 
 
 def encode_job(run, data, out_path, layer=None, overwrite=False):
