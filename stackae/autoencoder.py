@@ -47,7 +47,7 @@ class _TensorFlowSteps:
         """One optimizer step on the batch `x`; the metrics take its costs."""
         import tensorflow as tf
 
-        part = self._replica_part()
+        part = compat.replica_part()
         step = self.optimizer.iterations
         corrupted = noises.corrupt(
             x, self.noise, self.corruption, self._noise_seed(step), bool(self.jit_compile), part
@@ -59,16 +59,6 @@ class _TensorFlowSteps:
         gradients = tape.gradient(objective, self.trainable_weights)
         self.optimizer.apply(gradients, self.trainable_weights)
         self._track(x, cost, penalty)
-
-    @staticmethod
-    def _replica_part():
-        """(this replica, replicas): which slice of the global batch this step sees."""
-        import tensorflow as tf
-
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        context = tf.distribute.get_replica_context()
-        replica = 0 if context is None else context.replica_id_in_sync_group
-        return replica, replicas
 
     def test_step(self, data):
         x = self._inputs(data)
@@ -261,31 +251,20 @@ class AutoEncoder(_STEPS, keras.Model):
     def encode(self, x):
         return self.layer.encode(x)
 
-    def compile(
-        self,
-        optimizer=None,
-        jit_compile=None,
-        steps_per_execution=None,
-        **kwargs,
-    ):
+    def compile(self, optimizer=None, jit_compile=None, steps_per_execution=None, **kwargs):
         """Like `keras.Model.compile`, defaulting to the tutorial's SGD(0.1) and to XLA.
 
         `jit_compile` and `steps_per_execution` default to XLA with many steps
         per call, except where tf.distribute cannot take them (stackae/compat.py says why).
         """
-        if jit_compile is None:
-            jit_compile = compat.jit_compile()
-        if optimizer is None:
-            optimizer = keras.optimizers.SGD(learning_rate=0.1)
-        if steps_per_execution is None:
-            steps_per_execution = compat.steps_per_execution(DEFAULT_STEPS_PER_EXECUTION)
-        self._requested_steps_per_execution = steps_per_execution
-        super().compile(
+        chosen = compat.compile_defaults(
+            DEFAULT_STEPS_PER_EXECUTION,
             optimizer=optimizer,
             jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
-            **kwargs,
         )
+        self._requested_steps_per_execution = chosen["steps_per_execution"]
+        super().compile(**chosen, **kwargs)
 
     def fit(self, x=None, *args, **kwargs):
         """Like `keras.Model.fit`; steps per call divide the epoch (compat.steps_per_call)."""

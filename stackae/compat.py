@@ -63,6 +63,31 @@ def jit_compile():
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+def replica_part():
+    """(this replica, replicas) under tf.distribute: which slice of the global batch a step sees."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    return replica, tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def compile_defaults(single_device_steps, **given):
+    """`compile` keyword arguments with stackae's defaults for those not `given` (or None).
+
+    SGD(0.1) (the tutorial's), XLA, and `single_device_steps` steps per call,
+    except where the active tf.distribute strategy cannot take them
+    (`jit_compile()`, `steps_per_execution()`).
+    """
+    defaults = {
+        "optimizer": lambda: keras.optimizers.SGD(learning_rate=0.1),
+        "jit_compile": jit_compile,
+        "steps_per_execution": lambda: steps_per_execution(single_device_steps),
+    }
+    chosen = {name: value for name, value in given.items() if value is not None}
+    return {**{name: make() for name, make in defaults.items() if name not in chosen}, **chosen}
+
+
 def steps_per_call(requested, steps_per_epoch):
     """The divisor of `steps_per_epoch` nearest `requested` (`requested` when the epoch is unknown).
 

@@ -74,21 +74,14 @@ class Finetuner(keras.Model):
         many steps per call as pretraining. The loss and metrics are the
         Finetuner's own: pass neither.
         """
-        if jit_compile is None:
-            jit_compile = compat.jit_compile()
-        if optimizer is None:
-            optimizer = keras.optimizers.SGD(learning_rate=0.1)
-        if steps_per_execution is None:
-            steps_per_execution = compat.steps_per_execution(
-                autoencoder.DEFAULT_STEPS_PER_EXECUTION
-            )
-        self._requested_steps_per_execution = steps_per_execution
-        super().compile(
+        chosen = compat.compile_defaults(
+            autoencoder.DEFAULT_STEPS_PER_EXECUTION,
             optimizer=optimizer,
             jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
-            **kwargs,
         )
+        self._requested_steps_per_execution = chosen["steps_per_execution"]
+        super().compile(**chosen, **kwargs)
 
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """Like `keras.Model.fit`; steps per call divide the epoch (compat.steps_per_call), so
@@ -183,9 +176,8 @@ class Finetuner(keras.Model):
         """One optimizer step on the batch (x, y); the metrics take its loss and accuracy."""
         import tensorflow as tf
 
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        context = tf.distribute.get_replica_context()
-        part = (0 if context is None else context.replica_id_in_sync_group, replicas)
+        part = compat.replica_part()
+        replicas = part[1]
         with tf.GradientTape() as tape:
             probabilities = self.probabilities(
                 x,
