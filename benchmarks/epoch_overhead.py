@@ -19,24 +19,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
+
+from pretrain_throughput import EpochTimer  # noqa: E402
 
 from stackae import runs, workflows  # noqa: E402
 from stackae.config import LayerSpec  # noqa: E402
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Seconds from each epoch's start to the end of its training (before any checkpoint)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.started)
 
 
 def main(argv=None):
@@ -72,9 +59,9 @@ def main(argv=None):
     print(f"data: {run.data.name}, {run.data_shapes['train'][0]} rows; batch {args.batch_size}")
     print(f"checkpoint size about {size / 1e6:.1f} MB (stack.keras)")
     print(f"{'epoch':>5} {'train s':>8} {'bookkeeping s':>14} {'ratio %':>8}")
-    for e, (train, extra) in enumerate(zip(timer.seconds, bookkeeping)):
+    for e, (train, extra) in enumerate(zip(timer.times, bookkeeping)):
         print(f"{e + 1:>5} {train:>8.3f} {extra:>14.4f} {100 * extra / train:>8.2f}")
-    later = list(zip(timer.seconds[1:], bookkeeping[1:]))  # the first epoch compiles
+    later = list(zip(timer.times[1:], bookkeeping[1:]))  # the first epoch compiles
     ratios = [extra / train for train, extra in later]
     median = statistics.median(extra for _, extra in later)
     print(

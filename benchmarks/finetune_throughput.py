@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from pretrain_throughput import EpochTimer, median, steady  # noqa: E402
 
 from stackae.config import FinetuneSpec  # noqa: E402
 from stackae.data import DataError, load  # noqa: E402
@@ -89,28 +90,6 @@ def matmul_flops(steps):
     pairs = list(zip(SIZES[:-1], SIZES[1:]))
     forward = sum(2.0 * BATCH * a * b for a, b in pairs)
     return steps * (2 * forward + sum(2.0 * BATCH * a * b for a, b in pairs[1:]))
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
-
-
-def best(times):
-    """The fastest epoch after the first (which includes tracing and compiling): on a
-    shared machine other tenants only ever add time."""
-    return min(times[1:])
-
-
-def median(times):
-    return statistics.median(times[1:])
 
 
 def floor_seconds(rows, momentum, repeats=3):
@@ -267,16 +246,16 @@ def main(argv=None):
         for dropout in (False, True):
             label = "dropout" if dropout else "no dropout"
             times = run_stackae(x, y, epochs, dropout)
-            table.add(f"stackae finetune, {label}", best(times), median(times))
+            table.add(f"stackae finetune, {label}", steady(times), median(times))
         table.add(
             "stackae train_step, 1 call/epoch, dropout", *whole_epoch_step_seconds(x, y, True)
         )
         times = run_stackae(x, y, epochs, True, momentum=0.0)
-        table.add("stackae finetune, dropout, momentum 0", best(times), median(times))
+        table.add("stackae finetune, dropout, momentum 0", steady(times), median(times))
         for dropout in (False, True):
             label = "dropout" if dropout else "no dropout"
             times = run_plain_fit(x, y, old_epochs, dropout)
-            table.add(f"plain model.fit (before), {label}", best(times), median(times))
+            table.add(f"plain model.fit (before), {label}", steady(times), median(times))
     print()
     print("\n".join(table.lines))
     return 0
