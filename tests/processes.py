@@ -1,7 +1,12 @@
-"""Starting a stackae command in a child process and stopping it at a chosen moment."""
+"""Child processes for tests: a stackae command stopped at a chosen moment, a script under
+a chosen Keras backend."""
 
+import json
+import os
 import random
 import subprocess
+import sys
+import textwrap
 import time
 
 DEADLINE = 120  # seconds any one child may take before a test gives up on it
@@ -29,3 +34,25 @@ def signal_when(command, ready, sig, env=None):
             child.kill()
             child.wait()
     return child.returncode, err
+
+
+# Prepended to a script that must run without TensorFlow: any import of it fails.
+NO_TENSORFLOW = 'import sys\nsys.modules["tensorflow"] = None\n'
+
+
+def run_under(backend, script, tmp_path, *, env=None, without_tensorflow=False, timeout=300):
+    """Run `script` in a fresh Python under KERAS_BACKEND=`backend`; return its JSON stdout."""
+    code = textwrap.dedent(script)
+    if without_tensorflow:
+        code = NO_TENSORFLOW + code
+    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+        env=environment,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

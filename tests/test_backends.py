@@ -4,12 +4,10 @@ The backend is fixed when Keras is imported, so each backend runs in a
 subprocess of its own (KERAS_BACKEND set, TensorFlow blocked where it says).
 """
 
-import json
 import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import keras
@@ -21,30 +19,10 @@ import stackae
 from stackae import compat
 from stackae.distribute import get_strategy
 from stackae.errors import BackendError
+from tests.processes import run_under
 
 ROOT = Path(__file__).parent.parent
 TIMEOUT = 300
-
-# Prepended to a script that must run without TensorFlow: any import of it fails.
-NO_TENSORFLOW = 'import sys\nsys.modules["tensorflow"] = None\n'
-
-
-def run_under(backend, script, tmp_path, *, env=None, without_tensorflow=False):
-    """Run `script` in a fresh Python under KERAS_BACKEND=`backend`; return its JSON stdout."""
-    code = textwrap.dedent(script)
-    if without_tensorflow:
-        code = NO_TENSORFLOW + code
-    environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=tmp_path,
-        env=environment,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_keras_version_is_the_tested_one():

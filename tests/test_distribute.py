@@ -15,6 +15,7 @@ import pytest
 
 import stackae
 from stackae.distribute import get_strategy, is_chief
+from tests.processes import run_under
 
 HERE = Path(__file__).parent
 TIMEOUT = 240  # seconds: a cluster that did not form must not hang the suite
@@ -201,19 +202,8 @@ print(json.dumps({
 
 
 def test_jax_several_devices_use_keras_data_parallel(tmp_path):
-    env = dict(
-        os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", JAX_DATA_PARALLEL],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = run_under("jax", JAX_DATA_PARALLEL, tmp_path, env=env, timeout=TIMEOUT)
     assert result["strategy"] == "DataParallel" and result["devices"] == 2 and result["chief"]
     assert result["groups"] == [1, 16]  # the data is split along each element's first axis
     parallel, single = result["loss"]
