@@ -1,65 +1,46 @@
 """The `stackae` command: a thin click shell over stackae.workflows."""
 
-import contextlib
 import datetime
-import importlib.util
+import math
 import os
 import signal
-import sys
 from importlib.metadata import version
 
 import click
 
-from stackae import config
-from stackae.errors import StackaeError
+from stackae import config, stopping, workflows
+from stackae.errors import BadOption, StackaeError
 
 LAYER = config.DEFAULTS
 FINETUNE = config.FINETUNE_DEFAULTS
-EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 
 
 # ---------------------------------------------------------------- option types
 
 
 class Number(click.ParamType):
-    """An int or float within bounds; the message says which bound a value crossed."""
+    """A finite int or float; its range is the spec's to check (one place for each rule)."""
 
-    def __init__(self, kind, low, low_open=False, high=None, high_open=False):
-        self.kind, self.low, self.low_open = kind, low, low_open
-        self.high, self.high_open = high, high_open
+    def __init__(self, kind):
+        self.kind = kind
         self.name = "integer" if kind is int else "number"
 
     def parse(self, value):
         try:
-            return self.kind(value)
+            number = self.kind(value)
         except (TypeError, ValueError):
             return None
+        return number if math.isfinite(number) else None
 
     def convert(self, value, param, ctx):
         number = self.parse(value)
         if number is None:
-            self.fail(f"{value!r} is not a {self.name}", param, ctx)
-        if number < 0 <= self.low:
-            self.fail(f"{number} is negative: values must not be negative", param, ctx)
-        if (
-            number < self.low
-            or (self.low_open and number == self.low)
-            or (self.high is not None and number > self.high)
-            or (self.high_open and number == self.high)
-        ):
-            self.fail(f"{number} is not {self.describe()}", param, ctx)
+            self.fail(f"{value!r} is not a finite {self.name}", param, ctx)
         return number
-
-    def describe(self):
-        if self.kind is int and self.low == 1 and self.high is None:
-            return "a positive integer"
-        left = "(" if self.low_open else "["
-        right = ")" if self.high is None or self.high_open else "]"
-        return f"in {left}{self.low:g}, {'inf' if self.high is None else f'{self.high:g}'}{right}"
 
 
 class CommaList(click.ParamType):
-    """'0.1,0.2' -> (0.1, 0.2), each item checked by a click type (Number, Choice, ...)."""
+    """'0.1,0.2' -> (0.1, 0.2), each item converted by a click type (Number, Choice, ...)."""
 
     def __init__(self, item):
         self.item = item
@@ -94,45 +75,39 @@ class Grid(click.ParamType):
         return tuple(int(p) for p in parts)
 
 
-POSITIVE_INT = Number(int, 1)
-NON_NEGATIVE = Number(float, 0)
-POSITIVE = Number(float, 0, low_open=True)
-FRACTION = Number(float, 0, high=1, high_open=True)
+INT = Number(int)
+FLOAT = Number(float)
+POSITIVE_INT = click.IntRange(min=1)  # counts that belong to no spec (--limit, --n, --layer)
 
 
 # ---------------------------------------------------------------- errors and signals
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived: stop like Ctrl-C does (a BaseException, like KeyboardInterrupt)."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 class StackaeGroup(click.Group):
-    """The one place where expected failures become one line (exit 1) and signals a hint."""
+    """The one place where expected failures become one line and a stop request a hint."""
 
     def invoke(self, ctx):
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return super().invoke(ctx)
-        except (KeyboardInterrupt, Terminated) as err:
-            hint = ctx.meta.get("resume_hint")
-            text = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated (SIGTERM)"
+            with stopping.honour_signals():
+                return super().invoke(ctx)
+        except (KeyboardInterrupt, stopping.StopRequested) as err:
+            signum = getattr(err, "signum", signal.SIGINT)
+            text = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+            verb, path = ctx.meta.get("job", (None, None))
+            hint = workflows.stop_hint(verb, path) if path else None
             if hint:
                 text += f"; every finished epoch is saved. Resume with: {hint}"
+            elif verb:
+                text += "; no epoch of this job was recorded"
             exception = click.ClickException(text)
-            if isinstance(err, Terminated):
-                exception.exit_code = EXIT_TERMINATED
+            exception.exit_code = stopping.EXIT_CODES[signum]
             raise exception from None
+        except BadOption as err:
+            raise click.UsageError(_one_line(err)) from None
         except (StackaeError, OSError) as err:
             raise click.ClickException(_one_line(err)) from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
-            if "stackae.runs" in sys.modules:
-                sys.modules["stackae.runs"].release_locks()
+            workflows.runs.release_locks()
 
 
 def _one_line(err):
@@ -140,61 +115,19 @@ def _one_line(err):
     return text or type(err).__name__
 
 
-@contextlib.contextmanager
-def _quiet_stderr(enabled):
-    """Silence fd 2 while the backend starts: TensorFlow's C++ start-up lines bypass Python."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _library(verbose, strategy=None):
-    """Import Keras and its backend quietly unless -v; make the distribution strategy.
-
-    The strategy is made before the backend's devices start: TensorFlow's
-    MultiWorkerMirroredStrategy must configure TensorFlow first.
-    """
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _quiet_stderr(not verbose):
-        try:
-            import keras
-        except ImportError as err:  # KERAS_BACKEND names a backend that is not installed
-            raise click.ClickException(f"Keras could not start: {_one_line(err)}") from None
-        from stackae.compat import check_backend
-
-        check_backend()  # one line under a backend stackae does not train on
-        import stackae.workflows  # noqa: F401
-        from stackae.distribute import get_strategy
-
-        chosen = get_strategy(strategy) if strategy else None
-        tf = None
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            tf.config.list_logical_devices()  # device start-up logs, silenced here too
-        elif importlib.util.find_spec("tensorflow") is not None:
-            # Keras's data adapters import an installed TensorFlow on any backend during
-            # fit; importing it here keeps its start-up lines out of the terminal.
-            import tensorflow as tf
-    if tf is not None and not verbose:
-        tf.get_logger().setLevel("ERROR")
-    return chosen
-
-
 def _bad(err, hint=None):
     """A library ValueError about an option, as click's usage error (exit 2)."""
     return click.BadParameter(_one_line(err), param_hint=hint)
+
+
+def _spec(make, flags, **settings):
+    """make(**settings), a spec's ValueError turned into a usage error naming the option."""
+    try:
+        return make(**settings)
+    except ValueError as err:
+        text = str(err)
+        field = text.split("`")[1] if text.count("`") >= 2 else None
+        raise _bad(err, flags.get(field)) from None
 
 
 # ---------------------------------------------------------------- shared options
@@ -234,13 +167,17 @@ data_options = _options(
         help="Rows held out from the end of the training set for validation.",
     ),
     click.option("--label-column", help="CSV column holding the labels."),
-    click.option("--scale", is_flag=True, help="Min-max scale float data into [0, 1]."),
+    click.option(
+        "--scale", is_flag=True, default=None, help="Min-max scale float data into [0, 1]."
+    ),
 )
 run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
+LAYER_FLAGS = {}  # LayerSpec field -> its option, for messages
 
 
 def _per_layer(flag, field, item, text):
     """A comma-list option whose help shows the library's default for LayerSpec.`field`."""
+    LAYER_FLAGS[field] = flag
     if isinstance(item, click.Choice):
         text = f"{text} {', '.join(item.choices)}."
     return click.option(
@@ -253,17 +190,6 @@ def _per_layer(flag, field, item, text):
 
 def _data_kwargs(limit, valid_size, label_column, scale):
     return {"limit": limit, "valid_size": valid_size, "label_column": label_column, "scale": scale}
-
-
-def _resolve_source(data):
-    """The --data given, or the default source with its one-line note printed."""
-    if data is not None:
-        return data
-    from stackae.data import default_source
-
-    name, note = default_source()
-    click.echo(note)
-    return name
 
 
 def _given(ctx, name):
@@ -289,30 +215,26 @@ def cli():
 @cli.command()
 @click.option(
     "--layers",
-    type=CommaList(POSITIVE_INT),
+    type=CommaList(INT),
     default=str(LAYER.units),
     show_default=True,
     help="Hidden layer sizes, bottom first, e.g. 1000,1000,1000.",
 )
 @data_options
 @_options(
-    _per_layer("--corruption", "corruption", NON_NEGATIVE, "Noise level per layer."),
+    _per_layer("--corruption", "corruption", FLOAT, "Noise level per layer."),
     _per_layer("--noise", "noise", click.Choice(config.NOISE_KINDS), "Noise kind per layer:"),
     _per_layer("--loss", "loss", click.Choice(config.LOSSES), "Reconstruction loss per layer:"),
-    _per_layer("--epochs", "epochs", POSITIVE_INT, "Pretraining epochs per layer."),
-    _per_layer("--batch-size", "batch_size", POSITIVE_INT, "Global batch size per layer."),
-    _per_layer("--lr", "learning_rate", POSITIVE, "Learning rate per layer."),
+    _per_layer("--epochs", "epochs", INT, "Pretraining epochs per layer."),
+    _per_layer("--batch-size", "batch_size", INT, "Global batch size per layer."),
+    _per_layer("--lr", "learning_rate", FLOAT, "Learning rate per layer."),
     _per_layer(
         "--optimizer", "optimizer", click.STRING, "Keras optimizer per layer (sgd, adam, ...)."
     ),
-    _per_layer("--l2", "l2", NON_NEGATIVE, "L2 weight decay per layer."),
-    _per_layer("--sparsity", "sparsity", NON_NEGATIVE, "KL sparsity weight per layer."),
-    _per_layer(
-        "--sparsity-target", "sparsity_target", FRACTION, "Target mean activation per layer."
-    ),
-    _per_layer(
-        "--contraction", "contraction", NON_NEGATIVE, "Contractive penalty weight per layer."
-    ),
+    _per_layer("--l2", "l2", FLOAT, "L2 weight decay per layer."),
+    _per_layer("--sparsity", "sparsity", FLOAT, "KL sparsity weight per layer."),
+    _per_layer("--sparsity-target", "sparsity_target", FLOAT, "Target mean activation per layer."),
+    _per_layer("--contraction", "contraction", FLOAT, "Contractive penalty weight per layer."),
 )
 @click.option(
     "--seed",
@@ -364,56 +286,38 @@ def pretrain(
         raise click.UsageError("--resume and --overwrite exclude each other")
     if resume and not out:
         raise click.UsageError("--resume needs --out RUN")
-    from stackae.config import layer_specs
-
+    specs, given = None, None
     if resume:
-        from stackae.runs import Run
-
-        # Only the manifest is read here; the workflow checks every file when it opens the run.
-        conflicts = Run.open(out, verify=False).resume_conflicts(
-            layers=layers if _given(ctx, "layers") else None,
-            seed=seed if _given(ctx, "seed") else None,
-            **settings,
-        )
-        if conflicts:
-            raise click.UsageError(
-                "--resume continues the recorded run; these options differ from it: "
-                + "; ".join(conflicts)
-            )
-        specs = None
+        given = {name: value for name, value in settings.items() if value is not None}
+        given |= {"layers": layers if _given(ctx, "layers") else None}
+        given |= {"seed": seed if _given(ctx, "seed") else None}
+        given |= _data_kwargs(limit, valid_size, label_column, scale)
     else:
-        try:
-            specs = layer_specs(layers, **settings)
-        except ValueError as err:
-            raise _bad(err) from None
-        data = _resolve_source(data)
+        flags = {**LAYER_FLAGS, "layers": "--layers"}
+        specs = _spec(config.layer_specs, flags, layers=layers, **settings)
+        if data is None:
+            data, note = workflows.default_source()
+            click.echo(note)
     out = out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    chosen = _library(verbose, strategy)
-    from stackae import workflows
-
-    if specs is not None:
-        try:
-            for spec in specs:
-                spec.make_optimizer()
-        except ValueError as err:
-            raise _bad(err, "--optimizer") from None
+    ctx.meta["job"] = ("pretrain", out)
 
     def on_data(loaded):
         rows, width = loaded.train.x.shape
         click.echo(f"data: {loaded.name}, {rows} training rows of {width}")
-        ctx.meta["resume_hint"] = f"stackae pretrain --resume --out {out}"
 
     run = workflows.pretrain_job(
         out,
         specs,
-        data=data,
-        data_options=_data_kwargs(limit, valid_size, label_column, scale),
+        data=None if resume else data,
+        data_options={} if resume else _data_kwargs(limit, valid_size, label_column, scale),
         seed=seed,
         resume=resume,
         overwrite=overwrite,
-        strategy=chosen,
+        given=given,
+        strategy=strategy,
         tensorboard=tensorboard,
         verbose=0 if quiet else "auto",
+        quiet_backend=not verbose,
         on_data=on_data,
     )
     if run is None:  # a worker that is not the chief: the chief reports
@@ -432,27 +336,29 @@ def _summary(run):
         )
 
 
+FINETUNE_FLAGS = {}  # FinetuneSpec field -> its option, for messages
+
+
 def _finetune_option(flag, kind, text, name=None):
     """An option setting the FinetuneSpec field `name` (the flag's own name by default)."""
     name = name or flag[2:].replace("-", "_")
+    FINETUNE_FLAGS[name] = flag
     default = getattr(FINETUNE, name)
     return click.option(flag, name, type=kind, default=default, show_default=True, help=text)
 
 
 finetune_options = _options(
-    _finetune_option("--epochs", POSITIVE_INT, "Most fine-tuning epochs."),
-    _finetune_option("--lr", POSITIVE, "Learning rate.", "learning_rate"),
-    _finetune_option("--batch-size", POSITIVE_INT, "Global batch size."),
+    _finetune_option("--epochs", INT, "Most fine-tuning epochs."),
+    _finetune_option("--lr", FLOAT, "Learning rate.", "learning_rate"),
+    _finetune_option("--batch-size", INT, "Global batch size."),
     _finetune_option(
-        "--patience", POSITIVE_INT, "Epochs without a better validation error before stopping."
+        "--patience", INT, "Epochs without a better validation error before stopping."
     ),
     _finetune_option("--optimizer", str, "Keras optimizer name."),
-    _finetune_option("--momentum", FRACTION, "SGD momentum."),
-    _finetune_option(
-        "--lr-decay", Number(float, 0, low_open=True, high=1), "Learning rate factor per epoch."
-    ),
-    _finetune_option("--dropout", FRACTION, "Dropout after each hidden layer, in training."),
-    _finetune_option("--input-dropout", FRACTION, "Dropout on the input, in training."),
+    _finetune_option("--momentum", FLOAT, "SGD momentum."),
+    _finetune_option("--lr-decay", FLOAT, "Learning rate factor per epoch."),
+    _finetune_option("--dropout", FLOAT, "Dropout after each hidden layer, in training."),
+    _finetune_option("--input-dropout", FLOAT, "Dropout on the input, in training."),
 )
 
 
@@ -484,47 +390,28 @@ def finetune(
     **settings,
 ):
     """Fine-tune the pretrained stack with labels; saves classifier.keras."""
-    from stackae.config import FinetuneSpec
-    from stackae.runs import Run
-
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
-    try:
-        spec = FinetuneSpec(**settings)
-    except ValueError as err:
-        raise _bad(err) from None
-    run = Run.open(run_dir)
-    run.check_finetune(resume, overwrite)
-    if resume:
-        given = {name: value for name, value in settings.items() if _given(ctx, name)}
-        differ = run.finetune_conflicts(**given)
-        if differ:
-            raise click.UsageError(
-                "--resume continues the recorded fine-tuning; these options differ from it: "
-                + "; ".join(differ)
-            )
-        spec = run.finetune.spec
-    chosen = _library(verbose, strategy)
-    from stackae import workflows
-
-    try:
-        spec.make_optimizer()
-    except ValueError as err:
-        raise _bad(err, "--optimizer") from None
-    run.lock()
-    loaded = workflows.load_run_data(
-        run, data, **_data_kwargs(limit, valid_size, label_column, scale)
+    spec = _spec(config.FinetuneSpec, FINETUNE_FLAGS, **settings)
+    given = {name: value for name, value in settings.items() if _given(ctx, name)}
+    ctx.meta["job"] = ("finetune", run_dir)
+    result = workflows.finetune_job(
+        run_dir,
+        spec,
+        data=data,
+        data_options=_data_kwargs(limit, valid_size, label_column, scale),
+        given=given,
+        resume=resume,
+        overwrite=overwrite,
+        strategy=strategy,
+        verbose=0 if quiet else "auto",
+        quiet_backend=not verbose,
     )
-    ctx.meta["resume_hint"] = f"stackae finetune {run.path} --resume"
-    with workflows.strategy_scope(chosen):
-        result = workflows.finetune_run(
-            run, loaded, spec, resume=resume, verbose=0 if quiet else "auto"
-        )
     if result.valid_error is not None:
         click.echo(f"validation error {100 * result.valid_error:.2f} %")
     if result.test_error is not None:
         click.echo(f"test error {100 * result.test_error:.2f} %")
-    click.echo(f"classifier saved in {run.path / 'classifier.keras'}")
+    click.echo(f"classifier saved in {os.path.join(run_dir, 'classifier.keras')}")
 
 
 @cli.command()
@@ -533,16 +420,12 @@ def finetune(
 @verbose_option
 def evaluate(run_dir, data, limit, valid_size, label_column, scale, verbose):
     """Test error and confusion counts of the classifier, reconstruction cost of each layer."""
-    from stackae.runs import Run
-
-    run = Run.open(run_dir)
-    _library(verbose)
-    from stackae import workflows
-
-    loaded = workflows.load_run_data(
-        run, data, **_data_kwargs(limit, valid_size, label_column, scale)
+    result = workflows.evaluate_job(
+        run_dir,
+        data,
+        data_options=_data_kwargs(limit, valid_size, label_column, scale),
+        quiet_backend=not verbose,
     )
-    result = workflows.evaluate_run(run, loaded)
     for k, cost in enumerate(result["reconstruction"]):
         click.echo(f"layer {k + 1} reconstruction cost {cost:.4f}")
     if "error" in result:
@@ -570,21 +453,14 @@ def evaluate(run_dir, data, limit, valid_size, label_column, scale, verbose):
 )
 @click.option("--layer", type=POSITIVE_INT, help="Codes after this layer.  [default: the top]")
 @click.option("--limit", type=POSITIVE_INT, help="Encode only the first N rows.")
-@click.option("--scale", is_flag=True, help="Min-max scale float data into [0, 1].")
+@click.option("--scale", is_flag=True, default=None, help="Min-max scale float data into [0, 1].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @verbose_option
 def encode(run_dir, data, out_path, layer, limit, scale, overwrite, verbose):
     """Write the codes of your data (top layer, or --layer k) to an .npz file."""
-    from stackae.files import refuse_existing
-    from stackae.runs import Run
-
-    refuse_existing(out_path, overwrite)
-    run = Run.open(run_dir)
-    _library(verbose)
-    from stackae import workflows
-
-    loaded = workflows.load_run_data(run, data, limit=limit, valid_size=0, scale=scale)
-    arrays = workflows.encode_job(run, loaded, out_path, layer, overwrite)
+    arrays = workflows.encode_job(
+        run_dir, data, out_path, layer, overwrite, limit=limit, quiet_backend=not verbose
+    )
     shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if not k.startswith("y_"))
     click.echo(f"wrote {out_path}: {shapes}")
 
@@ -607,15 +483,7 @@ def encode(run_dir, data, out_path, layer, limit, scale, overwrite, verbose):
 @verbose_option
 def filters(run_dir, layer, out_path, grid, overwrite, verbose):
     """Draw each hidden unit's weights as a tile, like the tutorial's filters picture."""
-    from stackae.runs import Run
-
-    run = Run.open(run_dir)
-    if layer > run.n_layers:
-        raise click.BadParameter(f"the run has {run.n_layers} layers", param_hint="--layer")
-    _library(verbose)
-    from stackae import workflows
-
-    path = workflows.filters_run(run, layer, out_path, grid, overwrite)
+    path = workflows.filters_run(run_dir, layer, out_path, grid, overwrite)
     click.echo(f"wrote {path}")
 
 
@@ -623,7 +491,11 @@ def filters(run_dir, layer, out_path, grid, overwrite, verbose):
 @run_argument
 @data_options
 @click.option("--n", type=POSITIVE_INT, default=20, show_default=True, help="Number of examples.")
-@click.option("--corruption", type=FRACTION, help="Masking level.  [default: layer 1's]")
+@click.option(
+    "--corruption",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Masking level.  [default: layer 1's]",
+)
 @click.option(
     "--out",
     "out_path",
@@ -646,16 +518,17 @@ def reconstruct(
     verbose,
 ):
     """Rows of input, corrupted input and reconstruction through the whole stack."""
-    from stackae.runs import Run
-
-    run = Run.open(run_dir)
-    _library(verbose)
-    from stackae import workflows
-
-    loaded = workflows.load_run_data(
-        run, data, **_data_kwargs(limit, valid_size, label_column, scale)
+    if corruption is not None and not math.isfinite(corruption):
+        raise click.BadParameter(f"{corruption} is not a number", param_hint="--corruption")
+    path = workflows.reconstruct_run(
+        run_dir,
+        data,
+        out_path,
+        n,
+        corruption,
+        overwrite,
+        data_options=_data_kwargs(limit, valid_size, label_column, scale),
     )
-    path = workflows.reconstruct_run(run, loaded, out_path, n, corruption, overwrite)
     click.echo(f"wrote {path}")
 
 
@@ -663,9 +536,7 @@ def reconstruct(
 @run_argument
 def info(run_dir):
     """What a run holds: config, data, per-layer costs and timings, versions, status."""
-    from stackae.runs import Run  # reads the manifest only: no backend is imported
-
-    run = Run.open(run_dir)
+    run = workflows.open_run(run_dir)  # reads the manifest only: no backend is imported
     click.echo(f"run: {run.path}")
     click.echo(f"status: {run.status}")
     record = run.data

@@ -6,8 +6,9 @@ import time
 import keras
 import numpy as np
 
-from stackae import runs
+from stackae import stopping
 from stackae.errors import TrainingDiverged
+from stackae.files import load_weights
 
 
 def _updates(model):
@@ -21,7 +22,24 @@ def restore_checkpoint(model, path):
     """Weights and optimizer state from `path` (a checkpoint this run wrote)."""
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    runs.load_weights(model, path)
+    load_weights(model, path)
+
+
+class StopOnRequest(keras.callbacks.Callback):
+    """Raises StopRequested between batches once Ctrl-C or SIGTERM asked for a stop.
+
+    Raised from `on_train_batch_end`, before the epoch's end: an epoch cut short
+    is never recorded, so the run resumes from its last whole epoch.
+    """
+
+    def on_train_begin(self, logs=None):
+        stopping.check()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        stopping.check()
+
+    def on_train_batch_end(self, batch, logs=None):
+        stopping.check()
 
 
 class DivergenceGuard(keras.callbacks.Callback):

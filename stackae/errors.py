@@ -23,9 +23,23 @@ class CheckpointError(RunError):
     """A checkpoint that is missing, damaged, or does not fit the model it is loaded into."""
 
 
+class BadOption(StackaeError, ValueError):
+    """An option that cannot be used as given (a usage error: the command line exits 2)."""
+
+
+class OptionConflict(BadOption):
+    """Options given to resume a run that contradict what the run recorded."""
+
+
 class TrainingDiverged(StackaeError, RuntimeError):
     """The cost became NaN or infinite; the message names layer, epoch and step."""
 
 
 class BackendError(StackaeError):
     """A feature the current Keras backend does not have (tf.distribute under JAX, say)."""
+
+
+def first_line(err):
+    """The first line of an exception's message (whole: never cut mid-sentence)."""
+    text = str(err).strip().splitlines()
+    return text[0].strip() if text else type(err).__name__

@@ -1,4 +1,4 @@
-"""Writing files safely: atomic replacement, the umask's mode, never clobbering a user's file."""
+"""Files: atomic replacement with the umask's mode, never clobbering a user's file, Keras files."""
 
 import contextlib
 import hashlib
@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from stackae.errors import RunError
+from stackae.errors import CheckpointError, RunError, first_line
 
 
 def umask():
@@ -25,7 +25,8 @@ def atomic_write(path, write, suffix=""):
     path = Path(path)
     if not path.parent.is_dir():
         raise RunError(f"{path}: the folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    # A short name: the file's own name plus a prefix could pass the 255-byte limit.
+    fd, tmp = tempfile.mkstemp(prefix=".stackae-", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -72,3 +73,27 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_model(path):
+    """keras.saving.load_model in safe mode, with a one-line RunError on a bad file."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: file not found")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as err:  # Keras raises many kinds for a damaged archive
+        raise RunError(f"{path}: not a readable Keras model ({first_line(err)})") from None
+
+
+def load_weights(model, path):
+    """model.load_weights(path), with a one-line CheckpointError on a missing or bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        model.load_weights(path)
+    except Exception as err:
+        raise CheckpointError(f"{path}: damaged checkpoint ({first_line(err)})") from None

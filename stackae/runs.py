@@ -1,73 +1,59 @@
 """Run: the run directory and the only owner of its manifest.
 
-A run directory holds everything one run wrote: `manifest.json` (config, data,
-versions, per-layer progress and history, fine-tuning progress, status, and the
-sha256 of every file it vouches for), the stack, per-epoch checkpoints, the
-exports and pictures. Every write is atomic; a file is recorded in the manifest
-only once it is complete, and dropped from it before it is replaced, so the
-manifest never vouches for a file that is not there. Nothing in this module
-imports a backend: `stackae info` reads a run without starting TensorFlow.
+A run directory holds everything one run wrote: `manifest.json` (its schema is
+stackae/manifest.py), the stack, per-epoch checkpoints, the exports and
+pictures. A process changes a run only while it holds the run's lock, and it
+reads the manifest after taking the lock, so no process writes back a stale
+copy. Every write is atomic; a file is named in the manifest (`pending`)
+before it is written and recorded with its checksum once complete, so a run
+killed at any moment removes only files it wrote itself. Imports no backend:
+`stackae info` reads a run without starting one.
 """
 
 import dataclasses
 import datetime
-import errno
-import fcntl
 import json
-import math
 import os
 import platform
 import shutil
-import socket
 import stat
 from pathlib import Path
 
-from stackae.config import FinetuneSpec, LayerSpec
-from stackae.errors import CheckpointError, RunError
-from stackae.files import atomic_write, atomic_write_text, sha256, umask
+from stackae import locks
+from stackae.errors import CheckpointError, RunError, first_line
+from stackae.files import atomic_write, atomic_write_text, load_model, sha256
+from stackae.manifest import (
+    FORMAT,
+    LOCK,
+    MANIFEST,
+    STATUSES,
+    Config,
+    DataOptions,
+    DataRecord,
+    FinetuneProgress,
+    LayerProgress,
+    Manifest,
+)
 
-MANIFEST = "manifest.json"
 STACK = "stack.keras"
 ENCODER = "encoder.keras"
 CLASSIFIER = "classifier.keras"
 HISTORY = "history.csv"
-LOCK = ".stackae.lock"
-FORMAT = 1  # bumped when a later version cannot read what this one writes
-STATUSES = ("pretraining", "pretrained", "finetuning", "finetuned")
-# Seeds feed stateless RNGs as int64 pairs; data options as Python ints.
-MAX_INT = 2**63 - 1
+SPLIT = "split.npz"
+NAMED_SOURCES = ("mnist", "mnist-sample", "fashion-mnist")
+
+__all__ = ["CLASSIFIER", "ENCODER", "FORMAT", "HISTORY", "LOCK", "MANIFEST", "STACK", "STATUSES"]
+__all__ += ["Run", "first_line", "load_model", "release_locks", "validate_manifest", "versions"]
 
 
-def first_line(err):
-    """The first line of an exception's message (whole: never cut mid-sentence)."""
-    text = str(err).strip().splitlines()
-    return text[0].strip() if text else type(err).__name__
+def validate_manifest(raw, file=MANIFEST):
+    """The Manifest in parsed JSON `raw`; RunError (one line) where this version can't use it."""
+    return Manifest.from_json(raw, file)
 
 
-# ---------------------------------------------------------------- models in files
-
-
-def load_model(path):
-    """keras.saving.load_model in safe mode, with a one-line RunError on a bad file."""
-    import keras
-
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"{path}: file not found")
-    try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except Exception as err:  # Keras raises many kinds for a damaged archive
-        raise RunError(f"{path}: not a readable Keras model ({first_line(err)})") from None
-
-
-def load_weights(model, path):
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        model.load_weights(path)
-    except Exception as err:
-        raise CheckpointError(f"{path}: damaged checkpoint ({first_line(err)})") from None
+def release_locks():
+    """Let go of every run lock this process holds (the command line does at the end)."""
+    locks.release_all()
 
 
 def versions():
@@ -95,103 +81,74 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------- the run
-
-_HELD = {}  # resolved run path -> file descriptor of its lock, for the locks this process holds
-
-
-def release_locks():
-    """Let go of every run lock this process holds (the command line does at the end)."""
-    for fd in _HELD.values():
-        os.close(fd)
-    _HELD.clear()
-
-
-@dataclasses.dataclass(frozen=True)
-class DataRecord:
-    """What a run records about its data: enough to load the same rows again."""
-
-    name: str
-    path: str | None  # absolute path of a file source; None for a named source
-    n_features: int
-    n_classes: int | None
-    image_shape: tuple | None
-    limit: int | None
-    valid_size: int | None
-    label_column: str | None
-    scale: bool
-
-    @property
-    def options(self):
-        return {
-            "limit": self.limit,
-            "valid_size": self.valid_size,
-            "label_column": self.label_column,
-            "scale": self.scale,
-        }
-
-
 class Run:
-    """A run directory and its manifest; every write to it is atomic.
+    """A run directory and its manifest.
 
-    Open one with `Run.open(path)` (checks the manifest and every checksum) or
-    make one with `Run.create(...)`. Workflows read the run through the typed
-    properties below and change it through its few operations
-    (`record_epoch`, `finish_layer`, `save_model`, `record_finetune_epoch`, ...);
-    nothing else reads or writes the manifest's JSON.
+    `Run.open(path)` reads a run (checking the manifest and the checksums of
+    the files verbs read); `Run.open(path, write=True)` takes the run's lock
+    first, so the manifest it reads is the one it may change; `Run.create`
+    makes one. Workflows read the run through the typed views below and
+    change it through its operations (`record_epoch`, `finish_layer`, ...);
+    nothing else reads or writes the manifest.
     """
 
     def __init__(self, path, manifest):
         self.path = Path(path)
-        self._manifest = manifest
+        self.manifest = manifest
 
     # ------------------------------------------------------------ making and opening
 
     @classmethod
     def create(cls, path, *, specs, seed, data, data_options, overwrite=False):
-        """A new run in `path` (which must be new, empty, or a stackae run with `overwrite`).
+        """A new run in `path` (new, empty, or a stackae run with `overwrite`), locked.
 
         Everything that can be checked is checked before anything is written.
-        With `overwrite`, the old run's manifest is replaced first, then only
-        the files the old run recorded are removed: a user's own files in the
+        With `overwrite`, the old run is locked, its manifest replaced, then
+        only the files it recorded are removed: a user's own files in the
         folder, and whatever a link points to, are never touched.
         """
         path = Path(path)
         old = cls._replaceable(path, overwrite)
-        manifest = {
-            "format": FORMAT,
-            "tool": "stackae",
-            "created": now(),
-            "status": "pretraining",
-            "versions": versions(),
-            "config": {"specs": [dataclasses.asdict(s) for s in specs], "seed": int(seed)},
-            "data": _data_manifest(data, data_options),
-            "layers": [
-                {
-                    "units": s.units,
-                    "epochs_done": 0,
-                    "finished": False,
-                    "history": {},
-                    "seconds": 0.0,
-                }
-                for s in specs
-            ],
-            "files": {},
-            "outputs": [],
-        }
-        validate_manifest(manifest, path / MANIFEST)
+        import numpy
+
+        manifest = Manifest(
+            format=FORMAT,
+            tool="stackae",
+            created=now(),
+            status="pretraining",
+            versions=versions(),
+            config=Config(specs=list(specs), seed=int(seed)),
+            data=_data_record(data, data_options),
+            layers=[LayerProgress(units=s.units) for s in specs],
+        )
+        manifest.check(path / MANIFEST)
         path.mkdir(parents=True, exist_ok=True)
+        locks.acquire(path)
+        if old is not None:  # read again under the lock: another process may have changed it
+            old = cls.open(path, write=True, verify=False)
         run = cls(path, manifest)
-        run.lock()  # refused if another process holds the old run
         run.save()
         if old is not None:
-            old._remove_own_files()
+            old._remove_own_files(keep={MANIFEST})
+        split = getattr(data, "split", None)
+        if split is not None:
+            arrays = {name: numpy.asarray(rows, "int64") for name, rows in split.items()}
+            run.write(SPLIT, lambda tmp: numpy.savez(tmp, **arrays), suffix=".npz")
+            run.manifest.data.split = SPLIT
+            run.save()
         return run
+
+    @classmethod
+    def check_replaceable(cls, path, overwrite):
+        """The old run a new one in `path` would replace (None if none); RunError if refused."""
+        return cls._replaceable(Path(path), overwrite)
 
     @classmethod
     def _replaceable(cls, path, overwrite):
         """The old run that `overwrite` will replace, or None; RunError where not allowed."""
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
+        if path.is_symlink() and overwrite:
+            raise RunError(f"{path}: is a link; refusing to replace what it points to")
+        if path.exists() and not path.is_dir():
             raise RunError(f"{path}: exists and is not a directory")
         if not path.is_dir() or not any(path.iterdir()):
             return None
@@ -208,148 +165,136 @@ class Run:
             ) from None
 
     @classmethod
-    def open(cls, path, verify=True):
+    def open(cls, path, write=False, verify=True):
+        """The run in `path`, checked; with `write`, locked before its manifest is read."""
         path = Path(path)
         if not path.is_dir():
             raise RunError(f"{path}: no such run directory")
         file = path / MANIFEST
         if not file.is_file() or file.is_symlink():
             raise RunError(f"{path}: not a stackae run directory (no {MANIFEST})")
-        try:
-            manifest = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise RunError(f"{file}: unreadable manifest ({first_line(err)})") from None
-        validate_manifest(manifest, file)
-        run = cls(path, manifest)
-        if verify:
-            run.verify()
-        return run
+        if write:
+            locks.acquire(path)
+        for attempt in range(3):
+            text = _read_text(file)
+            run = cls(path, validate_manifest(_parse(text, file), file))
+            if not verify:
+                return run
+            try:
+                run.verify()
+                return run
+            except RunError:
+                # A writer may have replaced a file between our reading the manifest and
+                # the file: only a manifest that did not change meanwhile is proof of damage.
+                if write or attempt == 2 or _read_text(file) == text:
+                    raise
+        raise AssertionError("unreachable")
 
     def lock(self):
-        """Hold this run's lock (an advisory file lock) until `unlock` or the process ends.
-
-        A second process on the same run is refused at once, naming the holder;
-        the same process may lock a run it already holds.
-        """
-        key = str(self.path.resolve())
-        if key in _HELD:
-            return self
-        file = self.path / LOCK
-        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~umask())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunError(f"{self.path}: in use by {holder}; wait for it to finish") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        _HELD[key] = fd
+        """Hold this run's lock; the manifest is read again under it (it may have changed)."""
+        if not locks.holds(self.path):
+            locks.acquire(self.path)
+            fresh = Run.open(self.path, write=True, verify=False)
+            self.manifest = fresh.manifest
         return self
 
     def unlock(self):
-        fd = _HELD.pop(str(self.path.resolve()), None)
-        if fd is not None:
-            os.close(fd)
+        locks.release(self.path)
 
     def save(self):
-        atomic_write_text(self.path / MANIFEST, json.dumps(self._manifest, indent=2) + "\n")
+        if not locks.holds(self.path):  # a save without the lock could undo another's
+            raise RuntimeError(f"{self.path}: the manifest is written only under the run's lock")
+        atomic_write_text(
+            self.path / MANIFEST, json.dumps(self.manifest.to_json(), indent=2) + "\n"
+        )
 
     # ------------------------------------------------------------ typed views
 
     @property
     def status(self):
-        return self._manifest["status"]
+        return self.manifest.status
 
     def set_status(self, status):
         if status not in STATUSES:
             raise ValueError(f"`status` must be one of {STATUSES}. Received: status={status!r}")
-        self._manifest["status"] = status
+        self.manifest.status = status
         self.save()
 
     @property
     def seed(self):
-        return self._manifest["config"]["seed"]
+        return self.manifest.config.seed
 
     @property
     def specs(self):
-        return [LayerSpec(**spec) for spec in self._manifest["config"]["specs"]]
+        return list(self.manifest.config.specs)
 
     @property
     def backend(self):
-        return self._manifest.get("versions", {}).get("backend", "tensorflow")
+        return self.manifest.backend
 
     @property
     def versions(self):
-        return dict(self._manifest.get("versions", {}))
+        return dict(self.manifest.versions)
 
     @property
     def data(self):
-        d = self._manifest["data"]
-        options = d.get("options", {})
-        path = d.get("path")
-        if path is not None and not os.path.isabs(path):
-            path = str(self.path / path)  # a relative path is the run's, not the caller's
-        shape = d.get("image_shape")
-        return DataRecord(
-            name=d["name"],
-            path=path,
-            n_features=d["n_features"],
-            n_classes=d.get("n_classes"),
-            image_shape=tuple(shape) if shape else None,
-            limit=options.get("limit"),
-            valid_size=options.get("valid_size"),
-            label_column=options.get("label_column"),
-            scale=bool(options.get("scale")),
-        )
+        return self.manifest.data
 
     @property
     def data_source(self):
         """What to pass to `stackae.data.load` to read this run's data again."""
-        record = self.data
-        return record.path or record.name
+        return self.resolve_data_path(self.data) or self.data.name
+
+    def resolve_data_path(self, record):
+        """A data record's file path, a relative one taken from the run directory."""
+        path = record.path
+        if path is not None and not os.path.isabs(path):
+            path = str(self.path / path)  # the run's, not the caller's working directory
+        return path
 
     @property
     def data_shapes(self):
-        return dict(self._manifest["data"].get("shapes", {}))
+        return dict(self.data.shapes)
 
     @property
     def data_origin(self):
-        return self._manifest["data"].get("origin")
+        return self.data.origin
+
+    def split_indices(self):
+        """The recorded split ({split: row indices}) of a file without its own, or None."""
+        if self.data.split is None:
+            return None
+        import numpy
+
+        path = self.checked_file(self.data.split)
+        try:
+            with numpy.load(path, allow_pickle=False) as saved:
+                return {name: saved[name] for name in saved.files}
+        except Exception as err:  # numpy raises many kinds for a damaged archive
+            raise RunError(f"{path}: damaged split file ({first_line(err)})") from None
 
     def layer(self, k):
-        """(epochs_done, finished, history, seconds, checkpoint) of layer k, as a LayerState."""
-        entry = self._manifest["layers"][k]
-        return LayerState(
-            units=entry["units"],
-            epochs_done=entry["epochs_done"],
-            finished=entry["finished"],
-            history={key: list(v) for key, v in entry["history"].items()},
-            seconds=float(entry.get("seconds", 0.0)),
-            checkpoint=entry.get("checkpoint"),
-        )
+        """Layer k's progress (a copy): epochs_done, finished, history, seconds, checkpoint."""
+        return dataclasses.replace(self.manifest.layers[k])
 
     @property
     def n_layers(self):
-        return len(self._manifest["layers"])
+        return len(self.manifest.layers)
 
     @property
     def pretrained(self):
-        return all(entry["finished"] for entry in self._manifest["layers"])
+        return all(layer.finished for layer in self.manifest.layers)
 
     def resume_point(self):
         """(layer, epochs done, checkpoint path or None) where pretraining goes on; None if done."""
-        for k in range(self.n_layers):
-            state = self.layer(k)
+        for k, state in enumerate(self.manifest.layers):
             if state.finished:
                 continue
             if not state.epochs_done:
                 return k, 0, None
-            if state.checkpoint not in self.files:
+            if state.checkpoint is None:
                 raise CheckpointError(f"{self.path}: layer {k + 1} checkpoint is missing")
-            return k, state.epochs_done, self.file(state.checkpoint)
+            return k, state.epochs_done, self.checked_file(state.checkpoint)
         return None
 
     def resume_conflicts(self, layers=None, seed=None, **settings):
@@ -375,11 +320,29 @@ class Run:
                 found.append(f"{name} {shown} (given {','.join(map(str, values))})")
         return found
 
+    def data_conflicts(self, record, source=None, **options):
+        """Data options given to resume that differ from `record` (the data the job used)."""
+        found = []
+        if source is not None and not _same_source(source, self.resolve_data_path(record), record):
+            found.append(f"data {record.path or record.name} (given {source})")
+        recorded = dataclasses.asdict(record.options)
+        for name, value in options.items():
+            if value is None or name not in recorded:
+                continue
+            if value != recorded[name]:
+                found.append(f"{name} {recorded[name]} (given {value})")
+        return found
+
     def check_finetune(self, resume, overwrite=False):
         """RunError (one line) unless fine-tuning may start here, or with `resume` continue.
 
         A finished or interrupted fine-tuning is started again only with `overwrite`.
         """
+        if not self.pretrained:
+            raise RunError(
+                f"{self.path}: pretraining is not finished; "
+                f"resume it with: stackae pretrain --resume --out {self.path}"
+            )
         record = self.finetune
         if resume:
             if record is None or record.finished:
@@ -400,14 +363,14 @@ class Run:
         return [
             f"{name} {recorded[name]} (given {value})"
             for name, value in settings.items()
-            if value != recorded[name]
+            if name in recorded and value != recorded[name]
         ]
 
     def summary_rows(self):
         """(layer, size, corruption, epochs done, final cost, seconds) for each layer."""
         rows = []
         for k, spec in enumerate(self.specs):
-            state = self.layer(k)
+            state = self.manifest.layers[k]
             losses = state.history.get("loss", [])
             rows.append(
                 (
@@ -423,9 +386,19 @@ class Run:
 
     @property
     def finetune(self):
-        """The fine-tuning record (spec, progress, result), or None before any fine-tuning."""
-        record = self._manifest.get("finetune")
-        return None if record is None else FinetuneRecord.from_manifest(record)
+        """The fine-tuning record (a copy), or None before any fine-tuning."""
+        record = self.manifest.finetune
+        return None if record is None else dataclasses.replace(record)
+
+    @property
+    def finetune_data(self):
+        """The data record of the fine-tuning: the data it was given, else the run's."""
+        record = self.manifest.finetune
+        return record.data if record is not None and record.data is not None else self.data
+
+    def data_record(self, data, options):
+        """A DataRecord of loaded `data` and its options (as `create` records the run's)."""
+        return _data_record(data, options)
 
     # ------------------------------------------------------------ files
 
@@ -435,25 +408,45 @@ class Run:
     @property
     def files(self):
         """{file name: sha256} of every file the manifest vouches for (a copy)."""
-        return dict(self._manifest["files"])
+        return dict(self.manifest.files)
 
     def owns(self, name):
         """True for a file this run wrote (recorded with a checksum, or as an output)."""
-        return name in self._manifest["files"] or name in self._manifest["outputs"]
+        return name in self.manifest.files or name in self.manifest.outputs
+
+    def checked_file(self, name):
+        """The path of recorded file `name`, after checking it is there and unchanged."""
+        path = self.file(name)
+        digest = self.manifest.files.get(name)
+        if digest is None or path.is_symlink() or not path.is_file():
+            raise CheckpointError(f"{path}: missing (the manifest lists it)")
+        if sha256(path) != digest:
+            raise CheckpointError(f"{path}: damaged (its checksum differs from {MANIFEST})")
+        return path
 
     def write(self, name, writer, suffix=""):
         """Write file `name` atomically and record its checksum in the manifest.
 
-        An existing recorded file is first dropped from the manifest, so a crash
-        between the write and the manifest update never leaves a checksum that
-        disagrees with an intact file.
+        The name goes into `pending` first (so a crash mid-write leaves a file the
+        run knows is its own) and an existing recorded file is dropped from the
+        manifest, so a crash between the write and the update never leaves a
+        checksum that disagrees with an intact file.
         """
-        if self._manifest["files"].pop(name, None) is not None:
-            self.save()
+        self._begin_write(name)
         atomic_write(self.file(name), writer, suffix=suffix)
-        self._manifest["files"][name] = sha256(self.file(name))
+        self._end_write(name)
         self.save()
         return self.file(name)
+
+    def _begin_write(self, name):
+        self.manifest.files.pop(name, None)
+        if name not in self.manifest.pending:
+            self.manifest.pending.append(name)
+        self.save()
+
+    def _end_write(self, name):
+        self.manifest.files[name] = sha256(self.file(name))
+        self.manifest.pending.remove(name)
 
     def write_output(self, name, writer, suffix=""):
         """Write a file the run owns but does not vouch for (pictures, history.csv)."""
@@ -471,8 +464,8 @@ class Run:
         return folder
 
     def _note_output(self, name):
-        if name not in self._manifest["outputs"]:
-            self._manifest["outputs"].append(name)
+        if name not in self.manifest.outputs:
+            self.manifest.outputs.append(name)
             self.save()
 
     def save_model(self, model, name):
@@ -481,30 +474,44 @@ class Run:
     def load_model(self, name):
         return load_model(self.file(name))
 
+    def _checkpoints(self):
+        names = {layer.checkpoint for layer in self.manifest.layers}
+        if self.manifest.finetune is not None:
+            names |= {self.manifest.finetune.checkpoint, self.manifest.finetune.best_checkpoint}
+        return names - {None}
+
     def verify(self):
-        """RunError if a file the manifest vouches for is missing or changed."""
-        for name, digest in self._manifest["files"].items():
+        """RunError if a file the manifest vouches for is missing or changed.
+
+        Checkpoints are checked when a resume reads them (`checked_file`): a
+        missing one blocks that resume only, not `info`, `evaluate` or `--overwrite`.
+        """
+        skip = self._checkpoints()
+        for name, digest in self.manifest.files.items():
+            if name in skip:
+                continue
             path = self.file(name)
             if path.is_symlink() or not path.is_file():
                 raise RunError(f"{path}: missing (the manifest lists it)")
             if sha256(path) != digest:
                 raise RunError(f"{path}: damaged (its checksum differs from {MANIFEST})")
 
-    def _remove_own_files(self):
+    def _remove_own_files(self, keep=()):
         # history.csv too: runs made before outputs were recorded wrote it unrecorded.
-        for name in [*self._manifest["files"], *self._manifest["outputs"], HISTORY]:
-            _remove(self.file(name))
+        names = [*self.manifest.files, *self.manifest.outputs, *self.manifest.pending, HISTORY]
+        for name in names:
+            if name not in keep:
+                _remove(self.file(name))
 
-    def remove_stray_checkpoints(self):
-        """Checkpoints a killed run wrote but never recorded (only names stackae makes)."""
-        for pattern in (
-            "layer_*_epoch_*.weights.h5",
-            "finetune_epoch_*.weights.h5",
-            "finetune_best_*.npz",
-        ):
-            for path in self.path.glob(pattern):
-                if path.name not in self._manifest["files"]:
-                    _remove(path)
+    def remove_pending(self):
+        """Files a killed process of this run began to write: named in `pending`, so its own."""
+        if not self.manifest.pending:
+            return
+        for name in self.manifest.pending:
+            if name not in self.manifest.files:
+                _remove(self.file(name))
+        self.manifest.pending.clear()
+        self.save()
 
     # ------------------------------------------------------------ pretraining progress
 
@@ -518,32 +525,33 @@ class Run:
         checkpoint gets a new name each epoch and is recorded together with the
         epoch count; the previous one is dropped from the manifest, then removed.
         """
-        entry = self._manifest["layers"][k]
-        previous = entry.get("checkpoint")
+        entry = self.manifest.layers[k]
+        previous = entry.checkpoint
         name = self.layer_checkpoint(k, epoch + 1)
+        self._begin_write(name)
         atomic_write(self.file(name), save_checkpoint, suffix=".weights.h5")
-        self._manifest["files"][name] = sha256(self.file(name))
-        entry["epochs_done"] = epoch + 1
-        entry["checkpoint"] = name
-        entry["seconds"] = round(entry.get("seconds", 0.0) + seconds, 3)
+        self._end_write(name)
+        entry.epochs_done = epoch + 1
+        entry.checkpoint = name
+        entry.seconds = round(entry.seconds + seconds, 3)
         for key, value in logs.items():
-            entry["history"].setdefault(key, []).append(float(value))
+            entry.history.setdefault(key, []).append(float(value))
         self._drop([previous] if previous != name else [])
         self._write_history()
 
     def finish_layer(self, k, stack):
         """Layer k is trained: save the stack with it, mark it, drop its checkpoint."""
         self.save_model(stack, STACK)
-        entry = self._manifest["layers"][k]
-        entry["finished"] = True
-        self._drop([entry.pop("checkpoint", None)])
+        entry = self.manifest.layers[k]
+        entry.finished = True
+        previous, entry.checkpoint = entry.checkpoint, None
+        self._drop([previous])
 
     def _write_history(self):
         rows = ["layer,epoch,loss,val_loss"]
-        for k in range(self.n_layers):
-            history = self.layer(k).history
-            val = history.get("val_loss", [])
-            for e, loss in enumerate(history.get("loss", [])):
+        for k, state in enumerate(self.manifest.layers):
+            val = state.history.get("val_loss", [])
+            for e, loss in enumerate(state.history.get("loss", [])):
                 rows.append(
                     f"{k + 1},{e + 1},{loss:.6f}," + (f"{val[e]:.6f}" if e < len(val) else "")
                 )
@@ -552,23 +560,27 @@ class Run:
 
     # ------------------------------------------------------------ fine-tuning progress
 
-    def start_finetune(self, spec, n_classes):
-        """A fresh fine-tuning record (any earlier one and its checkpoints are dropped)."""
-        old = self._manifest.get("finetune") or {}
-        stale = [old.get("checkpoint"), old.get("best_checkpoint")]
-        self._manifest["finetune"] = {
-            "spec": dataclasses.asdict(spec),
-            "n_classes": int(n_classes),
-            "epochs_done": 0,
-            "finished": False,
-            "seconds": 0.0,
-            "history": {},
-            "stopper": None,
-            "valid_error": None,
-            "test_error": None,
-        }
-        self._manifest["status"] = "finetuning"
-        self._drop(stale)
+    def start_finetune(self, spec, n_classes=None, n_outputs=None, backend=None, data=None):
+        """A fresh fine-tuning record; any earlier one, its checkpoints and classifier dropped.
+
+        The old classifier goes too: an interrupted new fine-tuning must not leave
+        the previous result looking like this one's.
+        """
+        old = self.manifest.finetune
+        stale = [CLASSIFIER]
+        if old is not None:
+            stale += [old.checkpoint, old.best_checkpoint]
+        self.manifest.finetune = FinetuneProgress(
+            spec=spec,
+            n_classes=None if n_classes is None else int(n_classes),
+            n_outputs=None if n_outputs is None else int(n_outputs),
+            epochs_done=0,
+            finished=False,
+            backend=backend,
+            data=data,
+        )
+        self.manifest.status = "finetuning"
+        self._drop([name for name in stale if name in self.manifest.files])
 
     def record_finetune_epoch(self, epoch, logs, seconds, stopper, save_checkpoint, save_best):
         """Fine-tuning finished `epoch`: checkpoint, best weights (if improved), then the record.
@@ -576,107 +588,97 @@ class Run:
         `save_checkpoint(path)` writes the trainer's weights and optimizer state;
         `save_best` is None or a writer of the best weights so far (an .npz).
         """
-        record = self._manifest["finetune"]
-        previous = record.get("checkpoint")
+        record = self.manifest.finetune
+        previous = record.checkpoint
         name = f"finetune_epoch_{epoch + 1}.weights.h5"
+        self._begin_write(name)
         atomic_write(self.file(name), save_checkpoint, suffix=".weights.h5")
-        self._manifest["files"][name] = sha256(self.file(name))
+        self._end_write(name)
         stale = [previous] if previous not in (None, name) else []
         if save_best is not None:
             best = f"finetune_best_{epoch + 1}.npz"
+            self._begin_write(best)
             atomic_write(self.file(best), save_best, suffix=".npz")
-            self._manifest["files"][best] = sha256(self.file(best))
-            if record.get("best_checkpoint") not in (None, best):
-                stale.append(record["best_checkpoint"])
-            record["best_checkpoint"] = best
-        record["checkpoint"] = name
-        record["epochs_done"] = epoch + 1
-        record["seconds"] = round(record.get("seconds", 0.0) + seconds, 3)
-        record["stopper"] = stopper
+            self._end_write(best)
+            if record.best_checkpoint not in (None, best):
+                stale.append(record.best_checkpoint)
+            record.best_checkpoint = best
+        record.checkpoint = name
+        record.epochs_done = epoch + 1
+        record.seconds = round(record.seconds + seconds, 3)
+        record.stopper = stopper
         for key, value in logs.items():
-            record["history"].setdefault(key, []).append(float(value))
+            record.history.setdefault(key, []).append(float(value))
         self._drop(stale)
 
-    def finish_finetune(self, model, valid_error, test_error):
-        """Save the classifier, record the errors, drop the fine-tuning checkpoints."""
+    def finish_finetune(self, model, valid_error=None, test_error=None, metrics=None):
+        """Save the fine-tuned model, record the result, drop the fine-tuning checkpoints."""
         self.save_model(model, CLASSIFIER)
-        record = self._manifest["finetune"]
-        record.update(finished=True, valid_error=valid_error, test_error=test_error)
-        stale = [record.pop("checkpoint", None), record.pop("best_checkpoint", None)]
-        self._manifest["status"] = "finetuned"
+        record = self.manifest.finetune
+        record.finished = True
+        record.valid_error, record.test_error = valid_error, test_error
+        record.metrics = dict(metrics or {})
+        stale = [record.checkpoint, record.best_checkpoint]
+        record.checkpoint = record.best_checkpoint = None
+        self.manifest.status = "finetuned"
         self._drop(stale)
 
     def _drop(self, names):
         """Save the manifest without `names` (None ignored), then remove those files."""
         names = [name for name in names if name]
         for name in names:
-            self._manifest["files"].pop(name, None)
+            self.manifest.files.pop(name, None)
         self.save()
         for name in names:
             _remove(self.file(name))
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerState:
-    units: int
-    epochs_done: int
-    finished: bool
-    history: dict
-    seconds: float
-    checkpoint: str | None
+def _read_text(file):
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunError(f"{file}: unreadable manifest ({first_line(err)})") from None
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneRecord:
-    spec: FinetuneSpec
-    n_classes: int
-    epochs_done: int
-    finished: bool
-    seconds: float
-    history: dict
-    stopper: dict | None
-    checkpoint: str | None
-    best_checkpoint: str | None
-    valid_error: float | None
-    test_error: float | None
-
-    @classmethod
-    def from_manifest(cls, record):
-        return cls(
-            spec=FinetuneSpec(**record["spec"]),
-            n_classes=record["n_classes"],
-            epochs_done=record.get("epochs_done", record.get("epochs", 0)),
-            finished=record.get("finished", True),
-            seconds=float(record.get("seconds", 0.0)),
-            history={k: list(v) for k, v in record.get("history", {}).items()},
-            stopper=record.get("stopper"),
-            checkpoint=record.get("checkpoint"),
-            best_checkpoint=record.get("best_checkpoint"),
-            valid_error=record.get("valid_error"),
-            test_error=record.get("test_error"),
-        )
+def _parse(text, file):
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise RunError(f"{file}: unreadable manifest ({first_line(err)})") from None
 
 
-def _data_manifest(data, options):
-    """What the manifest records about loaded data (a stackae.data.Data)."""
+def _same_source(given, recorded_path, record):
+    if recorded_path is None:
+        return given == record.name
+    return os.path.abspath(given) == os.path.abspath(recorded_path)
+
+
+def _data_record(data, options):
+    """What the manifest records about loaded data (a stackae.data.Data) and its options."""
     name = data.name
-    path = None
-    if name not in ("mnist", "mnist-sample", "fashion-mnist"):
-        path = os.path.abspath(name)
-    return {
-        "name": name,
-        "path": path,
-        "origin": str(data.origin),
-        "n_features": int(data.n_features),
-        "n_classes": data.n_classes,
-        "image_shape": list(data.image_shape) if data.image_shape else None,
-        "shapes": {
+    path = None if name in NAMED_SOURCES else os.path.abspath(name)
+    options = dict(options or {})
+    if isinstance(options.get("scale"), bool):
+        options["scale"] = "global" if options["scale"] else "none"
+    known = {field.name for field in dataclasses.fields(DataOptions)}
+    scaler = getattr(data, "scaler", None)
+    return DataRecord(
+        name=name,
+        path=path,
+        origin=str(data.origin),
+        n_features=int(data.n_features),
+        n_classes=data.n_classes,
+        image_shape=tuple(data.image_shape) if data.image_shape else None,
+        shapes={
             split: list(part.x.shape)
             for split, part in (("train", data.train), ("valid", data.valid), ("test", data.test))
             if part is not None
         },
-        "options": dict(options or {}),
-    }
+        options=DataOptions(**{k: v for k, v in options.items() if k in known}),
+        scaler=scaler.to_dict() if scaler is not None and scaler.kind != "none" else None,
+        target_kind=getattr(data, "target_kind", "classes"),
+        n_outputs=getattr(data, "n_outputs", None),
+    )
 
 
 def _remove(path):
@@ -690,182 +692,3 @@ def _remove(path):
         shutil.rmtree(path)  # refuses a link, and never follows one inside
     else:
         path.unlink()
-
-
-# ---------------------------------------------------------------- manifest checks
-
-
-def _check(condition, file, what):
-    if not condition:
-        raise RunError(f"{file}: bad manifest: {what}")
-
-
-def _is_int(value, low=None, high=MAX_INT):
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and (low is None or value >= low)
-        and value <= high
-    )
-
-
-def _is_number(value):
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _fields(spec_class):
-    return {field.name for field in dataclasses.fields(spec_class)}
-
-
-def _plain_name(name):
-    """A file name inside the run directory, never a path out of it."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..", MANIFEST, LOCK)
-        and "/" not in name
-        and "\\" not in name
-        and "\0" not in name
-    )
-
-
-def _history(value):
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, list) and all(_is_number(x) for x in v)
-        for k, v in value.items()
-    )
-
-
-def validate_manifest(manifest, file="manifest.json"):
-    """Refuse (RunError, one line) anything that is not a manifest this version can read.
-
-    Every field a verb reads is checked for its type and range here, so no
-    verb meets a value it cannot use.
-    """
-    _check(isinstance(manifest, dict), file, "not a JSON object")
-    _check(manifest.get("tool") == "stackae", file, "not written by stackae")
-    fmt = manifest.get("format")
-    _check(_is_int(fmt, 1), file, "no format number")
-    if fmt > FORMAT:
-        raise RunError(
-            f"{file}: run format {fmt} comes from a newer stackae; this one reads up to {FORMAT}"
-        )
-    _check(manifest.get("status") in STATUSES, file, f"status is not one of {STATUSES}")
-    versions = manifest.get("versions", {})
-    _check(
-        isinstance(versions, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items()),
-        file,
-        "versions",
-    )
-    config = manifest.get("config")
-    _check(isinstance(config, dict), file, "no config")
-    _check(_is_int(config.get("seed"), 0), file, "seed is not an integer in [0, 2**63)")
-    specs = config.get("specs")
-    _check(isinstance(specs, list) and specs, file, "no layer specs")
-    for k, spec in enumerate(specs):
-        _check(isinstance(spec, dict), file, f"layer {k + 1} spec is not an object")
-        missing = sorted(_fields(LayerSpec) - set(spec))
-        _check(not missing, file, f"layer {k + 1} spec lacks {', '.join(missing)}")
-        try:
-            LayerSpec(**spec)
-        except (TypeError, ValueError) as err:
-            raise RunError(
-                f"{file}: bad manifest: layer {k + 1} spec ({first_line(err)})"
-            ) from None
-    layers = manifest.get("layers")
-    _check(
-        isinstance(layers, list) and len(layers) == len(specs), file, "layers do not match specs"
-    )
-    files = manifest.setdefault("files", {})
-    _check(
-        isinstance(files, dict)
-        and all(_plain_name(k) and isinstance(v, str) for k, v in files.items()),
-        file,
-        "file list",
-    )
-    for k, (layer, spec) in enumerate(zip(layers, specs)):
-        _check(isinstance(layer, dict), file, f"layer {k + 1} is not an object")
-        _check(layer.get("units") == spec["units"], file, f"layer {k + 1} units")
-        _check(
-            _is_int(layer.get("epochs_done"), 0, spec["epochs"]),
-            file,
-            f"layer {k + 1} epochs_done is not a number of epochs",
-        )
-        _check(isinstance(layer.get("finished"), bool), file, f"layer {k + 1} finished flag")
-        _check(_history(layer.get("history")), file, f"layer {k + 1} history")
-        _check(_is_number(layer.get("seconds", 0.0)), file, f"layer {k + 1} seconds")
-        checkpoint = layer.get("checkpoint")
-        _check(
-            checkpoint is None or (_plain_name(checkpoint) and checkpoint in files),
-            file,
-            f"layer {k + 1} checkpoint",
-        )
-    outputs = manifest.setdefault("outputs", [])
-    _check(
-        isinstance(outputs, list) and all(_plain_name(name) for name in outputs), file, "outputs"
-    )
-    _check_data(manifest.get("data"), file)
-    if manifest.get("finetune") is not None:
-        _check_finetune(manifest["finetune"], files, file)
-
-
-def _check_data(data, file):
-    _check(isinstance(data, dict), file, "no data record")
-    _check(isinstance(data.get("name"), str) and data["name"], file, "no data name")
-    _check(data.get("path") is None or isinstance(data["path"], str), file, "data path")
-    _check(_is_int(data.get("n_features"), 1), file, "no data width")
-    _check(data.get("n_classes") is None or _is_int(data["n_classes"], 1), file, "n_classes")
-    shape = data.get("image_shape")
-    _check(
-        shape is None
-        or (
-            isinstance(shape, list)
-            and len(shape) == 2
-            and all(_is_int(side, 1) for side in shape)
-            and shape[0] * shape[1] == data["n_features"]
-        ),
-        file,
-        "data image_shape is not [height, width] of the data's width",
-    )
-    options = data.get("options", {})
-    _check(isinstance(options, dict), file, "data options")
-    _check(options.get("limit") is None or _is_int(options["limit"], 1), file, "data limit")
-    _check(
-        options.get("valid_size") is None or _is_int(options["valid_size"], 0),
-        file,
-        "data valid_size",
-    )
-    _check(
-        options.get("label_column") is None or isinstance(options["label_column"], str | int),
-        file,
-        "data label_column",
-    )
-    _check(isinstance(options.get("scale", False), bool), file, "data scale")
-
-
-def _check_finetune(record, files, file):
-    _check(isinstance(record, dict) and isinstance(record.get("spec"), dict), file, "finetune")
-    missing = sorted(_fields(FinetuneSpec) - set(record["spec"]))
-    _check(not missing, file, f"finetune spec lacks {', '.join(missing)}")
-    try:
-        FinetuneSpec(**record["spec"])
-    except (TypeError, ValueError) as err:
-        raise RunError(f"{file}: bad manifest: finetune spec ({first_line(err)})") from None
-    _check(_is_int(record.get("n_classes"), 2), file, "finetune n_classes")
-    done = record.get("epochs_done", record.get("epochs", 0))
-    _check(_is_int(done, 0, record["spec"]["epochs"]), file, "finetune epochs_done")
-    _check(isinstance(record.get("finished", True), bool), file, "finetune finished flag")
-    _check(_is_number(record.get("seconds", 0.0)), file, "finetune seconds")
-    _check(_history(record.get("history", {})), file, "finetune history")
-    for key in ("valid_error", "test_error"):
-        value = record.get(key)
-        _check(value is None or (_is_number(value) and 0 <= value <= 1), file, f"finetune {key}")
-    for key in ("checkpoint", "best_checkpoint"):
-        name = record.get(key)
-        _check(name is None or (_plain_name(name) and name in files), file, f"finetune {key}")
-    stopper = record.get("stopper")
-    _check(
-        stopper is None or (isinstance(stopper, dict) and all(isinstance(k, str) for k in stopper)),
-        file,
-        "finetune stopper",
-    )

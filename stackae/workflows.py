@@ -1,81 +1,177 @@
 """pretrain / finetune / evaluate / encode / pictures of a run, as library calls.
 
-Each workflow checks everything it can before it writes anything, holds the
-run's lock while it writes, and leaves the run resumable if it is stopped at
-any point. The command line is a thin shell over these functions.
+Each job checks everything it can before it writes anything, takes the run's
+lock before it reads a run it will change (and before a backend starts, so a
+second process is refused at once), and leaves the run resumable if it is
+stopped at any point. Importing this module imports no backend: the command
+line is a thin shell over these functions, and `stackae --help` stays instant.
 """
 
 import contextlib
+import dataclasses
+import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
 
-import keras
-import numpy as np
-
-from stackae import export, runs
-from stackae.callbacks import (
-    Banner,
-    DivergenceGuard,
-    FilterImages,
-    FinetuneCheckpoint,
-    LayerCheckpoint,
-    restore_checkpoint,
-)
+from stackae import backend, runs, stopping
 from stackae.config import DEFAULT_SEED, FINETUNE_DEFAULTS, PREDICT_BATCH, LayerSpec
-from stackae.errors import BackendError, CheckpointError, RunError
+from stackae.errors import (
+    BackendError,
+    BadOption,
+    CheckpointError,
+    OptionConflict,
+    RunError,
+    first_line,
+)
 from stackae.files import atomic_write, refuse_existing
 from stackae.runs import Run
 
 # ---------------------------------------------------------------- data
 
+DATA_OPTIONS = ("limit", "valid_size", "label_column", "scale")
 
-def load_data(source=None, *, limit=None, valid_size=None, label_column=None, scale=False, loss):
+
+def default_source():
+    """(name, one-line note) of the data used when none is given."""
+    from stackae.data import default_source as find
+
+    return find()
+
+
+def load_data(source=None, *, loss, **options):
     """(Data, the options to record) for a new run."""
     from stackae.data import load
 
-    options = {"limit": limit, "valid_size": valid_size, "label_column": label_column}
-    options["scale"] = bool(scale)
+    options = {name: options.get(name) for name in DATA_OPTIONS} | options
+    options["scale"] = options.get("scale") or False
     return load(source, loss=loss, **options), options
 
 
-def load_run_data(run, source=None, *, limit=None, valid_size=None, label_column=None, scale=False):
-    """The data given, else the data the run was made with and its recorded options."""
+def load_run_data(run, source=None, record=None, **given):
+    """The data a run's job reads: the recorded data and options, or the data given.
+
+    Data given with `source` (another file to encode or evaluate, say) is read
+    with the recorded options where none are given, and checked for the run's width.
+    """
     from stackae.data import check_width
 
-    record = run.data
-    if source is None:
-        source = run.data_source
-        limit = limit if limit is not None else record.limit
-        valid_size = valid_size if valid_size is not None else record.valid_size
-        label_column = label_column if label_column is not None else record.label_column
-        scale = scale or record.scale
+    record = record or run.data
+    recorded = dataclasses.asdict(record.options)
+    options = {name: recorded.get(name) for name in DATA_OPTIONS}
+    options.update({name: value for name, value in given.items() if value is not None})
+    same = source is None
     data, _ = load_data(
-        source,
-        limit=limit,
-        valid_size=valid_size,
-        label_column=label_column,
-        scale=scale,
+        run.resolve_data_path(record) or record.name if same else source,
         loss=run.specs[0].loss,
+        **options,
     )
     check_width(data.train.x, record.n_features, f"{data.name}")
     return data
 
 
+# ---------------------------------------------------------------- opening runs
+
+
+def open_run(path, write=False):
+    """An existing run, checked; with `write`, locked before its manifest is read."""
+    return Run.open(path, write=write)
+
+
+def load_stack(run):
+    from stackae.stack import Stack
+
+    stack = run.load_model(runs.STACK)
+    if not isinstance(stack, Stack):
+        raise RunError(f"{run.file(runs.STACK)}: not a stackae stack")
+    if list(stack.specs) != list(run.specs):
+        raise RunError(
+            f"{run.file(runs.STACK)}: its layer settings differ from the manifest's "
+            "(was the manifest edited?)"
+        )
+    return stack
+
+
+def stop_hint(verb, path):
+    """What is true of the run at `path` now that `verb` was stopped: a command, or None."""
+    try:
+        run = Run.open(path, verify=False)
+    except RunError:
+        return None
+    quoted = shlex.quote(str(path))
+    if verb == "pretrain" and run.status == "pretraining":
+        return f"stackae pretrain --resume --out {quoted}"
+    record = run.finetune
+    if verb == "finetune" and record is not None and not record.finished:
+        return f"stackae finetune {quoted} --resume"
+    return None
+
+
+def _check_backend_matches(recorded, what):
+    import keras
+
+    current = keras.backend.backend()
+    if recorded != current:
+        raise BackendError(
+            f"{what} was made under {recorded} and this is {current}: another backend draws "
+            f"other batches and noise, so the result would differ; resume it with "
+            f"KERAS_BACKEND={recorded}"
+        )
+
+
+def _conflicts(found, what):
+    if found:
+        raise OptionConflict(
+            f"--resume continues the recorded {what}; these options differ from it: "
+            + "; ".join(found)
+        )
+
+
 # ---------------------------------------------------------------- pretraining
 
 
-def check_pretraining(specs, data):
+def check_pretraining(specs, data, tensorboard=False):
     """Everything that can refuse a new pretraining before anything is written."""
     from stackae.data import check_batch
 
     for k, spec in enumerate(specs):
-        spec.make_optimizer()  # ValueError for a name Keras does not know
+        check_optimizer(spec)
         check_batch(len(data.train.x), spec.batch_size, f"{data.name}: layer {k + 1}")
+    _check_memory([data.n_features, *(spec.units for spec in specs)])
+    if tensorboard:
+        _check_tensorboard()
+
+
+def check_optimizer(spec):
+    """BadOption (a usage error) for an optimizer name Keras does not know."""
+    try:
+        spec.make_optimizer()
+    except ValueError as err:
+        raise BadOption(f"--optimizer: {first_line(err)}") from None
+
+
+def _check_memory(sizes):
+    """Refuse a stack whose training cannot fit in memory, before Keras tries to allocate it."""
+    largest = max(a * b for a, b in zip(sizes, sizes[1:]))
+    # A layer in training holds its kernel, its gradient, an optimizer slot and a copy.
+    need = 4 * 4 * largest
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > have:
+        shown = "-".join(str(n) for n in sizes)
+        raise RunError(
+            f"layers {shown}: training needs about {need / 2**30:.1f} GiB for weights alone; "
+            f"this machine has {have / 2**30:.1f} GiB"
+        )
 
 
 def new_run(out, data, specs, *, seed=DEFAULT_SEED, overwrite=False, data_options=None):
     """Check, then create the run directory with its manifest and the untrained stack."""
+    import keras
+
     from stackae.stack import Stack
 
     check_pretraining(specs, data)
@@ -89,37 +185,29 @@ def new_run(out, data, specs, *, seed=DEFAULT_SEED, overwrite=False, data_option
     return run, stack
 
 
-def open_run(path, write=False):
-    """An existing run, checked; with `write`, locked against other processes."""
-    run = Run.open(path)
-    if write:
-        run.lock()
-    return run
-
-
-def load_stack(run):
-    from stackae.stack import Stack
-
-    stack = run.load_model(runs.STACK)
-    if not isinstance(stack, Stack):
-        raise RunError(f"{run.file(runs.STACK)}: not a stackae stack")
-    if [s.units for s in stack.specs] != [s.units for s in run.specs]:
-        raise RunError(f"{run.file(runs.STACK)}: layer sizes do not match the manifest")
-    return stack
-
-
 def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbacks=()):
     """Pretrain every unfinished layer of the run's stack, checkpointing each epoch.
 
     `callbacks`: more Keras callbacks for every layer, run before the checkpoint.
     """
-    extra = list(callbacks)
+    import keras
+
+    from stackae import export
+    from stackae.callbacks import (
+        Banner,
+        DivergenceGuard,
+        FilterImages,
+        LayerCheckpoint,
+        StopOnRequest,
+    )
     from stackae.data import check_width
     from stackae.stack import pretrain
 
+    extra = list(callbacks)
     check_width(data.train.x, run.data.n_features, "training data")
+    run.lock()
     point = run.resume_point()
-    run.remove_stray_checkpoints()
+    run.remove_pending()
     if point is not None:
         start, first_epoch, checkpoint = point
         if tensorboard:
@@ -140,6 +228,7 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
             if left is not None and left >= 60:  # shorter jobs need no forecast
                 text += f"; about {left / 60:.0f} min of pretraining left"
             found = [
+                StopOnRequest(),
                 Banner(text),
                 DivergenceGuard(f"layer {k + 1}"),
                 *extra,
@@ -187,10 +276,16 @@ def _pretraining_left(run, n_features):
 
 
 def _check_tensorboard():
+    import importlib.util
+
+    import keras
+
     if keras.backend.backend() != "tensorflow":
         raise BackendError(
             f"--tensorboard needs the TensorFlow backend; this is {keras.backend.backend()}"
         )
+    if importlib.util.find_spec("tensorboard") is None:
+        raise BackendError("--tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 @contextlib.contextmanager
@@ -223,36 +318,59 @@ def pretrain_job(
     seed=DEFAULT_SEED,
     resume=False,
     overwrite=False,
+    given=None,
     strategy="auto",
     tensorboard=False,
     verbose="auto",
+    quiet_backend=True,
     on_data=None,
     callbacks=(),
 ):
     """Pretrain a new run in `out` (or `resume` the one there), under a distribution strategy.
 
     `strategy` is a name from stackae.config.STRATEGIES or a strategy made
-    by `stackae.distribute.get_strategy`.
-    `data` is a source name or path (None: the default source) and
-    `data_options` its load options. `on_data(Data)` is called once the data
-    is loaded and checked, before training (the CLI prints a line there);
-    `callbacks` go to every layer's `fit`.
+    by `stackae.distribute.get_strategy`. `data` is a source name or path
+    (None: the default source) and `data_options` its load options.
+    With `resume`, `given` holds the options a user gave explicitly
+    (`layers`, `seed`, LayerSpec fields, data options): any that differ from
+    the recorded run raise OptionConflict before anything starts; `specs`,
+    `seed` and the data are the recorded ones. `on_data(Data)` is called once
+    the data is loaded and checked, before training (the CLI prints a line
+    there); `callbacks` go to every layer's `fit`.
     Returns the Run (on a non-chief worker, None: the chief's run is the result).
     """
-    from stackae.distribute import get_strategy, is_chief
-
-    if strategy is None or isinstance(strategy, str):
-        strategy = get_strategy(strategy or "auto")
     options = dict(data_options or {})
+    run = None
+    if resume:  # the lock first: a second process is refused before a backend starts
+        run = open_run(out, write=True)
+        given = dict(given or {})
+        data_given = {name: given.pop(name, None) for name in DATA_OPTIONS}
+        _conflicts(
+            run.resume_conflicts(**given)
+            + run.data_conflicts(run.data, data, **(data_given | options)),
+            "run",
+        )
+    elif Run.check_replaceable(out, overwrite) is not None:
+        Run.open(out, write=True, verify=False)  # refused at once if another process holds it
+    if strategy is None or isinstance(strategy, str):
+        strategy = backend.start(verbose=not quiet_backend, strategy=strategy or "auto")
+    stopping.check()
+    from stackae.distribute import is_chief
+
+    if resume:
+        _check_backend_matches(run.backend, str(out))
     with worker_scratch(out, resume, is_chief(strategy)) as where:
         with strategy_scope(strategy):
             if resume:
-                run = open_run(where, write=True)
+                if where != out:
+                    run = open_run(where, write=True)
                 stack = load_stack(run)
-                loaded = load_run_data(run, data, **options)
+                loaded = load_run_data(run)
             else:
                 specs = specs or [LayerSpec()]
                 loaded, recorded = load_data(data, loss=specs[0].loss, **options)
+                check_pretraining(specs, loaded, tensorboard)
+                stopping.check()
                 run, stack = new_run(
                     where, loaded, specs, seed=seed, overwrite=overwrite, data_options=recorded
                 )
@@ -285,34 +403,110 @@ def labelled(split, name, n_classes):
     return split.x, split.y
 
 
-def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="auto"):
+def finetune_job(
+    run_dir,
+    spec=None,
+    *,
+    data=None,
+    data_options=None,
+    given=None,
+    resume=False,
+    overwrite=False,
+    strategy="auto",
+    verbose="auto",
+    quiet_backend=True,
+    on_start=None,
+):
+    """Fine-tune a pretrained run with labels: the checks, the lock, the data, the training.
+
+    A finished or interrupted fine-tuning is started again only with
+    `overwrite`; `resume` continues an interrupted one with its recorded
+    settings and data, and `given` (the FinetuneSpec fields and data options
+    a user gave explicitly) must agree with them (OptionConflict otherwise).
+    `on_start(run)` is called once the run is locked and checked.
+    Returns the run's fine-tuning record.
+    """
+    spec = spec or FINETUNE_DEFAULTS
+    run = open_run(run_dir, write=True)
+    run.check_finetune(resume, overwrite)
+    options = dict(data_options or {})
+    record = run.finetune
+    if resume:
+        given = dict(given or {})
+        data_given = {name: given.pop(name, None) for name in DATA_OPTIONS}
+        _conflicts(
+            run.finetune_conflicts(**given)
+            + run.data_conflicts(run.finetune_data, data, **(data_given | options)),
+            "fine-tuning",
+        )
+        spec = record.spec
+    if on_start is not None:
+        on_start(run)
+    chosen = strategy
+    if strategy is None or isinstance(strategy, str):
+        chosen = backend.start(verbose=not quiet_backend, strategy=strategy or "auto")
+    stopping.check()
+    check_optimizer(spec)
+    if resume:
+        _check_backend_matches(record.backend or run.backend, f"{run.path}'s fine-tuning")
+        loaded = load_run_data(run, record=run.finetune_data)
+        data_record = record.data
+    else:
+        loaded = load_run_data(run, data, **options)
+        data_record = None
+        if data is not None:
+            data_record = run.data_record(loaded, load_data_options(run, options))
+    with strategy_scope(chosen):
+        return finetune_run(
+            run, loaded, spec, resume=resume, verbose=verbose, data_record=data_record
+        )
+
+
+def load_data_options(run, given):
+    """The data options a job used: the recorded ones, replaced by those given."""
+    options = dataclasses.asdict(run.data.options)
+    options.update({k: v for k, v in given.items() if v is not None})
+    return options
+
+
+def finetune_run(
+    run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="auto", data_record=None
+):
     """Export the classifier, fine-tune it with labels (checkpointed every epoch), save it.
 
-    Every epoch writes the trainer's weights and optimizer state, the early
-    stopping's state and (when they change) the best weights into the run.
-    With `resume`, an interrupted fine-tuning continues after its last
-    finished epoch and ends with the classifier an uninterrupted one ends with.
-    Returns the run's FinetuneRecord.
+    The run must be one `finetune_job` (or a caller) has checked with
+    `run.check_finetune`. Every epoch writes the trainer's weights and
+    optimizer state, the early stopping's state and (when they change) the
+    best weights into the run. With `resume`, an interrupted fine-tuning
+    continues after its last finished epoch and ends with the classifier an
+    uninterrupted one ends with. Returns the run's fine-tuning record.
     """
+    import keras
+
+    from stackae import export
+    from stackae.callbacks import (
+        Banner,
+        DivergenceGuard,
+        FinetuneCheckpoint,
+        StopOnRequest,
+        restore_checkpoint,
+    )
     from stackae.data import check_batch, check_width
     from stackae.finetuning import EarlyStopping, error_rate, finetune, make_finetuner
 
+    run.lock()
     stack = load_stack(run)
-    if not run.pretrained:
-        raise RunError(
-            f"{run.path}: pretraining is not finished; "
-            f"resume it with: stackae pretrain --resume --out {run.path}"
-        )
-    run.check_finetune(resume, overwrite=True)  # a library call may fine-tune again
     record = run.finetune
     if resume:
+        if record is None or record.finished:
+            raise RunError(f"{run.path}: no interrupted fine-tuning to resume")
         spec = record.spec
     check_width(data.train.x, run.data.n_features, "training data")
     n_classes = record.n_classes if resume else (data.n_classes or run.data.n_classes)
     train = labelled(data.train, "training data", n_classes)
     check_batch(len(train[0]), spec.batch_size, "training data")
     valid = labelled(data.valid, "validation data", n_classes) if data.valid is not None else None
-    spec.make_optimizer()  # ValueError for a name Keras does not know
+    check_optimizer(spec)
     keras.utils.set_random_seed(run.seed)
     model = export.classifier(
         stack, n_classes, dropout=spec.dropout, input_dropout=spec.input_dropout
@@ -322,14 +516,17 @@ def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="au
     stopper = EarlyStopping(spec.patience) if valid is not None else None
     first_epoch, restore = 0, None
     if resume:
+        run.remove_pending()
         first_epoch = record.epochs_done
-        restore = run.file(record.checkpoint) if record.checkpoint else None
+        restore = run.checked_file(record.checkpoint) if record.checkpoint else None
         if stopper is not None and record.stopper is not None:
             stopper.set_state(record.stopper)
             if record.best_checkpoint:
-                stopper.best_weights = _load_arrays(run.file(record.best_checkpoint))
+                stopper.best_weights = _load_arrays(
+                    run.checked_file(record.best_checkpoint), model.get_weights()
+                )
     else:
-        run.start_finetune(spec, n_classes)
+        run.start_finetune(spec, n_classes, backend=keras.backend.backend(), data=data_record)
     stopped = stopper is not None and stopper.wait >= spec.patience
     if first_epoch < spec.epochs and not stopped:
         sizes = "-".join(str(n) for n in [run.data.n_features, *stack.sizes, n_classes])
@@ -337,6 +534,7 @@ def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="au
         if first_epoch:
             text += f" (resumed after epoch {first_epoch})"
         callbacks = [
+            StopOnRequest(),
             Banner(text),
             DivergenceGuard("fine-tuning"),
             FinetuneCheckpoint(run, stopper, restore=restore),
@@ -365,16 +563,30 @@ def finetune_run(run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="au
     return run.finetune
 
 
-def _load_arrays(path):
-    """The arrays of an .npz of weights this run wrote (in order)."""
+def _load_arrays(path, like):
+    """The arrays of an .npz of weights this run wrote (in order), shaped as `like`."""
+    import numpy as np
+
     try:
         with np.load(path, allow_pickle=False) as saved:
-            return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     except Exception as err:  # numpy raises many kinds for a damaged archive
-        raise CheckpointError(f"{path}: damaged checkpoint ({runs.first_line(err)})") from None
+        raise CheckpointError(f"{path}: damaged checkpoint ({first_line(err)})") from None
+    if [a.shape for a in arrays] != [np.shape(w) for w in like]:
+        raise CheckpointError(f"{path}: its weights do not fit the run's classifier")
+    return arrays
 
 
 # ---------------------------------------------------------------- evaluate, encode, pictures
+
+
+def evaluate_job(run_dir, data=None, *, data_options=None, quiet_backend=True):
+    """Open the run, start the backend, evaluate on its test split (or the data given)."""
+    run = open_run(run_dir)
+    backend.start(verbose=not quiet_backend)
+    record = run.finetune_data if data is None else run.data
+    loaded = load_run_data(run, data, record=record, **(data_options or {}))
+    return evaluate_run(run, loaded)
 
 
 def evaluate_run(run, data):
@@ -395,12 +607,14 @@ def evaluate_run(run, data):
         result["reconstruction"].append(float(cost["loss"]))
         if k + 1 < len(stack.encoder_layers):
             codes = layer_codes(layer, codes)  # one layer up, not again from the input
-    if runs.CLASSIFIER in run.files and split.y is not None:
-        model = run.load_model(runs.CLASSIFIER)
-        n_classes = model.output_shape[-1]
-        x, y = labelled(split, "evaluation data", n_classes)
-        result["error"] = error_rate(model, x, y)
-        result["confusion"] = confusion_counts(model, x, y, n_classes).tolist()
+    record = run.finetune
+    if runs.CLASSIFIER in run.files and record is not None and record.finished:
+        if split.y is not None:
+            model = run.load_model(runs.CLASSIFIER)
+            n_classes = model.output_shape[-1]
+            x, y = labelled(split, "evaluation data", n_classes)
+            result["error"] = error_rate(model, x, y)
+            result["confusion"] = confusion_counts(model, x, y, n_classes).tolist()
     return result
 
 
@@ -416,9 +630,22 @@ def encode_run(run, x, layer=None):
     return stack.codes(x, depth)
 
 
-def encode_job(run, data, out_path, layer=None, overwrite=False):
-    """Write the codes of every split of `data` (and its labels) to an .npz; returns its arrays."""
+def encode_job(run, data, out_path, layer=None, overwrite=False, *, limit=None, quiet_backend=True):
+    """Write the codes of every split of `data` (and its labels) to an .npz; returns its arrays.
+
+    `run` is a Run or a run directory, `data` a loaded Data or a source to load
+    with the run's recorded options (every row: no validation or test split).
+    """
+    import numpy as np
+
     refuse_existing(out_path, overwrite)
+    if not isinstance(run, Run):
+        run = open_run(run)
+        backend.start(verbose=not quiet_backend)
+    if not hasattr(data, "train"):
+        data = load_run_data(run, data, limit=limit, valid_size=0)
+    if layer is not None and not 1 <= layer <= run.n_layers:
+        raise RunError(f"--layer must be between 1 and {run.n_layers}; got {layer}")
     arrays = {}
     for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test)):
         if split is not None:
@@ -432,14 +659,18 @@ def encode_job(run, data, out_path, layer=None, overwrite=False):
 def _write_picture(run, image, out_path, default, overwrite):
     """Write `image` to `out_path`, else to `default` inside the run; never clobbers.
 
-    A picture inside the run is the run's own output (locked, recorded, replaceable);
-    an `out_path` that exists is replaced only with `overwrite`. Returns the path.
+    A picture inside the run is the run's own output (written under the run's
+    lock, recorded, replaceable); an `out_path` that exists is replaced only
+    with `overwrite`. Returns the path.
     """
     from stackae.images import save_png
 
     if out_path is None:
         refuse_existing(run.file(default), overwrite, owned=run.owns(default))
-        run.lock()
+        try:
+            run.lock()
+        except RunError as err:
+            raise RunError(f"{err}; or write the picture elsewhere with --out FILE") from None
         return run.write_output(default, lambda tmp: save_png(image, tmp), suffix=".png")
     refuse_existing(out_path, overwrite)
     return save_png(image, Path(out_path))
@@ -447,8 +678,15 @@ def _write_picture(run, image, out_path, default, overwrite):
 
 def filters_run(run, layer=1, out_path=None, grid=(10, 10), overwrite=False):
     """PNG of layer `layer`'s filters (one tile per hidden unit); returns its path."""
+    import keras
+
     from stackae.images import filters_image
 
+    if not isinstance(run, Run):
+        run = open_run(run)
+        if not 1 <= layer <= run.n_layers:
+            raise RunError(f"--layer must be between 1 and {run.n_layers}; got {layer}")
+        backend.start()
     stack = load_stack(run)
     if not 1 <= layer <= len(stack.specs):
         raise RunError(f"--layer must be between 1 and {len(stack.specs)}; got {layer}")
@@ -458,12 +696,22 @@ def filters_run(run, layer=1, out_path=None, grid=(10, 10), overwrite=False):
     return _write_picture(run, image, out_path, f"filters_layer_{layer}.png", overwrite)
 
 
-def reconstruct_run(run, data, out_path=None, n=20, corruption=None, overwrite=False):
+def reconstruct_run(
+    run, data=None, out_path=None, n=20, corruption=None, overwrite=False, data_options=None
+):
     """PNG of n rows: input | corrupted input | reconstruction through the whole stack."""
+    import keras
+    import numpy as np
+
     from stackae.data import check_width
     from stackae.images import reconstructions_image
     from stackae.noise import corrupt
 
+    if not isinstance(run, Run):
+        run = open_run(run)
+        backend.start()
+    if not hasattr(data, "train"):
+        data = load_run_data(run, data, **(data_options or {}))
     stack = load_stack(run)
     split = data.test if data.test is not None else data.train
     check_width(split.x, run.data.n_features, "data")
@@ -482,10 +730,13 @@ def reconstruct_run(run, data, out_path=None, n=20, corruption=None, overwrite=F
 
 
 __all__ = [
+    "default_source",
     "encode_job",
     "encode_run",
+    "evaluate_job",
     "evaluate_run",
     "filters_run",
+    "finetune_job",
     "finetune_run",
     "load_data",
     "load_run_data",
@@ -494,5 +745,6 @@ __all__ = [
     "pretrain_job",
     "pretrain_run",
     "reconstruct_run",
+    "stop_hint",
     "worker_scratch",
 ]
