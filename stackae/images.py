@@ -74,7 +74,8 @@ def filters_image(kernel, image_shape=None, grid=(10, 10)):
     """uint8 image of the first grid[0]*grid[1] filters of `kernel` (n_visible, n_hidden).
 
     Each hidden unit's column of weights is one tile, scaled to its own range.
-    With fewer units than cells, the grid keeps its columns and drops empty rows.
+    With fewer units than cells, the grid drops empty rows, then empty columns
+    (so a grid of 1 x 10**9 asks for no more than the units' tiles).
     """
     kernel = np.asarray(kernel)
     if kernel.ndim != 2:
@@ -85,6 +86,7 @@ def filters_image(kernel, image_shape=None, grid=(10, 10)):
     rows, cols = grid
     n_tiles = min(n_hidden, rows * cols)
     rows = min(rows, math.ceil(n_tiles / cols))
+    cols = min(cols, n_tiles)
     return tile_images(kernel.T[:n_tiles], filter_shape(n_visible, image_shape), (rows, cols))
 
 

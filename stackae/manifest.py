@@ -25,6 +25,9 @@ MAX_INT = 2**63 - 1  # seeds feed stateless RNGs as int64 pairs
 STATUSES = ("pretraining", "pretrained", "finetuning", "finetuned")
 SCALE_KINDS = ("none", "minmax", "standard", "global")
 SPLITS = ("train", "valid", "test")
+# Spec fields added after format 1: a manifest may lack them (their default is their old
+# meaning); every other spec field was always written, so its absence is damage.
+ADDED_SPEC_FIELDS = {"activation", "decoder_activation", "task"}
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@ a chosen Keras backend."""
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,19 +13,34 @@ import time
 DEADLINE = 120  # seconds any one child may take before a test gives up on it
 
 
-def signal_when(command, ready, sig, env=None):
+def default_signals():
+    """In a child: SIGINT and SIGTERM as a terminal delivers them.
+
+    A suite started in the background (`pytest &`) runs with SIGINT ignored,
+    and its children inherit that; a test that sends SIGINT sets it back.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def signal_when(command, ready, sig, env=None, wait=(0, 0.15)):
     """Start `command`; once `ready()` is true, wait a moment, send `sig`; (returncode, stderr).
 
-    The short random wait lands the signal somewhere inside the next epoch.
+    The short random wait (`wait`, seconds) lands the signal somewhere inside the next epoch.
     """
     child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=default_signals,
     )
     try:
         deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline and child.poll() is None:
             if ready():
-                time.sleep(random.uniform(0, 0.15))
+                time.sleep(random.uniform(*wait))
                 break
             time.sleep(0.01)
         child.send_signal(sig)

@@ -324,12 +324,12 @@ def test_manifest_fuzz_every_accepted_value_is_usable(finished_manifest, path, v
         target = target[key]
     target[path[-1]] = value
     try:
-        runs.validate_manifest(manifest)
+        parsed = runs.validate_manifest(manifest)
     except RunError as err:
         assert "\n" not in str(err)
         return
     # Accepted: every view a verb reads works on it.
-    run = runs.Run("/nonexistent", manifest)
+    run = runs.Run("/nonexistent", parsed)
     run.specs, run.data, run.data_source, run.summary_rows(), run.finetune, run.versions
     for k in range(run.n_layers):
         run.layer(k)

@@ -1,0 +1,371 @@
+"""A run survives its own users: the lock before the read, stops that always stop, resume that
+refuses different data or another backend, one line for every refusal.
+
+Most tests start from the format-1 runs in tests/fixtures/runs (copied), so they also show
+that an old run goes on working.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from stackae import runs, workflows
+from stackae.config import FinetuneSpec
+from stackae_cli.main import cli
+from tests.processes import DEADLINE, default_signals, signal_when
+
+FIXTURES = Path(__file__).parent / "fixtures" / "runs"
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+@pytest.fixture
+def fixtures(tmp_path):
+    shutil.copytree(FIXTURES, tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line(result, code):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def manifest(run):
+    return json.loads((Path(run) / "manifest.json").read_text())
+
+
+def cli_command(*args):
+    return [sys.executable, "-m", "stackae_cli", *map(str, args)]
+
+
+def locked_by_child(run, child):
+    try:
+        return f"process {child.pid} " in (Path(run) / runs.LOCK).read_text()
+    except OSError:
+        return False
+
+
+# 1. A reader that changes a run takes the lock and reads the manifest again first.
+def test_a_picture_written_after_another_job_keeps_that_jobs_record(fixtures, tmp_path):
+    run = fixtures / "pretrain_interrupted"
+    gate = tmp_path / "go"
+    # The picture writer opens the run (as `filters` does), then waits with its stale copy.
+    script = (
+        "import sys, time, pathlib\n"
+        "from stackae import workflows\n"
+        f"run = workflows.open_run({str(run)!r})\n"
+        "print('opened', flush=True)\n"
+        f"while not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
+        "print(workflows.filters_run(run, 1, None, (2, 2)), flush=True)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "opened"
+        result = invoke("pretrain", "--resume", "--out", run, "-q")
+        assert result.exit_code == 0, result.output
+        gate.touch()
+        out, err = child.communicate(timeout=DEADLINE)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err[-2000:]
+    record = manifest(run)
+    assert [layer["epochs_done"] for layer in record["layers"]] == [2, 2]
+    assert record["status"] == "pretrained"
+    assert "filters_layer_1.png" in record["outputs"]
+    runs.Run.open(run)  # every checksum agrees: nothing stale was written back
+    assert invoke("info", run).exit_code == 0
+
+
+def test_a_second_finetune_is_refused_before_its_backend_starts(fixtures):
+    run = fixtures / "finetuned"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time; from stackae.runs import Run\nRun.open({str(run)!r}, write=True)\n"
+            "print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        script = (
+            "import sys\nfrom click.testing import CliRunner\nfrom stackae_cli.main import cli\n"
+            f"r = CliRunner().invoke(cli, ['finetune', {str(run)!r}, '--overwrite'])\n"
+            "print(r.exit_code, 'keras' in sys.modules, r.output.strip().splitlines()[-1])\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=DEADLINE
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    code, imported, line = done.stdout.strip().split(" ", 2)
+    assert code == "1" and imported == "False", done.stdout
+    assert f"in use by process {holder.pid}" in line
+
+
+# 2. Files a user put in a run are never taken for stray checkpoints.
+def test_resume_keeps_user_files_named_like_checkpoints(fixtures):
+    run = fixtures / "pretrain_interrupted"
+    mine = ["layer_1_epoch_1_mybackup.weights.h5", "layer_9_epoch_keep.weights.h5"]
+    mine += ["finetune_best_notes.npz", "finetune_epoch_7.weights.h5"]
+    for name in mine:
+        (run / name).write_text("mine")
+    result = invoke("pretrain", "--resume", "--out", run, "-q")
+    assert result.exit_code == 0, result.output
+    assert all((run / name).read_text() == "mine" for name in mine)
+
+
+def test_a_file_a_killed_write_left_is_removed_only_when_named_pending(fixtures):
+    run_dir = fixtures / "pretrain_interrupted"
+    run = runs.Run.open(run_dir, write=True)
+    run._begin_write("layer_1_epoch_2.weights.h5")  # as a process killed mid-write leaves it
+    (run_dir / "layer_1_epoch_2.weights.h5").write_text("half")
+    run.unlock()
+    assert manifest(run_dir)["pending"] == ["layer_1_epoch_2.weights.h5"]
+    result = invoke("pretrain", "--resume", "--out", run_dir, "-q")
+    assert result.exit_code == 0, result.output
+    assert manifest(run_dir)["pending"] == []
+    assert not (run_dir / "layer_1_epoch_2.weights.h5").exists()
+
+
+# 3, 4. SIGTERM and Ctrl-C always stop the job, with a hint that is true and an exit code.
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_right_after_the_lock_stops_a_finetune_with_a_true_hint(fixtures, sig, code):
+    run = fixtures / "finetuned"
+    command = cli_command("finetune", run, "--overwrite", "--epochs", 3, "-q")
+    holder = {}
+
+    def ready():
+        return locked_by_child(run, holder["child"])
+
+    child = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=default_signals
+    )
+    holder["child"] = child
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not ready() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.005)
+        time.sleep(0.3)  # inside the backend's start-up (JAX is imported by Keras there)
+        child.send_signal(sig)
+        _, err = child.communicate(timeout=DEADLINE)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == code, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert "--resume" not in line  # no fine-tuning epoch was recorded: nothing to resume
+    assert manifest(run)["status"] == "finetuned"  # the old result stands
+    assert (run / "classifier.keras").exists()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_during_training_resumes_to_the_uninterrupted_result(fixtures, tmp_path, sig, code):
+    run = fixtures / "finetune_interrupted"
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    tail = ["--resume", "-q"]
+
+    def ready():
+        return (manifest(run).get("finetune") or {}).get("epochs_done", 0) >= 2
+
+    returncode, err = signal_when(cli_command("finetune", run, *tail), ready, sig, env=ENV)
+    assert returncode == code, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert f"Resume with: stackae finetune {run} --resume" in line
+    for folder in (run, twin):
+        result = invoke("finetune", folder, *tail)
+        assert result.exit_code == 0, result.output
+    ours, theirs = manifest(run)["finetune"], manifest(twin)["finetune"]
+    assert ours["history"] == pytest.approx(theirs["history"])
+    assert ours["valid_error"] == theirs["valid_error"]
+
+
+def test_the_hint_is_shell_quoted(fixtures, tmp_path):
+    strange = tmp_path / "my runs" / "été 1"
+    strange.parent.mkdir()
+    shutil.copytree(fixtures / "pretrain_interrupted", strange)
+    assert workflows.stop_hint("pretrain", strange) == (
+        f"stackae pretrain --resume --out '{strange}'"
+    )
+    assert workflows.stop_hint("finetune", strange) is None
+
+
+# 6, 7. Resume refuses other data and another backend.
+@pytest.mark.parametrize(
+    "extra",
+    [["--data", "mnist"], ["--limit", "100"], ["--valid-size", "5"], ["--scale"]],
+)
+def test_pretrain_resume_refuses_other_data(fixtures, extra):
+    run = fixtures / "pretrain_interrupted"
+    before = (run / "manifest.json").read_bytes()
+    line = one_line(invoke("pretrain", "--resume", "--out", run, *extra), 2)
+    assert "differ" in line and extra[0].lstrip("-").replace("-", "_") in line
+    assert (run / "manifest.json").read_bytes() == before
+
+
+def test_finetune_resume_refuses_other_data(fixtures):
+    run = fixtures / "finetune_interrupted"
+    line = one_line(invoke("finetune", run, "--resume", "--limit", "200"), 2)
+    assert "limit 300 (given 200)" in line
+
+
+def test_resume_under_another_backend_is_refused(fixtures):
+    run = fixtures / "pretrain_interrupted"
+    before = (run / "manifest.json").read_bytes()
+    done = subprocess.run(
+        [*cli_command("pretrain", "--resume", "--out", run, "-q")],
+        capture_output=True,
+        text=True,
+        env={**ENV, "KERAS_BACKEND": "jax"},
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tensorflow" in lines[0] and "jax" in lines[0], done.stderr
+    assert (run / "manifest.json").read_bytes() == before
+
+
+# 9. An interrupted fine-tuning again does not leave the old classifier looking current.
+def test_evaluate_after_an_interrupted_refinetune_has_no_classifier(fixtures):
+    run_dir = fixtures / "finetuned"
+    run = runs.Run.open(run_dir, write=True)
+    run.start_finetune(FinetuneSpec(epochs=2), n_classes=10)  # then the process is killed
+    run.unlock()
+    result = invoke("evaluate", run_dir)
+    assert result.exit_code == 0, result.output
+    assert "test error" not in result.output and "no fine-tuned classifier" in result.output
+    assert not (run_dir / "classifier.keras").exists()
+
+
+# 10. One line, not a traceback.
+def test_tensorboard_without_its_package_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    args = ["--layers", "4", "--data", "mnist-sample", "--limit", "200", "--epochs", "1"]
+    line = one_line(invoke("pretrain", *args, "--tensorboard", "--out", out), 1)
+    assert "tensorboard" in line
+    assert not out.exists()
+
+
+def test_an_unknown_backend_is_one_line(tmp_path):
+    done = subprocess.run(
+        cli_command("pretrain", "--layers", "4", "--out", tmp_path / "r"),
+        capture_output=True,
+        text=True,
+        env={**ENV, "KERAS_BACKEND": "bogus"},
+        timeout=DEADLINE,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and "bogus" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [
+        (("data", "shapes"), 5),
+        (("data", "shapes"), "abc"),
+        (("finetune", "stopper"), {"best": "abc", "best_epoch": 0, "wait": 0}),
+        (("finetune", "stopper"), {"best": 0.5, "wait": 0}),
+        (("data", "options", "scale"), "sideways"),
+    ],
+)
+def test_edited_manifest_fields_are_one_line(fixtures, where, value):
+    run = fixtures / "finetune_interrupted"
+    raw = manifest(run)
+    target = raw
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    (run / "manifest.json").write_text(json.dumps(raw))
+    for args in (["info", run], ["finetune", run, "--resume"]):
+        assert "bad manifest" in one_line(invoke(*args), 1)
+
+
+def test_a_stack_too_large_for_memory_is_one_line(tmp_path):
+    out = tmp_path / "r"
+    args = ["--layers", "100000000", "--data", "mnist-sample", "--limit", "200"]
+    line = one_line(invoke("pretrain", *args, "--out", out), 1)
+    assert "GiB" in line and not out.exists()
+
+
+def test_a_huge_grid_is_capped_by_the_number_of_units(fixtures, tmp_path):
+    from PIL import Image
+
+    picture = tmp_path / "f.png"
+    result = invoke("filters", fixtures / "finetuned", "--grid", "1x1000000000", "--out", picture)
+    assert result.exit_code == 0, result.output
+    width, height = Image.open(picture).size
+    assert width < 16 * 30 and height < 30  # 16 units: one row of at most 16 tiles
+
+
+def test_best_weights_of_the_wrong_shape_are_refused_before_training(fixtures):
+    run = fixtures / "finetune_interrupted"
+    raw = manifest(run)
+    best = raw["finetune"]["best_checkpoint"]
+    np.savez(run / best, np.zeros((3, 3)), np.zeros(3))
+    raw["files"][best] = runs.sha256(run / best)
+    (run / "manifest.json").write_text(json.dumps(raw))
+    line = one_line(invoke("finetune", run, "--resume", "-q"), 1)
+    assert best in line and "do not fit" in line
+    assert manifest(run)["finetune"]["epochs_done"] == 1
+
+
+# 11. Smaller items.
+def test_reconstruct_refuses_nan_corruption(fixtures):
+    result = invoke("reconstruct", fixtures / "finetuned", "--corruption", "nan")
+    assert result.exit_code == 2
+
+
+def test_a_missing_disposable_checkpoint_blocks_only_the_resume(fixtures):
+    run = fixtures / "finetune_interrupted"
+    checkpoint = manifest(run)["finetune"]["checkpoint"]
+    (run / checkpoint).unlink()
+    assert invoke("info", run).exit_code == 0
+    assert checkpoint in one_line(invoke("finetune", run, "--resume", "-q"), 1)
+    result = invoke("finetune", run, "--overwrite", "--epochs", "1", "-q")
+    assert result.exit_code == 0, result.output
+
+
+def test_an_edited_batch_size_is_refused_not_ignored(fixtures):
+    run = fixtures / "pretrain_interrupted"
+    raw = manifest(run)
+    raw["config"]["specs"][0]["batch_size"] = 7
+    (run / "manifest.json").write_text(json.dumps(raw))
+    line = one_line(invoke("pretrain", "--resume", "--out", run, "-q"), 1)
+    assert "differ from the manifest" in line
+
+
+def test_a_long_run_name_works(tmp_path):
+    out = tmp_path / ("r" * 240)
+    args = ["--layers", "4", "--data", "mnist-sample", "--limit", "200", "--epochs", "1", "-q"]
+    result = invoke("pretrain", *args, "--out", out)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_link_to_a_run_reads_and_resumes_it(fixtures, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(fixtures / "pretrain_interrupted")
+    assert invoke("info", link).exit_code == 0
+    result = invoke("pretrain", "--resume", "--out", link, "-q")
+    assert result.exit_code == 0, result.output
+    assert manifest(link)["status"] == "pretrained"
