@@ -308,7 +308,7 @@ def pretrain(
     run = workflows.pretrain_job(
         out,
         specs,
-        data=None if resume else data,
+        data=data,
         data_options={} if resume else _data_kwargs(limit, valid_size, label_column, scale),
         seed=seed,
         resume=resume,
