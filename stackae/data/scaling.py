@@ -178,10 +178,10 @@ class Scaler:
 
 
 def _stats_of(x):
-    from stackae.data.rows import blocks  # rows imports this module
+    from stackae.data.rows import raw_blocks  # rows imports this module
 
     stats = Stats(int(np.shape(x)[1]))
-    for _, block in blocks(x):
+    for _, block in raw_blocks(x):
         stats.add(block)
     return stats
 
