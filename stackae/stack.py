@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from stackae.config import DEFAULT_SEED, PREDICT_BATCH, LayerSpec, layer_specs  # noqa: F401 (public here too)
+from stackae.data.rows import streams
 from stackae.layers import TiedAutoEncoderLayer
 
 
@@ -147,8 +148,8 @@ def pretrain(
 
 def _in_memory(x):
     """An in-memory array as float32, made once: one TensorFlow tensor for tf.data to
-    gather from, a NumPy array for a PyDataset to slice. A memmap stays on disk."""
-    if x is None or isinstance(x, np.memmap):
+    gather from, a NumPy array for a PyDataset to slice. A memmap or a `Rows` view streams."""
+    if x is None or streams(x):
         return x
     if keras.backend.backend() != "tensorflow":
         return np.asarray(x, dtype=np.float32)
@@ -161,7 +162,7 @@ def layer_codes(layer, x):
     """Clean codes of `x` through one layer: one compiled op in memory, batches from a memmap."""
     if x is None:
         return None
-    if isinstance(x, np.memmap):
+    if streams(x):
         from stackae.data import batches
 
         return _in_memory(keras.Sequential([layer]).predict(batches(x, PREDICT_BATCH), verbose=0))

@@ -5,6 +5,7 @@ import gzip
 import os
 import pickle
 import struct
+import sys
 import tempfile
 import warnings
 
@@ -171,9 +172,14 @@ def test_npz_plain_and_keras_layout(tmp_path):
     x = np.random.default_rng(0).random((30, 6))
     np.savez(tmp_path / "xy.npz", x=x, y=np.arange(30) % 3)
     d = data.load(str(tmp_path / "xy.npz"))
-    assert d.name == str(tmp_path / "xy.npz") and d.valid is None and d.test is None
+    # No split of its own: a seeded, stratified 10 % / 10 % split, its indices returned.
+    assert d.name == str(tmp_path / "xy.npz") and (len(d.valid), len(d.test)) == (3, 3)
     assert d.train.x.dtype == np.float32 and d.n_classes == 3 and d.image_shape is None
-    assert_array_equal(d.train.x, x.astype(np.float32))
+    assert_array_equal(np.sort(np.concatenate(list(d.split.values()))), np.arange(30))
+    for name, split in (("train", d.train), ("valid", d.valid), ("test", d.test)):
+        assert_array_equal(split.x, x[d.split[name]].astype(np.float32))
+        assert_array_equal(split.y, np.arange(30)[d.split[name]] % 3)
+    assert sorted(d.valid.y) == sorted(d.test.y) == [0, 1, 2]  # one of each class
 
     np.savez(tmp_path / "one.npz", x)
     assert data.load(str(tmp_path / "one.npz"), valid_size=10).valid.x.shape == (10, 6)
@@ -189,14 +195,20 @@ def test_npz_plain_and_keras_layout(tmp_path):
 def test_npy_float32_in_range_stays_a_memmap(tmp_path):
     x = np.random.default_rng(0).random((40, 5)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
+    d = data.load(str(tmp_path / "x.npy"), valid_size=0, test_size=0)
+    assert isinstance(d.train.x, np.memmap) and d.split["train"].tolist() == list(range(40))
+    assert_array_equal(d.train.x, x)
+    # Rows drawn at random stream through a view that reads them from the file.
     d = data.load(str(tmp_path / "x.npy"), valid_size=10)
-    assert isinstance(d.train.x, np.memmap) and isinstance(d.valid.x, np.memmap)
-    assert_array_equal(d.train.x, x[:30])
-    assert_array_equal(d.valid.x, x[30:])
+    assert data.streams(d.train.x) and data.streams(d.valid.x)
+    assert_array_equal(d.train.x, x[d.split["train"]])
+    assert_array_equal(d.valid.x, x[d.split["valid"]])
 
+    # uint8 streams too (it used to be converted whole, 4 bytes a value, in memory).
     np.save(tmp_path / "u8.npy", (x * 255).astype(np.uint8).reshape(40, 1, 5))
-    d = data.load(str(tmp_path / "u8.npy"))
-    assert not isinstance(d.train.x, np.memmap) and d.train.x.shape == (40, 5)
+    d = data.load(str(tmp_path / "u8.npy"), valid_size=0, test_size=0)
+    assert data.streams(d.train.x) and d.train.x.shape == (40, 5)
+    assert_array_equal(d.train.x, (x * 255).astype(np.uint8) / np.float32(255))
     assert d.image_shape == (1, 5)
     np.save(tmp_path / "f64.npy", x.astype(np.float64))
     assert data.load(str(tmp_path / "f64.npy")).train.x.dtype == np.float32
@@ -236,7 +248,8 @@ def test_csv_ragged_and_non_numeric(tmp_path):
     path.write_text("0,1,0\n1,1,0\n0,1\n")
     assert message(str(path)) == f"{path}: line 3 has 2 columns, expected 3"
     path.write_text("x,y\n0,1\n1,oops\n")
-    assert message(str(path)) == f"{path}: line 3: 'oops' is not a number"
+    # A column of text is named (the message used to name the line only).
+    assert message(str(path)) == f"{path}: column 'y' holds text, not numbers ('oops' in line 3)"
     path.write_text("")
     assert "empty" in message(str(path))
 
@@ -294,10 +307,15 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
 # ---------------------------------------------------------------- refusals
 
 
-def test_missing_unknown_and_corrupt_files(tmp_path):
+def test_missing_unknown_and_corrupt_files(tmp_path, monkeypatch):
     assert message(str(tmp_path / "nope.npy")) == f"{tmp_path / 'nope.npy'}: no such file or folder"
+    (tmp_path / "x.xlsx").write_bytes(b"PK")
+    assert "unknown file type" in message(str(tmp_path / "x.xlsx"))
     (tmp_path / "x.parquet").write_bytes(b"PAR1")
-    assert "unknown file type" in message(str(tmp_path / "x.parquet"))
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if pyarrow were missing
+    assert message(str(tmp_path / "x.parquet")) == (
+        f"{tmp_path / 'x.parquet'}: reading .parquet needs pyarrow (pip install pyarrow)"
+    )
 
     np.savez_compressed(tmp_path / "t.npz", x=np.zeros((100, 100)))
     blob = (tmp_path / "t.npz").read_bytes()
@@ -341,11 +359,11 @@ def test_range_for_the_cross_entropy(tmp_path):
     np.save(path, np.linspace(-1, 3, 20).reshape(4, 5))
     text = message(path)
     assert "from -1 to 3" in text and "use --scale or --loss squared-error" in text
-    assert data.load(path, loss="squared-error").train.x.max() == 3
-    scaled = data.load(path, scale=True).train.x
+    assert np.asarray(data.load(path, loss="squared-error").train.x).max() == 3
+    scaled = np.asarray(data.load(path, scale=True).train.x)
     assert scaled.min() == 0 and scaled.max() == 1
     np.save(path, np.full((3, 2), 255, np.uint8))
-    assert data.load(path).train.x.max() == 1  # uint8 is scaled, never refused
+    assert np.asarray(data.load(path).train.x).max() == 1  # uint8 is scaled, never refused
     np.save(path, np.full((3, 2), 1e300))
     assert "do not fit in float32" in message(path, loss="squared-error")
     with pytest.raises(ValueError, match="loss"):

@@ -70,13 +70,22 @@ def test_no_shuffle_keeps_order_and_batches_keeps_the_rest():
 
 def test_memmap_streams_the_same_values(tmp_path):
     np.save(tmp_path / "x.npy", X)
-    d = data.load(str(tmp_path / "x.npy"), valid_size=3)
+    d = data.load(str(tmp_path / "x.npy"), valid_size=0, test_size=0)
     assert isinstance(d.train.x, np.memmap)
     from_file = epochs_of(d.train.x, 4, 1, range(2))
     in_memory = epochs_of(np.array(d.train.x), 4, 1, range(2))
     for a, b in zip(from_file, in_memory, strict=True):
         assert_array_equal(a, b)
-    assert_array_equal(np.concatenate(take(data.batches(d.valid.x, 2))), X[20:])
+    # Rows drawn at random (a seeded split) and scaled rows stream through a Rows view.
+    for scale in ("none", "standard"):
+        d = data.load(str(tmp_path / "x.npy"), valid_size=3, scale=scale, loss="squared-error")
+        assert isinstance(d.train.x, data.Rows) and isinstance(d.valid.x, data.Rows)
+        from_file = epochs_of(d.train.x, 4, 1, range(2))
+        in_memory = epochs_of(np.array(d.train.x), 4, 1, range(2))
+        for a, b in zip(from_file, in_memory, strict=True):
+            assert_array_equal(a, b)
+        expected = d.scaler.transform(X[d.split["valid"]])
+        assert_array_equal(np.concatenate(take(data.batches(d.valid.x, 2))), expected)
 
 
 @pytest.mark.parametrize("source", ["array", "memmap"])
@@ -85,7 +94,7 @@ def test_groups_serve_the_same_batches_in_the_same_order(tmp_path, source):
     x = X
     if source == "memmap":
         np.save(tmp_path / "x.npy", X)
-        x = data.load(str(tmp_path / "x.npy"), valid_size=0).train.x
+        x = data.load(str(tmp_path / "x.npy"), valid_size=0, test_size=0).train.x
         assert isinstance(x, np.memmap)
     single = epochs_of(x, 2, 5, range(2))
     ds, order = data.training_dataset(x, 2, seed=5, group=4)
@@ -260,14 +269,17 @@ JAX_CHECK = textwrap.dedent(
 
     # A memmap streams through pread, and serves what the array in memory serves.
     np.save(sys.argv[1], x)
-    mm = data.load(sys.argv[1], valid_size=3).train.x
+    mm = data.load(sys.argv[1], valid_size=0, test_size=0).train.x
     assert isinstance(mm, np.memmap)
-    ds, _ = data.training_dataset(mm, 4, seed=1, group=2)
-    assert ds.rows.file is not None
-    assert data.batches(mm, 3).rows.file is not None
-    for a, b in zip(sum(epochs(mm, 4, 1, [0, 1], group=2), []),
-                    sum(epochs(np.array(mm), 4, 1, [0, 1], group=2), []), strict=True):
-        np.testing.assert_array_equal(a, b)
+    view = data.load(sys.argv[1], valid_size=3, scale="minmax").train.x
+    assert isinstance(view, data.Rows)
+    for streamed in (mm, view):
+        ds, _ = data.training_dataset(streamed, 4, seed=1, group=2)
+        assert ds.rows.file is not None
+        assert data.batches(streamed, 3).rows.file is not None
+        for a, b in zip(sum(epochs(streamed, 4, 1, [0, 1], group=2), []),
+                        sum(epochs(np.array(streamed), 4, 1, [0, 1], group=2), []), strict=True):
+            np.testing.assert_array_equal(a, b)
 
     # Keras's fit drives the epoch order through the callback, resumed at epoch 1.
     ds, order = data.training_dataset(x, 5, seed=3, y=y % 10)

@@ -1,16 +1,21 @@
 """Data for stackae: sources and files -> validated float32 rows in [0, 1] -> batches for Keras.
 
 Modules, in the order data flows: `sources` (named sources and `load`),
-`readers` (file formats; `unpickle`, the pickle security boundary, on its own),
-`validation` (checks, splits, float32), `pipeline` (batches; the only module that
-imports a backend). Importing this package imports no backend: the pipeline's
-names load it when first used (PEP 562).
+`readers` (file formats; `unpickle`, the pickle security boundary, on its own;
+`memory`, what an allocation may take), `validation` (checks, float32),
+`splits` (seeded train/valid/test indices), `scaling` (the `Scaler` fitted on the
+training rows), `rows` (a view converting rows as they are read), `pipeline`
+(batches; the only module that imports a backend). Importing this package
+imports no backend: the pipeline's names load it when first used (PEP 562).
 """
 
 import importlib
 
 from stackae.config import PREDICT_BATCH
 from stackae.data.readers import IMAGE_SHAPE
+from stackae.data.rows import Rows, streams
+from stackae.data.scaling import KINDS as SCALE_KINDS
+from stackae.data.scaling import Scaler
 from stackae.data.sources import (
     DEFAULT_VALID,
     FASHION_DIR,
@@ -19,6 +24,7 @@ from stackae.data.sources import (
     default_source,
     load,
 )
+from stackae.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VALID_FRACTION
 from stackae.data.validation import (
     Data,
     Split,
@@ -32,14 +38,19 @@ from stackae.errors import DataError
 _PIPELINE = ("EpochOrder", "batches", "training_dataset")
 
 __all__ = [
+    "DEFAULT_TEST_FRACTION",
     "DEFAULT_VALID",
+    "DEFAULT_VALID_FRACTION",
     "FASHION_DIR",
     "IMAGE_SHAPE",
     "MNIST_ENV",
     "PREDICT_BATCH",
+    "SCALE_KINDS",
     "SOURCES",
     "Data",
     "DataError",
+    "Rows",
+    "Scaler",
     "Split",
     "check_batch",
     "check_labels",
@@ -47,6 +58,7 @@ __all__ = [
     "default_source",
     "load",
     "steps_per_epoch",
+    "streams",
     *_PIPELINE,
 ]
 

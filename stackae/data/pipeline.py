@@ -12,6 +12,7 @@ import numpy as np
 
 from stackae.config import PREDICT_BATCH
 from stackae.data.readers import RowReader
+from stackae.data.rows import Rows
 from stackae.data.validation import check_batch, steps_per_epoch
 from stackae.errors import DataError
 
@@ -90,10 +91,12 @@ def _check_size(name, value):
 
 
 def _check_y(y, n_rows):
-    """Labels as int64 (n_rows,), or None."""
+    """Class labels as int64 (n_rows,), or float targets as float32 (n_rows,) / (n_rows, k)."""
     if y is None:
         return None
     y = np.asarray(y)
+    if y.dtype.kind == "f" and y.ndim in (1, 2) and len(y) == n_rows:
+        return y.astype(np.float32, copy=False)
     if y.ndim != 1 or len(y) != n_rows:
         raise DataError(f"labels: expected shape ({n_rows},) for {n_rows} rows, found {y.shape}")
     if y.dtype.kind not in "iub":
@@ -105,11 +108,12 @@ def _check_y(y, n_rows):
 
 
 class _Rows:
-    """Rows of x by index as float32: pread for a file-backed memmap, indexing otherwise."""
+    """Rows of x by index as float32: pread for a file-backed memmap, a `Rows` view's own
+    reads and conversion, indexing otherwise."""
 
     def __init__(self, x):
         self.n_features = int(x.shape[1])
-        self.file = RowReader.of(x)
+        self.file = x if isinstance(x, Rows) else RowReader.of(x)
         if self.file is None and not isinstance(x, np.memmap):
             x = np.asarray(x, dtype=np.float32)  # once, not per batch
         self.x = x
@@ -253,7 +257,11 @@ def _row_getter(x):
 
     n_features = int(x.shape[1])
     reader = RowReader.of(x) if isinstance(x, np.memmap) else None
-    if reader is None and isinstance(x, np.memmap):
+    if isinstance(x, Rows):
+        # Read and converted (uint8 / 255, a scaler) batch by batch.
+        def read(rows):
+            return x.take(rows)
+    elif reader is None and isinstance(x, np.memmap):
         # A memmap we cannot pread (a view with strides): read via the mapping.
         def read(rows):
             return np.asarray(x[rows], dtype=np.float32)

@@ -16,14 +16,14 @@ import pickle
 import re
 import stat
 import struct
-import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from stackae.data import unpickle
+from stackae.data import memory, unpickle
+from stackae.data.memory import size_text
 from stackae.errors import DataError
 
 # MNIST's images; the tutorial's pickle holds them as rows of 784.
@@ -50,12 +50,18 @@ READ_BYTES = 1 << 24
 
 @dataclass
 class Raw:
-    """What a reader found, before splitting and validation: split name -> (x, y)."""
+    """What a reader found, before splitting and validation: split name -> (x, y).
+
+    x and y are arrays (maybe memmaps) or `Deferred` arrays whose rows are read
+    only when `validation.assemble` knows which ones it needs. `own_split`:
+    the source comes split (train/test, ...); otherwise it gets a seeded split.
+    """
 
     splits: dict
     origin: str
     image_shape: tuple | None = None
     n_classes: int | None = None
+    own_split: bool = False
 
 
 def why(err):
@@ -81,8 +87,13 @@ def check_regular(path):
             raise DataError(f"{path}: is {kind}, not a regular file")
 
 
-def read_path(path, label_column):
-    """A file or a folder of IDX files, by its name; DataError if missing or unknown."""
+def read_path(path, label_column, limit=None, n_features=None):
+    """A file or a folder of IDX files, by its name; DataError if missing or unknown.
+
+    `limit`: a file without splits of its own is read only up to that row.
+    `n_features`: the width a run expects; a table that already has it is read
+    without its label column (new rows to encode need no labels).
+    """
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder")
     check_regular(path)
@@ -94,12 +105,100 @@ def read_path(path, label_column):
     if lower.endswith(".npy"):
         return _read_npy(path)
     if lower.endswith(".csv"):
-        return _read_csv(path, label_column)
+        return _read_csv(path, label_column, limit, n_features)
+    if lower.endswith(".parquet"):
+        return _read_parquet(path, label_column, limit, n_features)
     if lower.endswith((".pkl", ".pkl.gz", ".pickle")):
         return _read_pickle(path)
     raise DataError(
-        f"{path}: unknown file type; expected .npz, .npy, .csv, .pkl[.gz] or a folder of IDX files"
+        f"{path}: unknown file type; expected .npz, .npy, .csv, .parquet, .pkl[.gz] "
+        "or a folder of IDX files"
     )
+
+
+# ---------------------------------------------------------------- arrays read when asked
+
+
+class Deferred:
+    """An array in a file (an IDX body, an .npz member) whose rows are read only when asked.
+
+    `open_body()` opens a binary stream at the array's first byte. Reading rows
+    n..m of a compressed stream inflates and drops the rows before n, a bounded
+    buffer at a time, so memory holds only the rows asked for.
+    """
+
+    def __init__(self, path, shape, dtype, open_body, *, seekable=False, check_end=None):
+        self.path, self.shape, self.dtype = path, tuple(int(d) for d in shape), np.dtype(dtype)
+        self.open_body, self.seekable, self.check_end = open_body, seekable, check_end
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def reshape(self, *shape):
+        """Only what `as_rows` asks for: (rows, -1), the trailing dimensions flattened."""
+        rows = self.shape[0]
+        width = math.prod(self.shape[1:])
+        if len(shape) == 1 and isinstance(shape[0], tuple):
+            shape = shape[0]
+        if tuple(shape) not in ((rows, -1), (rows, width)):
+            raise ValueError(f"Deferred arrays only flatten rows; asked for {shape}")
+        return Deferred(
+            self.path,
+            (rows, width),
+            self.dtype,
+            self.open_body,
+            seekable=self.seekable,
+            check_end=self.check_end,
+        )
+
+    def read(self, ranges):
+        """Rows [start, stop) for each of `ranges` (sorted, not overlapping), in one pass."""
+        row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
+        wanted = sum(stop - start for start, stop in ranges) * row_bytes
+        memory.check_fits(wanted, f"{self.path}: reading {size_text(wanted)} of rows")
+        out = []
+        try:
+            with self.open_body() as f:
+                at = 0
+                for start, stop in ranges:
+                    _skip(f, (start - at) * row_bytes, self.seekable)
+                    array = np.empty((stop - start, *self.shape[1:]), self.dtype)
+                    filled = _read_into(f, array.reshape(-1).view(np.uint8))
+                    if filled < array.nbytes and self.check_end is not None:
+                        self.check_end(start * row_bytes + filled, short=True)
+                    if filled < array.nbytes:
+                        raise DataError(f"{self.path}: the file is shorter than its header says")
+                    out.append(array.astype(self.dtype.newbyteorder("="), copy=False))
+                    at = stop
+                if ranges and at == self.shape[0] and self.check_end is not None and f.read(1):
+                    self.check_end(None, short=False)
+        except DataError:
+            raise
+        except READ_ERRORS as err:
+            raise DataError(f"{self.path}: cannot read ({why(err)})") from err
+        return out
+
+
+def _skip(f, n_bytes, seekable):
+    if n_bytes <= 0:
+        return
+    if seekable:
+        f.seek(n_bytes, os.SEEK_CUR)
+        return
+    while n_bytes > 0:
+        chunk = f.read(min(n_bytes, READ_BYTES))
+        if not chunk:
+            return  # the short read that follows says how short the file is
+        n_bytes -= len(chunk)
+
+
+def read_all(x):
+    """x as an in-memory array (a Deferred read whole)."""
+    return x.read([(0, len(x))])[0] if isinstance(x, Deferred) else x
 
 
 # ---------------------------------------------------------------- .npz, .npy
@@ -110,28 +209,26 @@ def keras_layout(arrays, origin):
     splits = {"train": (arrays["x_train"], arrays.get("y_train"))}
     if "x_test" in arrays:
         splits["test"] = (arrays["x_test"], arrays.get("y_test"))
-    return Raw(splits, origin)
+    return Raw(splits, origin, own_split=True)
 
 
 def read_npz(path):
-    """All arrays of an .npz, read now (np.load is lazy), pickles refused.
+    """The arrays of an .npz by name, as `Deferred` (read when asked), pickles refused.
 
-    Each member's .npy header is checked against the member's size first: np.load
-    reads only what a header declares, but returns a member that is not an array
-    as bytes, inflated whole.
+    Each member's .npy header is checked against the member's size first: a
+    member holds exactly what its header declares, so nothing inflates past it.
     """
     check_regular(path)
     try:
-        _check_npz_members(path)
-        with np.load(path, allow_pickle=False) as f:
-            return {key: f[key] for key in f.files}
+        return _npz_members(path)
     except DataError:
         raise
     except READ_ERRORS as err:
         raise DataError(f"{path}: cannot read as .npz ({why(err)})") from err
 
 
-def _check_npz_members(path):
+def _npz_members(path):
+    found = {}
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             with archive.open(info) as member:
@@ -140,17 +237,50 @@ def _check_npz_members(path):
                 except ValueError:
                     raise DataError(f"{path}: member {info.filename} is not a .npy array") from None
                 if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
                 else:  # 3.0 differs from 2.0 only in the header's text encoding
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
                 if dtype.hasobject:
-                    continue  # np.load refuses it (allow_pickle=False)
-                declared = member.tell() + math.prod(shape) * dtype.itemsize
+                    raise DataError(f"{path}: member {info.filename} holds Python objects")
+                header = member.tell()
+            declared = header + math.prod(shape) * dtype.itemsize
             if info.file_size != declared:
                 raise DataError(
                     f"{path}: member {info.filename} holds {info.file_size} bytes, "
                     f"its header says {declared}"
                 )
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if fortran and len(shape) > 1:
+                shape = shape[::-1]  # read as its transpose, rows are columns
+
+            def open_body(info=info, header=header):
+                archive = zipfile.ZipFile(path)
+                member = archive.open(info)
+                member.read(header)
+                return _Closing(member, archive)
+
+            array = Deferred(path, shape, dtype, open_body)
+            # Fortran order: rows are not contiguous in the file, so it is read whole.
+            found[key] = read_all(array).T if fortran and len(shape) > 1 else array
+    return found
+
+
+class _Closing(io.RawIOBase):
+    """A zip member's stream that closes its archive too."""
+
+    def __init__(self, member, archive):
+        self.member, self.archive = member, archive
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        return self.member.readinto(buffer)
+
+    def close(self):
+        self.member.close()
+        self.archive.close()
+        super().close()
 
 
 def read_npz_file(path):
@@ -176,25 +306,70 @@ def _read_npy(path):
     return Raw({"train": (x, None)}, path)
 
 
-# ---------------------------------------------------------------- .csv
+# ---------------------------------------------------------------- tables: .csv, .parquet, DataFrame
+
+# Cells that mean "no value" in CSV files as people write them.
+MISSING = {"", "na", "n/a", "nan", "null", "none", "?", "-"}
+CSV_CHUNK = 8192
 
 
-def _read_csv(path, label_column):
+def _read_csv(path, label_column, limit, n_features):
     try:
         with open(path, newline="") as f:
-            first = next(csv.reader(f), None)
-    except READ_ERRORS as err:
+            reader = csv.reader(f)
+            first = next(reader, None)
+            while first is not None and not any(cell.strip() for cell in first):
+                first = next(reader, None)
+            if first is None:
+                raise DataError(f"{path}: the file is empty")
+            header = None if all(map(_is_number, first)) else [cell.strip() for cell in first]
+            width = len(first)
+            names = header or [str(i) for i in range(width)]
+            label = _label_index(path, label_column, header, width, n_features)
+            chunks, rows = [], [] if header else [_numbers(path, first, reader.line_num, names)]
+            for row in reader:
+                if limit is not None and len(chunks) * CSV_CHUNK + len(rows) >= limit:
+                    break
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != width:
+                    raise DataError(
+                        f"{path}: line {reader.line_num} has {len(row)} columns, expected {width}"
+                    )
+                rows.append(_numbers(path, row, reader.line_num, names))
+                if len(rows) == CSV_CHUNK:
+                    chunks.append(np.array(rows, np.float64))
+                    rows = []
+    except DataError:
+        raise
+    except (*READ_ERRORS, csv.Error, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read as .csv ({why(err)})") from err
-    if not first:
-        raise DataError(f"{path}: the file is empty")
-    header = [cell.strip() for cell in first] if not all(map(_is_number, first)) else None
-    table = _parse_csv(path, skip=1 if header else 0)
-    if label_column is None:
-        return Raw({"train": (table, None)}, path)
-    column = _label_index(path, label_column, header, table.shape[1])
-    y = table[:, column]
-    x = np.delete(table, column, axis=1)
-    return Raw({"train": (x, y)}, path)
+    if rows or not chunks:
+        chunks.append(np.array(rows, np.float64).reshape(len(rows), width))
+    table = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    if limit is not None:
+        table = table[:limit]
+    if len(table) == 0:
+        raise DataError(f"{path}: no data rows")
+    return _split_label(path, table, label)
+
+
+def _numbers(path, row, line, names):
+    out = []
+    for column, cell in enumerate(row):
+        text = cell.strip()
+        try:
+            out.append(float(text))
+            continue
+        except ValueError:
+            pass
+        if text.lower() in MISSING:
+            raise DataError(f"{path}: line {line}: missing value in column {names[column]!r}")
+        raise DataError(
+            f"{path}: column {names[column]!r} holds text, not numbers "
+            f"({text[:40]!r} in line {line})"
+        )
+    return out
 
 
 def _is_number(text):
@@ -205,49 +380,74 @@ def _is_number(text):
     return True
 
 
-def _parse_csv(path, skip):
-    try:
-        with warnings.catch_warnings():
-            # An empty table is refused just below, in one line.
-            warnings.filterwarnings("ignore", "loadtxt: input contained no data")
-            table = np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float64, ndmin=2)
-    except READ_ERRORS as err:
-        # numpy's parser is fast but vague; rescan to name the row at fault.
-        raise DataError(f"{path}: {_csv_problem(path, skip) or why(err)}") from err
-    if table.size == 0:
-        raise DataError(f"{path}: no data rows")
-    return table
-
-
-def _csv_problem(path, skip):
-    """The first ragged or non-numeric row of a CSV, as a message, or None."""
-    try:
-        with open(path, newline="") as f:
-            width = None
-            for number, row in enumerate(csv.reader(f), start=1):
-                if number <= skip or not row:
-                    continue
-                if width is None:
-                    width = len(row)
-                if len(row) != width:
-                    return f"line {number} has {len(row)} columns, expected {width}"
-                for cell in row:
-                    if not _is_number(cell):
-                        return f"line {number}: {cell.strip()[:40]!r} is not a number"
-    except READ_ERRORS:
+def _label_index(path, label_column, header, width, n_features=None):
+    """The label column's index, or None (none asked, or a file already as wide as the run)."""
+    if label_column is None or (n_features is not None and width == n_features):
         return None
-    return None
-
-
-def _label_index(path, label_column, header, width):
     if isinstance(label_column, str) and header is not None and label_column in header:
         return header.index(label_column)
-    if isinstance(label_column, int) and -width <= label_column < width:
-        return label_column % width
-    if isinstance(label_column, str) and label_column.lstrip("-").isdigit():
+    if isinstance(label_column, int | np.integer) and -width <= label_column < width:
+        return int(label_column) % width
+    if isinstance(label_column, str) and label_column.strip().lstrip("-").isdigit():
         return _label_index(path, int(label_column), header, width)
     columns = f"columns {header}" if header else f"{width} unnamed columns"
     raise DataError(f"{path}: no label column {label_column!r} (the file has {columns})")
+
+
+def _split_label(path, table, label):
+    if label is None:
+        return Raw({"train": (table, None)}, path)
+    return Raw({"train": (np.delete(table, label, axis=1), table[:, label])}, path)
+
+
+def read_columns(where, columns, label_column, limit=None, n_features=None):
+    """A table given as {name: 1-d array} (a DataFrame's, a Parquet file's) as a Raw."""
+    names = [str(name) for name in columns]
+    arrays = list(columns.values())
+    if not arrays:
+        raise DataError(f"{where}: the table has no columns")
+    label = _label_index(where, label_column, names, len(names), n_features)
+    n_rows = len(arrays[0]) if limit is None else min(limit, len(arrays[0]))
+    memory.check_fits(8 * n_rows * len(arrays), f"{where}: the table")
+    table = np.empty((n_rows, len(arrays)), np.float64)
+    for j, (name, values) in enumerate(zip(names, arrays, strict=True)):
+        values = np.asarray(values[:n_rows])
+        if values.dtype.kind not in "biuf":
+            raise DataError(f"{where}: column {name!r} holds {values.dtype}, not numbers")
+        missing = np.flatnonzero(np.isnan(values)) if values.dtype.kind == "f" else []
+        if len(missing):
+            raise DataError(f"{where}: missing value in row {missing[0]}, column {name!r}")
+        table[:, j] = values
+    if n_rows == 0:
+        raise DataError(f"{where}: no data rows")
+    return _split_label(where, table, label)
+
+
+def _read_parquet(path, label_column, limit, n_features):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+        if limit is not None:
+            table = table.slice(0, limit)
+        columns = {name: table.column(name).to_numpy() for name in table.column_names}
+    except Exception as err:  # noqa: BLE001 - pyarrow's errors have no common base
+        raise DataError(f"{path}: cannot read as .parquet ({why(err)})") from err
+    return read_columns(path, columns, label_column, None, n_features)
+
+
+def read_frame(frame, label_column, limit=None, n_features=None):
+    """A pandas DataFrame (numeric columns; the label column by name) as a Raw."""
+    columns = {}
+    for name in frame.columns:
+        column = frame[name]
+        if column.hasnans and column.dtype.kind not in "f":
+            row = int(np.flatnonzero(column.isna().to_numpy())[0])
+            raise DataError(f"<DataFrame>: missing value in row {row}, column {str(name)!r}")
+        columns[name] = column.to_numpy()
+    return read_columns("<DataFrame>", columns, label_column, limit, n_features)
 
 
 # ---------------------------------------------------------------- IDX
@@ -267,20 +467,34 @@ def idx_files(folder):
 
 
 def _read_idx(path):
-    """An IDX array; the header is read and checked first, then exactly the body it declares."""
+    """An IDX array as a `Deferred`: the header is read and checked now, the rows when asked."""
     check_regular(path)
     try:
         size = os.path.getsize(path)
         compressed = path.endswith(".gz")
-        with (gzip.open if compressed else open)(path, "rb") as f:
-            return _read_idx_stream(path, f, size, compressed)
+        opener = gzip.open if compressed else open
+        with opener(path, "rb") as f:
+            shape, dtype, header = _read_idx_header(path, f, size, compressed)
     except DataError:
         raise
     except READ_ERRORS as err:
         raise DataError(f"{path}: cannot read ({why(err)})") from err
+    declared = header + math.prod(shape) * dtype.itemsize
+
+    def open_body():
+        f = opener(path, "rb")
+        f.read(header)
+        return f
+
+    def check_end(at, short):
+        if short:
+            raise DataError(f"{path}: IDX file has {header + at} bytes, its header says {declared}")
+        raise DataError(f"{path}: IDX file holds more than the {declared} bytes its header says")
+
+    return Deferred(path, shape, dtype, open_body, seekable=not compressed, check_end=check_end)
 
 
-def _read_idx_stream(path, f, size, compressed):
+def _read_idx_header(path, f, size, compressed):
     magic = f.read(4)
     if len(magic) < 4 or magic[0] or magic[1] or magic[2] not in IDX_TYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
@@ -289,8 +503,8 @@ def _read_idx_stream(path, f, size, compressed):
     if len(dims) < 4 * ndim:
         raise DataError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", dims)
-    body = math.prod(shape) * dtype.itemsize
-    declared = 4 + 4 * ndim + body
+    header = 4 + 4 * ndim
+    declared = header + math.prod(shape) * dtype.itemsize
     if not compressed and size != declared:
         raise DataError(f"{path}: IDX file has {size} bytes, its header says {declared}")
     if compressed and declared > MAX_DEFLATE_RATIO * size + READ_BYTES:
@@ -298,15 +512,7 @@ def _read_idx_stream(path, f, size, compressed):
             f"{path}: its header says {declared} bytes, more than a gzip file "
             f"of {size} bytes can hold"
         )
-    array = np.empty(math.prod(shape), dtype)
-    filled = _read_into(f, array.view(np.uint8))
-    if filled < body:
-        raise DataError(
-            f"{path}: IDX file has {4 + 4 * ndim + filled} bytes, its header says {declared}"
-        )
-    if f.read(1):
-        raise DataError(f"{path}: IDX file holds more than the {declared} bytes its header says")
-    return array.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+    return shape, dtype, header
 
 
 def _read_into(f, buffer):
@@ -338,7 +544,7 @@ def read_idx_folder(folder):
             labels = files.get((found[0], "labels"))
             splits[split] = (images, None if labels is None else _read_idx(labels))
     # The image shape is taken from the arrays' own shape when they are validated.
-    return Raw(splits, folder)
+    return Raw(splits, folder, own_split=True)
 
 
 # ---------------------------------------------------------------- the tutorial's pickle
@@ -371,7 +577,12 @@ def _gzip_size(path, size):
         return int.from_bytes(f.read(4), "little")
 
 
+# Unpickling holds a pickle's bytes up to three times (text, bytes, array) at its peak.
+PICKLE_COPIES = 3
+
+
 def _read_pickle(path):
+    # A pickle has no index: it is read whole, whatever `limit` asks (.npy and IDX are not).
     try:
         size = os.path.getsize(path)
         if path.endswith(".gz"):
@@ -382,8 +593,10 @@ def _read_pickle(path):
             opener = gzip.open
         else:
             limit, message, opener = size, f"{path}: grew while it was read", open
+        memory.check_fits(PICKLE_COPIES * limit, f"{path}: unpickling {size_text(limit)}")
         with opener(path, "rb") as f:
-            content = unpickle.load_arrays(io.BufferedReader(_Capped(f, limit, message)))
+            stream = io.BufferedReader(_Capped(f, limit, message))
+            content = unpickle.load_arrays(stream, max_bytes=limit, where=path)
     except DataError:
         raise
     except (*READ_ERRORS, AttributeError, RecursionError) as err:
@@ -400,7 +613,8 @@ def _read_pickle(path):
         if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
             raise DataError(f"{path}: the {name} split is not a pair of numpy arrays")
     width = splits["train"][0].shape[-1] if splits["train"][0].ndim else None
-    return Raw(splits, path, image_shape=IMAGE_SHAPE if width == 784 else None)
+    shape = IMAGE_SHAPE if width == 784 else None
+    return Raw(splits, path, image_shape=shape, own_split=True)
 
 
 # ---------------------------------------------------------------- rows of a memmap

@@ -3,6 +3,9 @@
 import importlib.resources
 import os
 
+import numpy as np
+
+from stackae.config import DEFAULT_SEED
 from stackae.data import readers, validation
 from stackae.data.readers import IMAGE_SHAPE
 from stackae.errors import DataError
@@ -21,24 +24,46 @@ def load(
     valid_size=None,
     limit=None,
     label_column=None,
-    scale=None,
+    scale="none",
     loss="cross-entropy",
+    test_size=None,
+    split_seed=DEFAULT_SEED,
+    scaler=None,
+    split=None,
 ):
-    """Load a data source as validated float32 rows in [0, 1].
+    """Load a data source as validated float32 rows, split and scaled.
 
     Args:
         source: "mnist", "mnist-sample", "fashion-mnist", a path (.npz, .npy,
-            .csv, .pkl[.gz], or a folder of IDX files), or None for
-            `default_source()`.
-        valid_size: rows taken from the end of the training rows for
-            validation (0: none). Default: 10,000 for MNIST and Fashion-MNIST,
-            2,000 for mnist-sample, the file's own split for the tutorial's
-            pickle, none for other files.
-        limit: keep only the first `limit` rows of each split.
-        label_column: name or index of the label column of a CSV.
-        scale: min-max scale non-uint8 data into [0, 1], over the whole source.
-            uint8 is always divided by 255.
-        loss: the loss the data is for; "cross-entropy" needs values in [0, 1].
+            .csv, .parquet, .pkl[.gz], or a folder of IDX files), a pandas
+            DataFrame, a NumPy array of rows or a pair (x, y) of arrays, or
+            None for `default_source()`.
+        valid_size, test_size: an int count of rows or a float fraction. Sources
+            with splits of their own (MNIST, Fashion-MNIST, IDX folders, npz
+            files with x_train/x_test, the tutorial's pickle) keep their test
+            split, and `valid_size` rows are taken from the end of their
+            training rows (default: 10,000 for MNIST and Fashion-MNIST, 2,000
+            for mnist-sample, the pickle's own validation split, none for
+            other files); `test_size` does not apply to them. Other data is
+            split at random (seeded by `split_seed`, stratified by class
+            labels): default 10 % validation, 10 % test, at least one batch
+            of training rows left where fractions allow.
+        limit: a source with splits keeps the first `limit` rows of each; other
+            data uses its first `limit` rows before splitting them. Only those
+            rows are read where the format allows (not from a pickle).
+        label_column: name or index of the label column of a table (CSV,
+            Parquet, DataFrame). A file already as wide as a recorded
+            `scaler` is read without it (new rows to encode need no labels).
+        scale: "none", "minmax" (per feature into [0, 1]), "standard" (zero
+            mean, unit variance), both fitted on the training split, or
+            "global" (one min and max over all splits, what `scale=True`
+            meant before: True still means "global", False "none"). uint8
+            pixels are always divided by 255 and never scaled.
+        loss: the loss the data is for; "cross-entropy" needs values in [0, 1]
+            (minmax-scaled rows outside the training range are clipped to it).
+        scaler: a recorded `scaling.Scaler` to apply instead of fitting one.
+        split: recorded split indices ({"train": ..., "valid": ..., "test":
+            ...} into the rows after `limit`), to use instead of drawing them.
 
     Returns:
         A `Data`. Images (rows, h, w) or (rows, h, w, 1) are flattened to rows
@@ -47,22 +72,49 @@ def load(
     Raises:
         DataError: the source is missing, unreadable or holds data the loss cannot take.
     """
-    validation.check_args(valid_size, limit, loss)
+    validation.check_args(valid_size, limit, loss, test_size, scale)
     if source is None:
         source, _ = default_source()
-    source = os.fspath(source)
-    name = source.replace("_", "-") if source.replace("_", "-") in SOURCES else source
-    if name == "mnist":
-        raw = _read_mnist()
-    elif name == "mnist-sample":
-        raw = _read_sample()
-    elif name == "fashion-mnist":
-        raw = _read_fashion()
+    n_features = None if scaler is None else scaler.n_features
+    raw = _in_memory(source, label_column, limit, n_features)
+    if raw is not None:
+        name = raw.origin
     else:
-        raw = readers.read_path(source, label_column)
+        source = os.fspath(source)
+        name = source.replace("_", "-") if source.replace("_", "-") in SOURCES else source
+        if name == "mnist":
+            raw = _read_mnist()
+        elif name == "mnist-sample":
+            raw = _read_sample()
+        elif name == "fashion-mnist":
+            raw = _read_fashion()
+        else:
+            raw = readers.read_path(source, label_column, limit, n_features)
     return validation.assemble(
-        name, raw, DEFAULT_VALID.get(name), valid_size, limit, scale=scale, loss=loss
+        name,
+        raw,
+        DEFAULT_VALID.get(name),
+        valid_size,
+        limit,
+        scale=scale,
+        loss=loss,
+        test_size=test_size,
+        split_seed=split_seed,
+        scaler=scaler,
+        split=split,
     )
+
+
+def _in_memory(source, label_column, limit, n_features):
+    """A Raw for a DataFrame, an array or an (x, y) pair; None for names and paths."""
+    if type(source).__module__.split(".")[0] == "pandas" and hasattr(source, "columns"):
+        return readers.read_frame(source, label_column, limit, n_features)
+    if isinstance(source, np.ndarray):
+        return readers.Raw({"train": (source, None)}, "<array>")
+    if isinstance(source, tuple) and len(source) == 2:
+        x, y = (np.asarray(a) if a is not None else None for a in source)
+        return readers.Raw({"train": (x, y)}, "<array>")
+    return None
 
 
 def default_source() -> tuple[str, str]:
@@ -87,7 +139,8 @@ def _local_mnist():
     """Path of a full MNIST found without downloading, or None."""
     explicit = os.environ.get(MNIST_ENV)
     if explicit:
-        return explicit
+        # Absolute, so what a run records of it works from any directory.
+        return os.path.abspath(explicit)
     cached = os.path.join(_keras_cache(), "mnist.npz")
     return cached if os.path.isfile(cached) else None
 
@@ -117,7 +170,7 @@ def _read_mnist():
             f"use the source mnist-sample, or set {MNIST_ENV}=/path/to/mnist.npz",
         )
         raw = readers.Raw(splits, os.path.join(_keras_cache(), "mnist.npz"))
-    raw.image_shape, raw.n_classes = IMAGE_SHAPE, 10
+    raw.image_shape, raw.n_classes, raw.own_split = IMAGE_SHAPE, 10, True
     return raw
 
 
@@ -125,7 +178,7 @@ def _read_sample():
     resource = importlib.resources.files("stackae") / "resources" / SAMPLE_RESOURCE
     with importlib.resources.as_file(resource) as path:
         raw = readers.keras_layout(readers.read_npz(str(path)), str(path))
-    raw.image_shape, raw.n_classes = IMAGE_SHAPE, 10
+    raw.image_shape, raw.n_classes, raw.own_split = IMAGE_SHAPE, 10, True
     return raw
 
 
@@ -146,5 +199,5 @@ def _read_fashion():
             "install it with `apt-get install dataset-fashion-mnist` or run once online",
         )
         raw = readers.Raw(splits, cached)
-    raw.image_shape, raw.n_classes = IMAGE_SHAPE, 10
+    raw.image_shape, raw.n_classes, raw.own_split = IMAGE_SHAPE, 10, True
     return raw

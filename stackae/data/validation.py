@@ -1,22 +1,27 @@
-"""Checks and conversion: arrays as read -> validated float32 rows in [0, 1], split for training."""
+"""Checks and conversion: arrays as read -> validated, split, scaled float32 rows for training."""
 
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from stackae.config import LOSSES
-from stackae.data.readers import RowReader
+from stackae.config import DEFAULTS, LOSSES
+from stackae.data import memory, splits
+from stackae.data.readers import Deferred
+from stackae.data.rows import Rows, raw_blocks
+from stackae.data.scaling import KINDS, Scaler, Stats
 from stackae.errors import DataError
 
 SCALE_HINT = "use --scale or --loss squared-error"
-# Validation reads this many bytes at a time, so a file larger than RAM streams.
-CHUNK_BYTES = 1 << 25
+SCALED_HINT = "use minmax scaling or --loss squared-error"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One split: x (n, n_features) float32 in [0, 1], maybe a np.memmap; y (n,) int64 or None."""
+    """One split: x (n, n_features) float32 and y (class labels int64 (n,), values float32
+    (n,) or (n, k), or None). x is an ndarray, a np.memmap, or a `rows.Rows` that converts
+    rows as they are read (data that would not fit in memory as float32)."""
 
     x: np.ndarray
     y: np.ndarray | None
@@ -36,6 +41,14 @@ class Data:
     test: Split | None
     image_shape: tuple | None
     n_classes: int | None
+    # The scaling applied (kind "none" for pixels, which are divided by 255).
+    scaler: Scaler | None = None
+    # name -> int64 indices into the file's rows (after limit); None: the source's own splits.
+    split: dict | None = None
+    # "classes" (int labels), "values" (float targets) or None (no targets).
+    target_kind: str | None = None
+    # Classes for "classes", target columns for "values", None without targets.
+    n_outputs: int | None = None
 
     @property
     def n_features(self) -> int:
@@ -92,14 +105,29 @@ def steps_per_epoch(n_rows, batch_size):
     return n_rows // batch_size
 
 
-def check_args(valid_size, limit, loss):
+def check_args(valid_size, limit, loss, test_size=None, scale=None):
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={loss!r}")
-    for arg, value, low in (("valid_size", valid_size, 0), ("limit", limit, 1)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low
-        ):
-            raise ValueError(f"`{arg}` must be an int >= {low} or None. Received: {arg}={value!r}")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1
+    ):
+        raise ValueError(f"`limit` must be an int >= 1 or None. Received: limit={limit!r}")
+    splits.check_size("valid_size", valid_size)
+    splits.check_size("test_size", test_size)
+    scale_kind(scale)
+
+
+def scale_kind(scale):
+    """The scaler kind `scale` asks for: a kind name, True ("global", the old --scale), False."""
+    if scale is None or scale is False:
+        return "none"
+    if scale is True:
+        return "global"
+    if scale not in KINDS:
+        raise ValueError(
+            f"`scale` must be one of {KINDS}, True or False. Received: scale={scale!r}"
+        )
+    return scale
 
 
 # ---------------------------------------------------------------- arrays -> rows
@@ -115,7 +143,7 @@ def image_shape_of(shape):
 
 def as_rows(x, label, image_shape):
     """x as a 2-d (rows, features) array (images flattened) and the image shape it had."""
-    if not isinstance(x, np.ndarray):
+    if not isinstance(x, np.ndarray | Deferred):
         raise DataError(f"{label}: expected an array, found {type(x).__name__}")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{label}: values must be numbers, found dtype {x.dtype}")
@@ -134,8 +162,33 @@ def as_rows(x, label, image_shape):
     return x, image_shape
 
 
+# ---------------------------------------------------------------- targets
+
+
+def target_kind(ys):
+    """ "values" if any target array is (n, k>1) or holds non-integer numbers, else "classes"."""
+    for y in ys:
+        if y.ndim == 2 and y.shape[1] > 1:
+            return "values"
+        if y.dtype.kind == "f":
+            finite = y[np.isfinite(y)]
+            if (finite != np.round(finite)).any():
+                return "values"
+    return "classes"
+
+
+def check_targets(y, n_rows, label):
+    """y as read: 1-d, or 2-d (rows, outputs), one per row, numbers."""
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{label}: labels must be numbers, found dtype {y.dtype}")
+    if y.ndim not in (1, 2):
+        raise DataError(f"{label}: labels must be 1-d or (rows, outputs), found shape {y.shape}")
+    if len(y) != n_rows:
+        raise DataError(f"{label}: {len(y)} labels for {n_rows} rows")
+
+
 def labels(y, n_rows, label):
-    """y as int64 (n_rows,), checked; None stays None."""
+    """Class labels as int64 (n_rows,), checked; None stays None."""
     if y is None:
         return None
     y = np.asarray(y)
@@ -151,62 +204,38 @@ def labels(y, n_rows, label):
     return y.astype(np.int64)
 
 
-def _chunks(x):
-    """(first row, rows) blocks of x, small enough to keep memory bounded."""
-    step = max(1, CHUNK_BYTES // max(1, x.shape[1] * x.dtype.itemsize))
-    reader = RowReader.of(x)
-    for start in range(0, len(x), step):
-        stop = min(start + step, len(x))
-        yield start, reader.read(start, stop) if reader else x[start:stop]
+def values(y, label):
+    """Regression targets as float32, (n,) or (n, k) as found; NaN/inf refused."""
+    bad = np.flatnonzero(~np.isfinite(y).reshape(len(y), -1).all(axis=1))
+    if bad.size:
+        raise DataError(f"{label}: targets must be finite, found NaN/inf in row {bad[0]}")
+    if np.abs(y).max(initial=0) > FLOAT32_MAX:
+        raise DataError(f"{label}: targets do not fit in float32")
+    return y.astype(np.float32)
 
 
-def scan(x, label, row_offset):
-    """(min, max) of x; refuses NaN/inf, naming how many and the first row."""
-    bad, first, low, high = 0, None, math.inf, -math.inf
-    for start, block in _chunks(x):
-        if block.dtype.kind == "f":
-            finite = np.isfinite(block)
-            if not finite.all():
-                rows = np.flatnonzero(~finite.all(axis=1))
-                bad += int(block.size - np.count_nonzero(finite))
-                first = first if first is not None else start + int(rows[0])
-                continue
-        low, high = min(low, float(block.min())), max(high, float(block.max()))
-    if bad:
-        raise DataError(f"{label}: {bad} NaN/inf values, first in row {first + row_offset}")
-    return low, high
+# ---------------------------------------------------------------- reading the rows asked for
 
 
-def to_float32(x, label, scale, low, high, loss):
-    """x as float32 rows in [0, 1] (uint8 / 255, min-max scaled if asked), or DataError."""
-    if x.dtype == np.uint8:
-        return np.divide(x, np.float32(255), dtype=np.float32)
-    if scale:
-        span = high / 2 - low / 2  # halves: a span of +-float64 max must not overflow
-        x = np.asarray(x, dtype=np.float64)
-        if span == 0:
-            return np.zeros(x.shape, np.float32)
-        return np.clip((x / 2 - low / 2) / span, 0.0, 1.0).astype(np.float32)
-    if loss == "cross-entropy" and (low < 0 or high > 1):
-        raise DataError(
-            f"{label}: values range from {low:.6g} to {high:.6g} but the cross-entropy loss "
-            f"needs [0, 1]; {SCALE_HINT}"
-        )
-    limit = float(np.finfo(np.float32).max)
-    if max(-low, high) > limit:
-        raise DataError(
-            f"{label}: values up to {max(-low, high):.6g} do not fit in float32; use --scale"
-        )
-    if x.dtype == np.float32 and isinstance(x, np.memmap) and x.flags.c_contiguous:
-        return x  # already what training reads: stream it from disk
-    return np.asarray(x, dtype=np.float32)
+def _read(array, ranges):
+    """Rows [start, stop) of each range: views of an array, reads of a `Deferred`."""
+    if isinstance(array, Deferred):
+        asked = [r for r in ranges if r[1] > r[0]]
+        found = iter(array.read(asked))
+        return [next(found) if stop > start else _empty(array) for start, stop in ranges]
+    return [array[start:stop] for start, stop in ranges]
 
 
-# ---------------------------------------------------------------- splits
+def _empty(array):
+    return np.empty((0, *array.shape[1:]), array.dtype)
 
 
-def _split(arrays, name, default_valid, valid_size):
-    """{split: (x, y, label, first row)}, validation rows taken from the end of train."""
+def _own_splits(arrays, name, default_valid, valid_size, limit):
+    """{split: (x, y, label, first row)} of a source split by its makers.
+
+    Validation rows are taken from the end of the training rows (the tutorial's
+    layout); `limit` keeps the first rows of each split, and only those are read.
+    """
     arrays = dict(arrays)
     if "valid" in arrays and valid_size is not None:
         # A source with its own validation split (the tutorial's pickle) is re-split
@@ -216,55 +245,261 @@ def _split(arrays, name, default_valid, valid_size):
         arrays["train"] = (np.concatenate([xt, xv]), y, label)
     if "valid" not in arrays:
         valid_size = default_valid if valid_size is None else valid_size
-    out = {key: (x, y, label, 0) for key, (x, y, label) in arrays.items()}
-    if valid_size:
-        x, y, label = arrays["train"]
-        if valid_size >= len(x):
-            raise DataError(
-                f"{name}: valid_size={valid_size} leaves no training rows (the source has {len(x)})"
-            )
-        cut = len(x) - valid_size
-        out["train"] = (x[:cut], None if y is None else y[:cut], label, 0)
-        out["valid"] = (x[cut:], None if y is None else y[cut:], label, cut)
+    out = {}
+    for key, (x, y, label) in arrays.items():
+        n = len(x)
+        if key == "train" and valid_size:
+            n_valid = splits.count(valid_size, n)
+            if n_valid >= n:
+                raise DataError(
+                    f"{name}: valid_size={valid_size} leaves no training rows (the source has {n})"
+                )
+            cut = n - n_valid
+            ranges = {"train": (0, cut), "valid": (cut, n)} if n_valid else {"train": (0, n)}
+        else:
+            ranges = {key: (0, n)}
+        if limit is not None:
+            ranges = {k: (a, min(b, a + limit)) for k, (a, b) in ranges.items()}
+        xs = _read(x, list(ranges.values()))
+        ys = [None] * len(ranges) if y is None else _read(y, list(ranges.values()))
+        for (split, (first, _)), xp, yp in zip(ranges.items(), xs, ys, strict=True):
+            out[split] = (xp, yp, label, first)
     return out
 
 
-def assemble(name, raw, default_valid, valid_size, limit, *, scale, loss):
-    """A `Data` from what a reader found: rows, labels, splits, range and dtype all checked."""
+# ---------------------------------------------------------------- statistics
+
+
+def _scan(x, label, first_row=0, part=None, n_parts=1):
+    """Per-part `Stats` of x's rows in one pass; refuses NaN/inf, naming how many and the first row.
+
+    `part`: the part (split) of each row, -1 for rows in none; None: one part.
+    """
+    stats = [Stats(int(x.shape[1])) for _ in range(n_parts)]
+    bad, first = 0, None
+    for start, block in raw_blocks(x):
+        if block.dtype.kind == "f":
+            finite = np.isfinite(block)
+            if not finite.all():
+                rows = np.flatnonzero(~finite.all(axis=1))
+                bad += int(block.size - np.count_nonzero(finite))
+                first = first if first is not None else start + int(rows[0])
+                continue
+        if bad:
+            continue
+        if part is None:
+            stats[0].add(block)
+        else:
+            owner = part[start : start + len(block)]
+            for k in range(n_parts):
+                stats[k].add(block[owner == k])
+    if bad:
+        raise DataError(f"{label}: {bad} NaN/inf values, first in row {first + first_row}")
+    return stats
+
+
+# ---------------------------------------------------------------- float32 rows
+
+
+def _rows(x, rows, convert, plain):
+    """x[rows] (x when rows is None) as float32: in memory when it fits, else a `Rows` view.
+
+    `plain`: x needs no conversion when it is float32 already (no scaling, no clipping).
+    """
+    if rows is not None and len(rows) and (np.diff(rows) == 1).all():
+        x, rows = x[int(rows[0]) : int(rows[-1]) + 1], None  # a slice keeps a memmap a memmap
+    if isinstance(x, np.memmap):
+        if rows is None and plain and x.dtype == np.float32 and x.flags.c_contiguous:
+            return x  # already what training reads: stream it from disk
+        return Rows(x, rows, convert)
+    n = len(x) if rows is None else len(rows)
+    n_bytes = n * int(x.shape[1]) * (4 + (0 if rows is None else x.dtype.itemsize))
+    if not memory.fits(n_bytes):
+        return Rows(x, rows, convert)  # converted batch by batch instead
+    if rows is not None:
+        x = x[rows]
+    if plain:
+        return np.asarray(x, dtype=np.float32)
+    out = np.empty(x.shape, np.float32)
+    for start, block in raw_blocks(x):
+        out[start : start + len(block)] = convert(block)
+    return out
+
+
+def _pixels(block):
+    return np.divide(block, np.float32(255), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- assembling
+
+
+def assemble(
+    name,
+    raw,
+    default_valid,
+    valid_size,
+    limit,
+    *,
+    scale,
+    loss,
+    test_size=None,
+    split_seed=123,
+    scaler=None,
+    split=None,
+):
+    """A `Data` from what a reader found: rows, targets, splits, range and dtype all checked.
+
+    Sources with splits of their own keep them (`valid_size` rows from the end
+    of the training rows); others get a seeded split (`splits.seeded`), or the
+    recorded `split` indices. A recorded `scaler` is applied as it is; else one
+    of kind `scale` is fitted on the training split (every split for "global").
+    """
+    kind = scale_kind(scale)
     image_shape = raw.image_shape
     arrays = {}
     for key, (x, y) in raw.splits.items():
         # Errors name the array they are in and its own row numbers.
         label = name if len(raw.splits) == 1 else f"{name} ({key})"
         x, image_shape = as_rows(x, label, image_shape)
-        arrays[key] = (x, labels(y, len(x), label), label)
+        if y is not None:
+            check_targets(y, len(x), label)
+        arrays[key] = (x, y, label)
     widths = {key: x.shape[1] for key, (x, _, _) in arrays.items()}
     if len(set(widths.values())) > 1:
         raise DataError(f"{name}: splits have different widths {widths}")
-    pieces = {}
-    for split, (x, y, label, offset) in _split(arrays, name, default_valid, valid_size).items():
-        if limit is not None:
-            x, y = x[:limit], None if y is None else y[:limit]
-        pieces[split] = (x, y, label, scan(x, label, offset))
-    low = min(stats[0] for _, _, _, stats in pieces.values())
-    high = max(stats[1] for _, _, _, stats in pieces.values())
-    splits = {
-        split: Split(to_float32(x, label, scale, low, high, loss), y)
-        for split, (x, y, label, _) in pieces.items()
-    }
-    n_classes = raw.n_classes
-    found = [s.y for s in splits.values() if s.y is not None]
-    if n_classes is None and found:
-        n_classes = max(int(y.max()) for y in found) + 1
-    for split, s in splits.items():
-        if s.y is not None:
-            check_labels(s.y, n_classes, f"{name} ({split})")
+    n_features = int(next(iter(widths.values())))
+
+    if raw.own_split:
+        if split is not None:
+            raise DataError(
+                f"{name}: the source has its own splits; recorded split indices apply only "
+                "to files without them"
+            )
+        pieces = _own_splits(arrays, name, default_valid, valid_size, limit)
+        ys = {k: None if y is None else np.asarray(y) for k, (_, y, _, _) in pieces.items()}
+    else:
+        x, y, label = arrays["train"]
+        n = len(x) if limit is None else min(limit, len(x))
+        x = _read(x, [(0, n)])[0]
+        y = None if y is None else np.asarray(_read(y, [(0, n)])[0])
+        file_rows = (x, y, label)
+    found = [y for y in (ys.values() if raw.own_split else [file_rows[1]]) if y is not None]
+    targets = target_kind(found) if found else None
+
+    if not raw.own_split:
+        x, y, label = file_rows
+        if split is not None:
+            index = splits.check_recorded(split, len(x), name)
+        else:
+            classes = labels(y, len(x), label) if targets == "classes" else None
+            index = splits.seeded(
+                len(x), classes, valid_size, test_size, split_seed, DEFAULTS.batch_size, name
+            )
+        part = np.full(len(x), -1, np.int8)
+        for k, rows in enumerate(index.values()):
+            part[rows] = k
+        stats = None if x.dtype == np.uint8 else _scan(x, label, 0, part, len(index))
+        pieces = {
+            key: (x, None if y is None else y[rows], label, rows) for key, rows in index.items()
+        }
+        stats = {key: None if stats is None else stats[k] for k, key in enumerate(index)}
+    else:
+        index = None
+        stats = {
+            key: None if xp.dtype == np.uint8 else _scan(xp, label, first)[0]
+            for key, (xp, _, label, first) in pieces.items()
+        }
+
+    pixels = {key: xp.dtype == np.uint8 for key, (xp, _, _, _) in pieces.items()}
+    scaler = _scaler(name, scaler, kind, n_features, stats, pixels)
+    clip = loss == "cross-entropy" and scaler.kind in ("minmax", "global")
+    _check_range(name, pieces, stats, scaler, clip, loss)
+
+    def convert(block):
+        return scaler.transform(block, clip=clip)
+
+    out = {}
+    for key, (xp, yp, _, where) in pieces.items():
+        rows = where if index is not None else None
+        if pixels[key]:
+            out[key] = (_rows(xp, rows, _pixels, False), yp)
+        else:
+            out[key] = (_rows(xp, rows, convert, scaler.identity and not clip), yp)
+
+    n_classes, n_outputs = None, None
+    if targets == "classes":
+        out = {k: (xs, labels(ys, len(xs), f"{name} ({k})")) for k, (xs, ys) in out.items()}
+        n_classes = raw.n_classes
+        found = [ys for _, ys in out.values() if ys is not None]
+        if n_classes is None:
+            n_classes = max(int(ys.max()) for ys in found if ys.size) + 1
+        for key, (_, ys) in out.items():
+            if ys is not None:
+                check_labels(ys, n_classes, f"{name} ({key})")
+        n_outputs = n_classes
+    elif targets == "values":
+        out = {
+            k: (xs, None if ys is None else values(ys, f"{name} ({k})"))
+            for k, (xs, ys) in out.items()
+        }
+        n_outputs = 1 if found[0].ndim == 1 else int(found[0].shape[1])
+    made = {key: Split(xs, ys) for key, (xs, ys) in out.items()}
     return Data(
         name=name,
         origin=raw.origin,
-        train=splits["train"],
-        valid=splits.get("valid"),
-        test=splits.get("test"),
+        train=made["train"],
+        valid=made.get("valid"),
+        test=made.get("test"),
         image_shape=image_shape,
         n_classes=n_classes,
+        scaler=scaler,
+        split=index,
+        target_kind=targets,
+        n_outputs=n_outputs,
     )
+
+
+def _scaler(name, given, kind, n_features, stats, pixels):
+    if given is not None:
+        if not isinstance(given, Scaler):
+            raise TypeError(f"`scaler` must be a Scaler. Received: scaler={given!r}")
+        if given.n_features != n_features:
+            raise DataError(
+                f"{name}: the scaler has {given.n_features} features but the data has {n_features}"
+            )
+        if pixels["train"] and not given.identity:
+            raise DataError(
+                f"{name}: uint8 pixels are divided by 255, not scaled; "
+                f"the recorded scaler ({given.kind}) does not apply to them"
+            )
+        return given
+    if pixels["train"] or kind == "none":
+        return Scaler.none(n_features)  # pixels: / 255, whatever `scale` asks
+    if kind == "global":
+        return Scaler.fit("global", *[s for s in stats.values() if s is not None], where=name)
+    return Scaler.fit(kind, stats["train"], where=name)
+
+
+def _check_range(name, pieces, stats, scaler, clip, loss):
+    """Refuse values the loss cannot take (cross-entropy: [0, 1]) or float32 cannot hold."""
+    found = [(key, s) for key, s in stats.items() if s is not None and s.n]
+    if not found:
+        return
+    label = pieces[found[0][0]][2]
+    if scaler.identity:
+        low = min(s.range[0] for _, s in found)
+        high = max(s.range[1] for _, s in found)
+    else:
+        ranges = [scaler.range_after(s.low, s.high) for _, s in found]
+        low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    if loss == "cross-entropy" and not clip and (low < 0 or high > 1):
+        after = "" if scaler.identity else f" after {scaler.kind} scaling"
+        hint = SCALE_HINT if scaler.identity else SCALED_HINT
+        raise DataError(
+            f"{label}: values range from {low:.6g} to {high:.6g}{after} but the cross-entropy "
+            f"loss needs [0, 1]; {hint}"
+        )
+    if not clip and max(-low, high) > FLOAT32_MAX:
+        raise DataError(
+            f"{label}: values up to {max(-low, high):.6g} do not fit in float32; use --scale"
+        )
