@@ -75,6 +75,24 @@ class Grid(click.ParamType):
         return tuple(int(p) for p in parts)
 
 
+class Size(click.ParamType):
+    """A number of rows (an integer >= 0) or a fraction of them (a number in (0, 1))."""
+
+    name = "ROWS|FRACTION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int | float):
+            return value
+        for kind in (int, float):
+            try:
+                number = kind(value)
+            except ValueError:
+                continue
+            if (kind is int and number >= 0) or (kind is float and 0 < number < 1):
+                return number
+        self.fail(f"{value!r} is neither a count >= 0 nor a fraction in (0, 1)", param, ctx)
+
+
 INT = Number(int)
 FLOAT = Number(float)
 POSITIVE_INT = click.IntRange(min=1)  # counts that belong to no spec (--limit, --n, --layer)
@@ -153,6 +171,14 @@ strategy_option = click.option(
     show_default=True,
     help="tf.distribute strategy (TensorFlow backend); --batch-size is global.",
 )
+scale_option = click.option(
+    "--scale",
+    type=click.Choice(config.SCALE_KINDS),
+    is_flag=False,
+    flag_value="global",
+    help="Per-feature scaling fitted on the training split: minmax into [0, 1], standard "
+    "(mean 0, variance 1), none; --scale alone is global, one min and max over all values.",
+)
 data_options = _options(
     click.option(
         "--data",
@@ -163,13 +189,17 @@ data_options = _options(
     click.option("--limit", type=POSITIVE_INT, help="Use only the first N rows of each split."),
     click.option(
         "--valid-size",
-        type=click.IntRange(min=0),
-        help="Rows held out from the end of the training set for validation.",
+        type=Size(),
+        help="Validation rows (a count or a fraction): from the end of the training rows of a "
+        "source with splits of its own, else drawn at random.  [default: the source's, or 0.1]",
     ),
-    click.option("--label-column", help="CSV column holding the labels."),
     click.option(
-        "--scale", is_flag=True, default=None, help="Min-max scale float data into [0, 1]."
+        "--test-size",
+        type=Size(),
+        help="Test rows (a count or a fraction) of a file without a test split.  [default: 0.1]",
     ),
+    click.option("--label-column", help="Table column (name or index) holding the labels."),
+    scale_option,
 )
 run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
 LAYER_FLAGS = {}  # LayerSpec field -> its option, for messages
@@ -188,8 +218,14 @@ def _per_layer(flag, field, item, text):
     )
 
 
-def _data_kwargs(limit, valid_size, label_column, scale):
-    return {"limit": limit, "valid_size": valid_size, "label_column": label_column, "scale": scale}
+def _data_kwargs(limit, valid_size, test_size, label_column, scale):
+    return {
+        "limit": limit,
+        "valid_size": valid_size,
+        "test_size": test_size,
+        "label_column": label_column,
+        "scale": scale,
+    }
 
 
 def _given(ctx, name):
@@ -269,6 +305,7 @@ def pretrain(
     data,
     limit,
     valid_size,
+    test_size,
     label_column,
     scale,
     seed,
@@ -291,7 +328,7 @@ def pretrain(
         given = {name: value for name, value in settings.items() if value is not None}
         given |= {"layers": layers if _given(ctx, "layers") else None}
         given |= {"seed": seed if _given(ctx, "seed") else None}
-        given |= _data_kwargs(limit, valid_size, label_column, scale)
+        given |= _data_kwargs(limit, valid_size, test_size, label_column, scale)
     else:
         flags = {**LAYER_FLAGS, "layers": "--layers"}
         specs = _spec(config.layer_specs, flags, layers=layers, **settings)
@@ -309,7 +346,9 @@ def pretrain(
         out,
         specs,
         data=data,
-        data_options={} if resume else _data_kwargs(limit, valid_size, label_column, scale),
+        data_options={}
+        if resume
+        else _data_kwargs(limit, valid_size, test_size, label_column, scale),
         seed=seed,
         resume=resume,
         overwrite=overwrite,
@@ -380,6 +419,7 @@ def finetune(
     data,
     limit,
     valid_size,
+    test_size,
     label_column,
     scale,
     resume,
@@ -399,7 +439,7 @@ def finetune(
         run_dir,
         spec,
         data=data,
-        data_options=_data_kwargs(limit, valid_size, label_column, scale),
+        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale),
         given=given,
         resume=resume,
         overwrite=overwrite,
@@ -418,12 +458,12 @@ def finetune(
 @run_argument
 @data_options
 @verbose_option
-def evaluate(run_dir, data, limit, valid_size, label_column, scale, verbose):
+def evaluate(run_dir, data, limit, valid_size, test_size, label_column, scale, verbose):
     """Test error and confusion counts of the classifier, reconstruction cost of each layer."""
     result = workflows.evaluate_job(
         run_dir,
         data,
-        data_options=_data_kwargs(limit, valid_size, label_column, scale),
+        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale),
         quiet_backend=not verbose,
     )
     for k, cost in enumerate(result["reconstruction"]):
@@ -453,7 +493,12 @@ def evaluate(run_dir, data, limit, valid_size, label_column, scale, verbose):
 )
 @click.option("--layer", type=POSITIVE_INT, help="Codes after this layer.  [default: the top]")
 @click.option("--limit", type=POSITIVE_INT, help="Encode only the first N rows.")
-@click.option("--scale", is_flag=True, default=None, help="Min-max scale float data into [0, 1].")
+@click.option(
+    "--scale",
+    is_flag=True,
+    hidden=True,
+    help="Accepted for old scripts: the run's recorded scaling is always applied.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @verbose_option
 def encode(run_dir, data, out_path, layer, limit, scale, overwrite, verbose):
@@ -509,6 +554,7 @@ def reconstruct(
     data,
     limit,
     valid_size,
+    test_size,
     label_column,
     scale,
     n,
@@ -527,7 +573,7 @@ def reconstruct(
         n,
         corruption,
         overwrite,
-        data_options=_data_kwargs(limit, valid_size, label_column, scale),
+        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale),
     )
     click.echo(f"wrote {path}")
 

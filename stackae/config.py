@@ -6,6 +6,8 @@ import math
 DEFAULT_SEED = 123
 NOISE_KINDS = ("masking", "gaussian", "salt-and-pepper")
 LOSSES = ("cross-entropy", "squared-error")
+# Per-feature scaling fitted on the training split; "global": one min and max over all values.
+SCALE_KINDS = ("none", "minmax", "standard", "global")
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi-worker")
 # Rows per call when predicting, encoding or evaluating (no gradients: bigger is faster).
 PREDICT_BATCH = 1024

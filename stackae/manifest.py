@@ -13,7 +13,7 @@ import math
 import types
 import typing
 
-from stackae.config import FinetuneSpec, LayerSpec
+from stackae.config import SCALE_KINDS, FinetuneSpec, LayerSpec
 from stackae.config import _is_int as is_int
 from stackae.config import _is_number as is_number
 from stackae.errors import RunError, first_line
@@ -23,7 +23,6 @@ MANIFEST = "manifest.json"
 LOCK = ".stackae.lock"
 MAX_INT = 2**63 - 1  # seeds feed stateless RNGs as int64 pairs
 STATUSES = ("pretraining", "pretrained", "finetuning", "finetuned")
-SCALE_KINDS = ("none", "minmax", "standard", "global")
 SPLITS = ("train", "valid", "test")
 # Spec fields added after format 1: a manifest may lack them (their default is their old
 # meaning); every other spec field was always written, so its absence is damage.
@@ -40,6 +39,9 @@ class DataOptions:
     label_column: str | int | None = None
     scale: str = "none"
     split_seed: int = 123
+    # "random": a seeded split recorded in the run; "tail": format 1's validation rows
+    # from the end of a file without splits of its own, and no test split.
+    split: str = "random"
 
 
 @dataclasses.dataclass
@@ -215,6 +217,7 @@ class Manifest:
             )
         require(options.scale in SCALE_KINDS, f"data scale is not one of {SCALE_KINDS}")
         require(0 <= options.split_seed <= MAX_INT, "data split_seed")
+        require(options.split in ("random", "tail"), "data options split")
         require(data.split is None or data.split in self.files, "data split file")
         if self.finetune is not None:
             self.finetune.check(self.files, require)
@@ -256,6 +259,9 @@ def _upgrade(raw):
         if isinstance(options.get("scale"), bool):
             # Format 1's --scale: one min and max over every value of every split.
             options["scale"] = "global" if options["scale"] else "none"
+        shapes = data.get("shapes")
+        if data.get("path") is not None and isinstance(shapes, dict) and "test" not in shapes:
+            options["split"] = "tail"  # format 1 split a file without splits only this way
         data["options"] = options
         raw["data"] = data
     tune = raw.get("finetune")

@@ -656,9 +656,10 @@ def _same_source(given, recorded_path, record):
 def _data_record(data, options):
     """What the manifest records about loaded data (a stackae.data.Data) and its options."""
     name = data.name
-    path = None if name in NAMED_SOURCES else os.path.abspath(name)
+    # A file's absolute path; None for a named source or rows given in memory.
+    path = None if name in NAMED_SOURCES or name.startswith("<") else os.path.abspath(name)
     options = dict(options or {})
-    if isinstance(options.get("scale"), bool):
+    if isinstance(options.get("scale"), bool | None):
         options["scale"] = "global" if options["scale"] else "none"
     known = {field.name for field in dataclasses.fields(DataOptions)}
     scaler = getattr(data, "scaler", None)
@@ -676,7 +677,7 @@ def _data_record(data, options):
         },
         options=DataOptions(**{k: v for k, v in options.items() if k in known}),
         scaler=scaler.to_dict() if scaler is not None and scaler.kind != "none" else None,
-        target_kind=getattr(data, "target_kind", "classes"),
+        target_kind=getattr(data, "target_kind", None) or "classes",
         n_outputs=getattr(data, "n_outputs", None),
     )
 

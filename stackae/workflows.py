@@ -30,7 +30,7 @@ from stackae.runs import Run
 
 # ---------------------------------------------------------------- data
 
-DATA_OPTIONS = ("limit", "valid_size", "label_column", "scale")
+DATA_OPTIONS = ("limit", "valid_size", "test_size", "label_column", "scale")
 
 
 def default_source():
@@ -40,35 +40,65 @@ def default_source():
     return find()
 
 
-def load_data(source=None, *, loss, **options):
-    """(Data, the options to record) for a new run."""
+def load_data(source=None, *, loss, split_seed=DEFAULT_SEED, **options):
+    """(Data, the options to record) for a new run: scaling fitted, split drawn."""
     from stackae.data import load
 
-    options = {name: options.get(name) for name in DATA_OPTIONS} | options
-    options["scale"] = options.get("scale") or False
-    return load(source, loss=loss, **options), options
+    options = {name: options.get(name) for name in DATA_OPTIONS}
+    scale = options["scale"]
+    options["scale"] = "global" if scale is True else (scale or "none")
+    data = load(source, loss=loss, split_seed=split_seed, **options)
+    return data, {**options, "split_seed": split_seed}
 
 
 def load_run_data(run, source=None, record=None, **given):
-    """The data a run's job reads: the recorded data and options, or the data given.
+    """The data a run's job reads, scaled by the run's recorded scaler.
 
-    Data given with `source` (another file to encode or evaluate, say) is read
-    with the recorded options where none are given, and checked for the run's width.
+    Without `source`: the data `record` names (the run's by default) with its
+    recorded options and split. With `source` (other rows to encode or
+    evaluate): that data, read with the recorded options where none are
+    given. Either way the run's width is checked.
     """
-    from stackae.data import check_width
+    from stackae.data import check_width, load
+    from stackae.data.scaling import Scaler
 
     record = record or run.data
     recorded = dataclasses.asdict(record.options)
-    options = {name: recorded.get(name) for name in DATA_OPTIONS}
-    options.update({name: value for name, value in given.items() if value is not None})
-    same = source is None
-    data, _ = load_data(
-        run.resolve_data_path(record) or record.name if same else source,
+    options = {name: recorded[name] for name in DATA_OPTIONS}
+    changed = {k: v for k, v in given.items() if v is not None and v != options.get(k)}
+    options.update(changed)
+    scaler = None
+    if run.data.scaler is not None:
+        where = f"{run.file(runs.MANIFEST)}: data.scaler"
+        scaler = Scaler.from_dict(run.data.scaler, where, run.data.n_features)
+    elif source is not None and run.data.options.scale != "none":
+        scaler = load_run_data(run).scaler  # format 1 kept no scaler: fit it as the run did
+    split = None
+    if source is None and not changed:
+        split = run.split_indices() if record.split else _tail_split(record)
+    data = load(
+        run.resolve_data_path(record) or record.name if source is None else source,
         loss=run.specs[0].loss,
+        split_seed=recorded["split_seed"],
+        scaler=scaler,
+        split=split,
         **options,
     )
-    check_width(data.train.x, record.n_features, f"{data.name}")
+    check_width(data.train.x, run.data.n_features, f"{data.name}")
     return data
+
+
+def _tail_split(record):
+    """Format 1's split of a file without splits: validation rows from the end, no test."""
+    if record.options.split != "tail":
+        return None
+    import numpy as np
+
+    n_train = record.shapes["train"][0]
+    n_valid = record.shapes.get("valid", [0])[0]
+    split = {"train": np.arange(n_train), "valid": np.arange(n_train, n_train + n_valid)}
+    split["test"] = np.arange(0)
+    return split
 
 
 # ---------------------------------------------------------------- opening runs
@@ -643,7 +673,7 @@ def encode_job(run, data, out_path, layer=None, overwrite=False, *, limit=None, 
         run = open_run(run)
         backend.start(verbose=not quiet_backend)
     if not hasattr(data, "train"):
-        data = load_run_data(run, data, limit=limit, valid_size=0)
+        data = load_run_data(run, data, limit=limit, valid_size=0, test_size=0)
     if layer is not None and not 1 <= layer <= run.n_layers:
         raise RunError(f"--layer must be between 1 and {run.n_layers}; got {layer}")
     arrays = {}

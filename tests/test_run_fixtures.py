@@ -69,5 +69,10 @@ def test_table_fixture_reads_its_relative_data(runs_copy):
     run = runs_copy / "table"
     out = invoke("evaluate", run)
     assert "layer 1 reconstruction cost" in out
+    codes = runs_copy / "table_codes.npz"
+    invoke("encode", run, "--data", runs_copy / "table.csv", "--out", codes)
+    with np.load(codes) as saved:
+        # The old --scale (one min and max over the run's data) is applied, not refitted.
+        np.testing.assert_allclose(saved["train"][:5], EXPECTED["table"]["codes"], atol=1e-5)
     out = invoke("finetune", run, "--overwrite", "--epochs", 2, "-q")
     assert "validation error" in out

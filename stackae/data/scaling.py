@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stackae.config import SCALE_KINDS
 from stackae.errors import DataError
 
-KINDS = ("none", "minmax", "standard", "global")
+KINDS = SCALE_KINDS
 
 
 class Stats:
