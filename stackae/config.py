@@ -6,6 +6,12 @@ import math
 DEFAULT_SEED = 123
 NOISE_KINDS = ("masking", "gaussian", "salt-and-pepper")
 LOSSES = ("cross-entropy", "squared-error")
+# Encoder and decoder activations a LayerSpec takes (Keras names).
+ACTIVATIONS = ("sigmoid", "linear", "relu", "tanh")
+# Per-feature scalings (stackae.data.scaling) whose outputs stay in [0, 1], where the
+# tutorial's sigmoid decoder and cross-entropy fit; "none" leaves the data as they are.
+UNIT_INTERVAL_SCALINGS = ("none", "minmax")
+TASKS = ("classification", "regression")
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi-worker")
 # Rows per call when predicting, encoding or evaluating (no gradients: bigger is faster).
 PREDICT_BATCH = 1024
@@ -74,6 +80,8 @@ class LayerSpec:
     sparsity: float = 0.0
     sparsity_target: float = 0.05
     contraction: float = 0.0
+    activation: str = "sigmoid"  # the encoder's
+    decoder_activation: str = "sigmoid"
 
     def __post_init__(self):
         for name in ("units", "epochs", "batch_size"):
@@ -98,9 +106,39 @@ class LayerSpec:
             self.sparsity_target,
             "in (0, 1)",
         )
+        for name in ("activation", "decoder_activation"):
+            value = getattr(self, name)
+            _require(value in ACTIVATIONS, name, value, f"one of {ACTIVATIONS}")
+        if self.loss == "cross-entropy" and self.decoder_activation != "sigmoid":
+            raise ValueError(
+                "The cross-entropy loss needs a sigmoid decoder (outputs in [0, 1]); "
+                "use loss='squared-error' for another decoder. "
+                f"Received: loss={self.loss!r}, decoder_activation={self.decoder_activation!r}"
+            )
+        # Both penalties are written for sigmoid codes: the KL sparsity compares mean
+        # activations in (0, 1) with a target in (0, 1), and the contractive Jacobian is
+        # h (1 - h) W, the sigmoid's derivative.
+        for name in ("sparsity", "contraction"):
+            value = getattr(self, name)
+            if value and self.activation != "sigmoid":
+                raise ValueError(
+                    f"The {name} penalty needs a sigmoid encoder. "
+                    f"Received: {name}={value!r}, activation={self.activation!r}"
+                )
 
     def make_optimizer(self):
         return make_optimizer(self.optimizer, self.learning_rate)
+
+    def layer(self, **kwargs):
+        """The TiedAutoEncoderLayer this spec describes (untrained); kwargs go to the layer."""
+        from stackae.layers import TiedAutoEncoderLayer
+
+        return TiedAutoEncoderLayer(
+            self.units,
+            activation=self.activation,
+            decoder_activation=self.decoder_activation,
+            **kwargs,
+        )
 
     def autoencoder(self, layer, seed):
         from stackae.autoencoder import AutoEncoder
@@ -155,6 +193,41 @@ def _broadcast(name, value, n):
 DEFAULTS = LayerSpec()
 
 
+def default_activations(scale_kind, n_layers):
+    """The activations and losses of a stack of `n_layers` for inputs scaled by `scale_kind`.
+
+    Returns `layer_specs` settings, one value per layer:
+    `{"activation": ..., "decoder_activation": ..., "loss": ...}`.
+
+    Inputs in [0, 1] (`scale_kind` in UNIT_INTERVAL_SCALINGS: "none", data taken as
+    they are, e.g. pixels, and "minmax") get the tutorial's sigmoid encoders and
+    decoders with the cross-entropy in every layer, today's defaults unchanged.
+
+    Any other kind (e.g. standardised features, negative and unbounded) gets, in
+    the first layer, a sigmoid encoder with a linear decoder and the squared-error
+    loss: a sigmoid decoder can only output (0, 1), so it cannot reconstruct such
+    inputs, and the cross-entropy is not defined for them. This is the choice of
+    Vincent et al. (2010, "Stacked denoising autoencoders", JMLR 11, section 4.1)
+    for real-valued inputs: an affine decoder with the squared error. The layers
+    above it see the first layer's codes, which a sigmoid encoder keeps in
+    [0, 1], so they keep the tutorial's settings.
+
+    >>> default_activations("standard", 2)["decoder_activation"]
+    ('linear', 'sigmoid')
+    """
+    if not _is_int(n_layers) or n_layers < 1:
+        raise ValueError(f"`n_layers` must be an integer >= 1. Received: n_layers={n_layers!r}")
+    first = ("sigmoid", "cross-entropy")
+    if scale_kind not in UNIT_INTERVAL_SCALINGS:
+        first = ("linear", "squared-error")
+    rest = (n_layers - 1) * (("sigmoid", "cross-entropy"),)
+    return {
+        "activation": ("sigmoid",) * n_layers,
+        "decoder_activation": tuple(d for d, _ in (first, *rest)),
+        "loss": tuple(loss for _, loss in (first, *rest)),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneSpec:
     """Fine-tuning settings; lr 0.1 with SGD as the SdA tutorial, minibatches for speed."""
@@ -168,6 +241,8 @@ class FinetuneSpec:
     lr_decay: float = 1.0  # the learning rate of epoch e is learning_rate * lr_decay**e
     dropout: float = 0.0  # after each hidden layer, during fine-tuning only
     input_dropout: float = 0.0  # on the input, likewise
+    # "regression": a linear output, the squared error, early stopping on the validation loss.
+    task: str = "classification"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience"):
@@ -183,6 +258,7 @@ class FinetuneSpec:
             self.lr_decay,
             "in (0, 1]",
         )
+        _require(self.task in TASKS, "task", self.task, f"one of {TASKS}")
         if self.momentum and self.optimizer.lower() != "sgd":
             raise ValueError(
                 f"`momentum` is an SGD setting; the optimizer is {self.optimizer!r}. "

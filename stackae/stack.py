@@ -6,7 +6,6 @@ import keras
 import numpy as np
 
 from stackae.config import DEFAULT_SEED, PREDICT_BATCH, LayerSpec, layer_specs  # noqa: F401 (public here too)
-from stackae.layers import TiedAutoEncoderLayer
 
 
 @keras.saving.register_keras_serializable(package="stackae")
@@ -22,9 +21,10 @@ class Stack(keras.Model):
         super().__init__(**kwargs)
         self.specs = [s if isinstance(s, LayerSpec) else LayerSpec(**s) for s in specs]
         self.seed = int(seed)
+        # Specs saved before `activation` / `decoder_activation` existed lack them and
+        # take LayerSpec's defaults, sigmoid and sigmoid, as those stacks were.
         self.encoder_layers = [
-            TiedAutoEncoderLayer(spec.units, name=f"tied_{k + 1}")
-            for k, spec in enumerate(self.specs)
+            spec.layer(name=f"tied_{k + 1}") for k, spec in enumerate(self.specs)
         ]
 
     @property
@@ -87,7 +87,9 @@ def pretrain(
 
     Args:
         stack: the Stack to train (its layers are trained in place).
-        x: training rows in [0, 1]; valid: optional validation rows.
+        x: training rows, in [0, 1] for a layer with the cross-entropy (a
+            sigmoid decoder); any real values for a linear decoder with the
+            squared error. valid: optional validation rows.
         callbacks: a function k -> list of Keras callbacks for layer k.
         start_layer: layers below it are taken as already trained.
         initial_epoch: the epoch `start_layer` starts at (resuming: a callback

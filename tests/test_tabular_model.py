@@ -1,0 +1,199 @@
+"""Real-valued (tabular) data on the model side: activations per layer, exports that take
+raw features, regression fine-tuning."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import stackae
+from stackae import export
+from stackae.config import (
+    ACTIVATIONS,
+    LayerSpec,
+    default_activations,
+    layer_specs,
+)
+from stackae.stack import Stack, pretrain
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def numpy(v):
+    return keras.ops.convert_to_numpy(v)
+
+
+def sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+@pytest.fixture
+def standardised(rng):
+    """600 rows of 8 standardised features with a 3-dimensional structure (float32)."""
+    z = rng.normal(size=(600, 3))
+    x = z @ rng.normal(size=(3, 8)) + 0.1 * rng.normal(size=(600, 8))
+    return ((x - x.mean(axis=0)) / x.std(axis=0)).astype("float32")
+
+
+# ---------------------------------------------------------------- activations per layer
+
+
+def test_spec_activations_default_to_the_tutorials_and_are_checked():
+    spec = LayerSpec()
+    assert (spec.activation, spec.decoder_activation) == ("sigmoid", "sigmoid")
+    assert set(ACTIVATIONS) >= {"sigmoid", "linear", "relu", "tanh"}
+    for name in ACTIVATIONS:
+        LayerSpec(activation=name, decoder_activation=name, loss="squared-error")
+    with pytest.raises(ValueError, match=r"^`activation` must be one of .* Received: activation="):
+        LayerSpec(activation="swish")
+    with pytest.raises(ValueError, match="Received: decoder_activation='softmax'"):
+        LayerSpec(decoder_activation="softmax", loss="squared-error")
+
+
+def test_cross_entropy_with_a_decoder_other_than_sigmoid_is_refused_in_one_line():
+    with pytest.raises(ValueError) as err:
+        LayerSpec(loss="cross-entropy", decoder_activation="linear")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "needs a sigmoid decoder" in message
+    assert "Received: loss='cross-entropy', decoder_activation='linear'" in message
+    # The same through layer_specs, and the squared error takes the linear decoder.
+    with pytest.raises(ValueError, match="needs a sigmoid decoder"):
+        layer_specs((5,), decoder_activation="linear")
+    assert layer_specs((5,), decoder_activation="linear", loss="squared-error")[0].loss == (
+        "squared-error"
+    )
+
+
+@pytest.mark.parametrize("penalty", ["sparsity", "contraction"])
+def test_penalties_written_for_sigmoid_codes_refuse_other_encoders(penalty):
+    LayerSpec(**{penalty: 0.1})  # sigmoid: fine
+    with pytest.raises(ValueError) as err:
+        LayerSpec(activation="relu", **{penalty: 0.1})
+    assert "\n" not in str(err.value)
+    assert f"Received: {penalty}=0.1, activation='relu'" in str(err.value)
+    LayerSpec(activation="relu", **{penalty: 0.0})  # no penalty: any encoder
+
+
+def test_layer_specs_broadcast_activations():
+    specs = layer_specs(
+        (6, 4),
+        activation=("relu", "relu"),
+        decoder_activation=("linear", "relu"),
+        loss="squared-error",
+    )
+    assert [s.activation for s in specs] == ["relu", "relu"]
+    assert [s.decoder_activation for s in specs] == ["linear", "relu"]
+    specs = layer_specs((6, 4, 2), activation="tanh", loss="squared-error")
+    assert [s.activation for s in specs] == ["tanh"] * 3
+    with pytest.raises(ValueError, match="2 values for 3 layers"):
+        layer_specs((6, 4, 2), activation=("relu", "tanh"))
+
+
+def test_stack_builds_its_layers_with_the_specs_activations_and_saves_them(tmp_path, rng):
+    specs = layer_specs(
+        (6, 4), activation=("tanh", "relu"), decoder_activation="linear", loss="squared-error"
+    )
+    stack = Stack(specs, seed=3)
+    stack.build((None, 5))
+    x = rng.normal(size=(7, 5)).astype("float32")
+    first, second = stack.encoder_layers
+    w1, b1, c1 = (numpy(v) for v in (first.kernel, first.bias, first.decoder_bias))
+    w2, b2, c2 = (numpy(v) for v in (second.kernel, second.bias, second.decoder_bias))
+    h1 = np.tanh(x @ w1 + b1)
+    h2 = np.maximum(h1 @ w2 + b2, 0.0)
+    assert_allclose(numpy(stack.encode(x)), h2, rtol=1e-5, atol=1e-6)
+    decoded = (h2 @ w2.T + c2) @ w1.T + c1  # linear decoders, both
+    assert_allclose(numpy(stack.decode(stack.encode(x))), decoded, rtol=1e-5, atol=1e-5)
+    stack.save(tmp_path / "stack.keras")
+    loaded = keras.saving.load_model(tmp_path / "stack.keras")
+    assert loaded.specs == stack.specs
+    assert_allclose(numpy(loaded.encode(x)), h2, rtol=1e-5, atol=1e-6)
+    # The exported deep autoencoder carries the decoders' activations too.
+    deep = export.deep_autoencoder(stack)
+    assert_allclose(deep.predict(x, verbose=0), decoded, rtol=1e-5, atol=1e-5)
+
+
+def test_specs_without_activations_mean_sigmoid_and_sigmoid():
+    old = {k: v for k, v in LayerSpec(units=4).__dict__.items()}
+    del old["activation"], old["decoder_activation"]
+    stack = Stack.from_config({"specs": [old, dict(old, units=3)], "seed": 5})
+    for layer in stack.encoder_layers:
+        assert layer.activation is keras.activations.sigmoid
+        assert layer.decoder_activation is keras.activations.sigmoid
+    assert stack.specs == layer_specs((4, 3))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [FIXTURES / "stack.keras", *sorted((FIXTURES / "runs").glob("*/stack.keras"))],
+    ids=lambda p: str(p.relative_to(FIXTURES)),
+)
+def test_stack_files_written_before_activations_load_as_sigmoid(path):
+    with zipfile.ZipFile(path) as archive:
+        saved = json.loads(archive.read("config.json"))
+    saved_specs = saved["config"]["specs"]
+    assert all("activation" not in spec for spec in saved_specs)  # really an old file
+    stack = keras.saving.load_model(path)
+    assert [s.activation for s in stack.specs] == ["sigmoid"] * len(saved_specs)
+    assert [s.decoder_activation for s in stack.specs] == ["sigmoid"] * len(saved_specs)
+    # The layers compute the sigmoid code of their own weights.
+    layer = stack.encoder_layers[0]
+    x = np.random.default_rng(2).random((4, layer.n_visible)).astype("float32")
+    expected = sigmoid(x @ numpy(layer.kernel) + numpy(layer.bias))
+    assert_allclose(numpy(layer(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_default_activations_for_scaled_inputs():
+    tutorial = default_activations("none", 3)
+    assert tutorial == {
+        "activation": ("sigmoid",) * 3,
+        "decoder_activation": ("sigmoid",) * 3,
+        "loss": ("cross-entropy",) * 3,
+    }
+    assert default_activations("minmax", 2) == default_activations("none", 2)
+    real = default_activations("standard", 3)
+    assert real["activation"] == ("sigmoid",) * 3  # codes in [0, 1] for the layers above
+    assert real["decoder_activation"] == ("linear", "sigmoid", "sigmoid")
+    assert real["loss"] == ("squared-error", "cross-entropy", "cross-entropy")
+    specs = layer_specs((8, 4, 2), **real)  # valid specs
+    assert [s.loss for s in specs] == list(real["loss"])
+    assert default_activations("standard", 1)["decoder_activation"] == ("linear",)
+    with pytest.raises(ValueError, match="Received: n_layers=0"):
+        default_activations("standard", 0)
+
+
+def test_squared_error_is_computed_on_the_linear_decoders_output(rng):
+    layer = stackae.TiedAutoEncoderLayer(4, decoder_activation="linear")
+    model = stackae.AutoEncoder(layer, loss="squared-error", seed=1)
+    x = rng.normal(size=(9, 6)).astype("float32")
+    model.build(x.shape)
+    cost, _ = model.costs(x, x)
+    w, b, c = (numpy(v) for v in (layer.kernel, layer.bias, layer.decoder_bias))
+    z = sigmoid(x @ w + b) @ w.T + c
+    assert_allclose(float(cost), np.mean(np.sum((x - z) ** 2, axis=1)), rtol=1e-5)
+
+
+def test_linear_decoder_reconstructs_standardised_data(standardised):
+    x = standardised
+    keras.utils.set_random_seed(4)
+    specs = layer_specs(
+        (16,), decoder_activation="linear", loss="squared-error", epochs=30, learning_rate=0.01
+    )
+    stack = Stack(specs, seed=2)
+    (history,) = pretrain(stack, x, verbose=0)
+    reconstruction = numpy(stack.decode(stack.encode(x)))
+    error = np.mean(np.sum((x - reconstruction) ** 2, axis=1))
+    # The mean predictor's squared error is the number of features, 8 (0.47 when written).
+    assert error < 0.8, error
+    assert history.history["loss"][-1] < 0.8
+    negative = x < -0.5
+    assert np.mean(reconstruction[negative] < 0) > 0.95
+    # A sigmoid decoder cannot: its outputs never go below 0.
+    sigmoid_stack = Stack(layer_specs((16,), loss="squared-error", epochs=2), seed=2)
+    pretrain(sigmoid_stack, x, verbose=0)
+    assert numpy(sigmoid_stack.decode(sigmoid_stack.encode(x))).min() >= 0.0
