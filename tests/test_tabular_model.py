@@ -2,6 +2,8 @@
 raw features, regression fine-tuning."""
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from stackae import export
 from stackae.config import (
     ACTIVATIONS,
     LayerSpec,
-    default_activations,
+    default_layer_settings,
     layer_specs,
 )
 from stackae.stack import Stack, pretrain
@@ -148,23 +150,42 @@ def test_stack_files_written_before_activations_load_as_sigmoid(path):
     assert_allclose(numpy(layer(x)), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_default_activations_for_scaled_inputs():
-    tutorial = default_activations("none", 3)
+def test_default_layer_settings_for_scaled_inputs():
+    tutorial = default_layer_settings("none", (8, 4, 2))
     assert tutorial == {
         "activation": ("sigmoid",) * 3,
         "decoder_activation": ("sigmoid",) * 3,
         "loss": ("cross-entropy",) * 3,
+        "learning_rate": (0.1,) * 3,
     }
-    assert default_activations("minmax", 2) == default_activations("none", 2)
-    real = default_activations("standard", 3)
+    assert layer_specs((8, 4, 2), **tutorial) == layer_specs((8, 4, 2))  # today's defaults
+    assert default_layer_settings("minmax", (5, 5)) == default_layer_settings("none", (5, 5))
+    real = default_layer_settings("standard", (500, 4, 2))
     assert real["activation"] == ("sigmoid",) * 3  # codes in [0, 1] for the layers above
     assert real["decoder_activation"] == ("linear", "sigmoid", "sigmoid")
     assert real["loss"] == ("squared-error", "cross-entropy", "cross-entropy")
-    specs = layer_specs((8, 4, 2), **real)  # valid specs
+    assert real["learning_rate"] == (1 / 500, 0.1, 0.1)
+    specs = layer_specs((500, 4, 2), **real)  # valid specs
     assert [s.loss for s in specs] == list(real["loss"])
-    assert default_activations("standard", 1)["decoder_activation"] == ("linear",)
-    with pytest.raises(ValueError, match="Received: n_layers=0"):
-        default_activations("standard", 0)
+    assert default_layer_settings("standard", (8,))["learning_rate"] == (0.1,)
+    with pytest.raises(ValueError, match="Received: layers=()"):
+        default_layer_settings("standard", ())
+
+
+def test_the_default_first_layer_trains_where_the_tutorials_rate_diverges(rng):
+    z = rng.normal(size=(600, 5))
+    x = z @ rng.normal(size=(5, 50)) + 0.3 * rng.normal(size=(600, 50))
+    x = ((x - x.mean(axis=0)) / x.std(axis=0)).astype("float32")
+    settings = default_layer_settings("standard", (500,))
+    losses = {}
+    for rate in (settings["learning_rate"][0], 0.1):
+        keras.utils.set_random_seed(4)
+        stack = Stack(layer_specs((500,), epochs=3, **dict(settings, learning_rate=rate)))
+        losses[rate] = pretrain(stack, x, verbose=0)[0].history["loss"]
+    default = losses[settings["learning_rate"][0]]
+    assert np.all(np.isfinite(default)) and default[-1] < default[0]
+    assert default[-1] < 50  # the mean predictor's squared error: 50 features
+    assert not np.all(np.isfinite(losses[0.1]))
 
 
 def test_squared_error_is_computed_on_the_linear_decoders_output(rng):
@@ -197,3 +218,95 @@ def test_linear_decoder_reconstructs_standardised_data(standardised):
     sigmoid_stack = Stack(layer_specs((16,), loss="squared-error", epochs=2), seed=2)
     pretrain(sigmoid_stack, x, verbose=0)
     assert numpy(sigmoid_stack.decode(sigmoid_stack.encode(x))).min() >= 0.0
+
+
+# ---------------------------------------------------------------- exports that take raw features
+
+
+def small_stack(n_in=5, sizes=(6, 4)):
+    keras.utils.set_random_seed(7)
+    stack = Stack(layer_specs(sizes), seed=11)
+    stack.build((None, n_in))
+    return stack
+
+
+def reference_codes(stack, x):
+    """The stack's top code in NumPy (sigmoid encoders), float64."""
+    for layer in stack.encoder_layers:
+        x = sigmoid(x @ numpy(layer.kernel).astype("float64") + numpy(layer.bias))
+    return x
+
+
+RAW_OFFSET = np.array([0.0, 5.0, -3.0, 100.0, 1000.0])
+RAW_SCALE = np.array([1.0, 2.0, 0.5, 10.0, 250.0])
+
+
+class Scaler:
+    """Stands for stackae.data.scaling.Scaler: only `kind`, `offset` and `scale` are read."""
+
+    def __init__(self, offset, scale, kind="standard"):
+        self.kind, self.offset, self.scale = kind, list(offset), list(scale)
+
+
+def test_exports_with_a_scaler_take_raw_features_and_load_without_stackae(tmp_path, rng):
+    stack = small_stack()
+    scaler = Scaler(RAW_OFFSET, RAW_SCALE)
+    target_offset, target_scale = np.array([250.0, -2.0]), np.array([40.0, 0.25])
+    models = {
+        "encoder": export.encoder(stack, scaler=scaler),
+        "classifier": export.classifier(stack, 3, zero_init=False, scaler=scaler, dropout=0.2),
+        "regressor": export.regressor(
+            stack, 2, zero_init=False, scaler=scaler, target_scaler=(target_offset, target_scale)
+        ),
+    }
+    assert models["encoder"].layers[0].name == "scaling"
+    assert [layer.name for layer in models["regressor"].layers] == [
+        "scaling",
+        "encoder_1",
+        "encoder_2",
+        "output",
+        "target_scaling",
+    ]
+    x = (rng.normal(size=(9, 5)) * RAW_SCALE + RAW_OFFSET).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    for name, model in models.items():
+        model.save(tmp_path / f"{name}.keras")
+    code = (
+        "import json, sys, numpy as np, keras\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        "for name in ('encoder', 'classifier', 'regressor'):\n"
+        "    m = keras.saving.load_model(name + '.keras')\n"
+        "    np.save(name + '.npy', m.predict(x, verbose=0))\n"
+        "assert 'stackae' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    codes = reference_codes(stack, (x.astype("float64") - RAW_OFFSET) / RAW_SCALE)
+    assert_allclose(np.load(tmp_path / "encoder.npy"), codes, rtol=1e-5, atol=1e-6)
+    softmax = models["classifier"].get_layer("softmax")
+    logits = codes @ numpy(softmax.kernel) + numpy(softmax.bias)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    assert_allclose(np.load(tmp_path / "classifier.npy"), probabilities, rtol=1e-5, atol=1e-6)
+    output = models["regressor"].get_layer("output")
+    scaled = codes @ numpy(output.kernel) + numpy(output.bias)
+    expected = scaled * target_scale + target_offset  # back in the targets' units
+    assert_allclose(np.load(tmp_path / "regressor.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_identity_scalers_add_no_layer_and_bad_scalers_are_refused(rng):
+    stack = small_stack()
+    plain = [layer.name for layer in export.encoder(stack).layers]
+    for identity in (None, Scaler([1.0] * 5, [3.0] * 5, kind="none"), ([0.0] * 5, [1.0] * 5)):
+        assert [layer.name for layer in export.encoder(stack, scaler=identity).layers] == plain
+    regressor = export.regressor(stack, 1)
+    assert regressor.layers[-1].name == "output" and export.target_scale(regressor) is None
+    assert np.all(numpy(regressor.get_layer("output").kernel) == 0)  # zero_init
+    with pytest.raises(ValueError, match="needs 5 offsets and scales") as err:
+        export.encoder(stack, scaler=Scaler([0.0] * 4, [1.0] * 4))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="scales > 0"):
+        export.classifier(stack, 2, scaler=Scaler([0.0] * 5, [1.0, 1.0, 0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="needs 2 offsets"):
+        export.regressor(stack, 2, target_scaler=([0.0], [1.0]))
+    with pytest.raises(ValueError, match="Received: n_outputs=0"):
+        export.regressor(stack, 0)
