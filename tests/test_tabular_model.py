@@ -16,9 +16,19 @@ import stackae
 from stackae import export
 from stackae.config import (
     ACTIVATIONS,
+    FinetuneSpec,
     LayerSpec,
     default_layer_settings,
     layer_specs,
+)
+from stackae.errors import DataError
+from stackae.finetuning import (
+    EarlyStopping,
+    Finetuner,
+    finetune,
+    make_early_stopping,
+    make_finetuner,
+    regression_metrics,
 )
 from stackae.stack import Stack, pretrain
 
@@ -310,3 +320,234 @@ def test_identity_scalers_add_no_layer_and_bad_scalers_are_refused(rng):
         export.regressor(stack, 2, target_scaler=([0.0], [1.0]))
     with pytest.raises(ValueError, match="Received: n_outputs=0"):
         export.regressor(stack, 0)
+
+
+# ---------------------------------------------------------------- regression fine-tuning
+
+
+@pytest.fixture
+def regression_data(rng):
+    """600 rows of 8 raw features and a target y = 40 sin(1.5 x_s . w) + 250 + noise, where
+    x_s is the standardised x; split 400 / 100 / 100."""
+    x = rng.normal(size=(600, 8)) * np.r_[RAW_SCALE, 1, 3, 7] + np.r_[RAW_OFFSET, 0, -50, 9]
+    offset, scale = x.mean(axis=0), x.std(axis=0)
+    w = rng.normal(size=8) / np.sqrt(8)
+    y = 40 * np.sin(1.5 * ((x - offset) / scale) @ w) + 250 + 2 * rng.normal(size=600)
+    x = x.astype("float32")
+    parts = [(x[a:b], y[a:b]) for a, b in ((0, 400), (400, 500), (500, 600))]
+    return parts, Scaler(offset, scale), Scaler([y[:400].mean()], [y[:400].std()])
+
+
+def regressor(scaler=None, target_scaler=None, dropout=0.0, n_in=8, sizes=(12, 6)):
+    """The same small regressor every call (Glorot top layer, so every layer learns)."""
+    keras.utils.set_random_seed(7)
+    stack = Stack(layer_specs(sizes), seed=11)
+    stack.build((None, n_in))
+    return export.regressor(
+        stack,
+        1,
+        zero_init=False,
+        dropout=dropout,
+        input_dropout=dropout / 2,
+        scaler=scaler,
+        target_scaler=target_scaler,
+    )
+
+
+REGRESSION = FinetuneSpec(
+    task="regression", epochs=3, batch_size=8, learning_rate=0.05, momentum=0.5
+)
+
+
+def test_finetune_spec_task():
+    assert FinetuneSpec().task == "classification"
+    with pytest.raises(ValueError, match="Received: task='ranking'"):
+        FinetuneSpec(task="ranking")
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_regression_grouped_updates_equal_one_batch_per_step(regression_data, dropout):
+    (train, _, _), scaler, target_scaler = regression_data
+    runs = {}
+    for group in (1, 4):
+        model = regressor(scaler, target_scaler, dropout)
+        history = finetune(model, train, spec=REGRESSION, seed=5, group=group, verbose=0)
+        runs[group] = model.get_weights(), history.history
+    assert set(runs[1][1]) == {"loss"}
+    for a, b in zip(runs[1][0], runs[4][0]):
+        assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_allclose(runs[1][1]["loss"], runs[4][1]["loss"], rtol=1e-5)
+    for before, after in zip(regressor(scaler, target_scaler).get_weights(), runs[4][0]):
+        assert not np.allclose(before, after)
+
+
+def test_regression_cost_is_the_squared_error_of_scaled_targets(regression_data):
+    (train, _, _), scaler, target_scaler = regression_data
+    x, y = train[0][:16], train[1][:16]
+    model = regressor(scaler, target_scaler)
+    finetuner = make_finetuner(model, REGRESSION, seed=1)
+    prediction = model.predict(x, verbose=0)
+    scale = target_scaler.scale[0]
+    expected = np.mean(((prediction[:, 0] - y) / scale) ** 2)
+    assert float(finetuner.cost(y.reshape(-1, 1), prediction)) == pytest.approx(expected, rel=1e-5)
+    logs = finetuner.evaluate(x, y.reshape(-1, 1), batch_size=8, verbose=0, return_dict=True)
+    assert logs == {"loss": pytest.approx(expected, rel=1e-5)}
+    # The model itself is compiled for evaluate in the targets' units.
+    plain = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    assert plain["rmse"] == pytest.approx(np.sqrt(expected) * scale, rel=1e-4)
+    restored = Finetuner.from_config(finetuner.get_config())
+    assert restored.task == "regression" and restored.target_scale == pytest.approx([scale])
+
+
+def test_regression_beats_the_mean_predictor(regression_data):
+    (train, valid, test), scaler, target_scaler = regression_data
+    keras.utils.set_random_seed(3)
+    sizes = (32, 16)
+    stack = Stack(layer_specs(sizes, epochs=10, **default_layer_settings("standard", sizes)))
+    scaled = ((train[0] - np.asarray(scaler.offset)) / np.asarray(scaler.scale)).astype("float32")
+    pretrain(stack, scaled, verbose=0)
+    model = export.regressor(stack, 1, scaler=scaler, target_scaler=target_scaler)
+    spec = FinetuneSpec(task="regression", epochs=200, batch_size=20, patience=20, momentum=0.9)
+    spec = dataclasses_replace(spec, learning_rate=0.05)
+    history = finetune(model, train, valid, spec, seed=2, verbose=0).history
+    assert set(history) >= {"loss", "val_loss"} and "val_accuracy" not in history
+    metrics = regression_metrics(model, *test)
+    mean_predictor = regression_metrics(ConstantModel(train[1].mean()), *test)
+    print(f"regression test R2 {metrics['r2']:.3f}, RMSE {metrics['rmse']:.2f}")
+    assert mean_predictor["r2"] < 0.05
+    assert metrics["r2"] > 0.8, metrics
+    assert metrics["rmse"] < 0.5 * mean_predictor["rmse"]
+    # Early stopping kept the epoch of the lowest validation loss.
+    best = int(np.argmin(history["val_loss"]))
+    assert len(history["val_loss"]) < spec.epochs or best == spec.epochs - 1
+
+
+class ConstantModel:
+    """predict() of a constant: the mean predictor."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def predict(self, x, batch_size=None, verbose=0):
+        return np.full((len(x), 1), self.value)
+
+
+def dataclasses_replace(spec, **changes):
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)
+
+
+def test_regression_metrics_equal_scikit_learns(rng):
+    from sklearn import metrics
+
+    y = rng.normal(size=(50, 2)) * [3.0, 0.1] + [10.0, -1.0]
+    prediction = y + rng.normal(size=(50, 2)) * [1.0, 0.05]
+    got = regression_metrics(ConstantModelOf(prediction), np.zeros((50, 3)), y)
+    assert got["rmse"] == pytest.approx(metrics.root_mean_squared_error(y, prediction))
+    assert got["mae"] == pytest.approx(metrics.mean_absolute_error(y, prediction))
+    assert got["r2"] == pytest.approx(metrics.r2_score(y, prediction))
+    one = regression_metrics(ConstantModelOf(prediction[:, :1]), np.zeros((50, 3)), y[:, 0])
+    assert one["r2"] == pytest.approx(metrics.r2_score(y[:, 0], prediction[:, 0]))
+
+
+class ConstantModelOf:
+    def __init__(self, predictions):
+        self.predictions = predictions
+
+    def predict(self, x, batch_size=None, verbose=0):
+        return self.predictions
+
+
+def test_early_stopping_on_a_loss_stops_at_the_lowest_and_resumes():
+    class Model:
+        stop_training = False
+
+        def __init__(self):
+            self.weights = [np.zeros(1)]
+
+        def get_weights(self):
+            return self.weights
+
+        def set_weights(self, weights):
+            self.weights = weights
+
+    losses = [3.0, 2.0, 2.5, 1.9, 2.2, 2.3, 2.4]
+    whole, model = make_early_stopping(dataclasses_replace(REGRESSION, patience=2)), Model()
+    assert (whole.monitor, whole.mode) == ("val_loss", "min")
+    whole.set_model(model)
+    for epoch, loss in enumerate(losses):
+        model.weights = [np.array([epoch])]
+        whole.on_epoch_end(epoch, {"val_loss": loss})
+        if model.stop_training:
+            break
+    assert (epoch, whole.best_epoch, whole.best) == (5, 3, 1.9)
+    whole.on_train_end()
+    assert model.weights[0][0] == 3
+    # Cut after epoch 2: a new stopper from the JSON state stops at the same epoch.
+    cut = EarlyStopping(2, monitor="val_loss")
+    cut.set_model(Model())
+    for epoch, loss in enumerate(losses[:3]):
+        cut.on_epoch_end(epoch, {"val_loss": loss})
+    resumed = EarlyStopping(2, monitor="val_loss")
+    resumed.set_state(json.loads(json.dumps(cut.get_state())))
+    resumed.set_model(Model())
+    for epoch, loss in enumerate(losses[3:], start=3):
+        resumed.on_epoch_end(epoch, {"val_loss": loss})
+        if resumed.model.stop_training:
+            break
+    assert epoch == 5 and resumed.get_state() == whole.get_state()
+    assert EarlyStopping(2).mode == "max"  # accuracy, as before
+
+
+def test_regression_targets_are_checked_in_one_line(regression_data):
+    (train, _, _), scaler, target_scaler = regression_data
+    model = regressor(scaler, target_scaler)
+    with pytest.raises(DataError, match=r"expected shape \(400, 1\)"):
+        finetune(model, (train[0], np.zeros((400, 2))), spec=REGRESSION, verbose=0)
+    bad = train[1].copy()
+    bad[3] = np.nan
+    with pytest.raises(DataError, match="1 NaN or infinite"):
+        finetune(model, (train[0], bad), spec=REGRESSION, verbose=0)
+
+
+def test_regression_under_jax(tmp_path):
+    script = """
+    import json
+    import keras
+    import numpy as np
+    from stackae import export
+    from stackae.config import FinetuneSpec
+    from stackae.finetuning import finetune, regression_metrics
+    from stackae.stack import Stack, layer_specs
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype("float32")
+    y = 5 * np.sin(x @ rng.normal(size=6) / 2) + 20
+    spec = FinetuneSpec(task="regression", epochs=4, batch_size=8, learning_rate=0.1,
+                        momentum=0.5, dropout=0.2)
+    out = {}
+    for group in (1, 4):
+        keras.utils.set_random_seed(7)
+        stack = Stack(layer_specs((12, 6)), seed=11)
+        stack.build((None, 6))
+        model = export.regressor(stack, 1, zero_init=False, dropout=0.2,
+                                 target_scaler=([y.mean()], [y.std()]))
+        history = finetune(model, (x[:200], y[:200]), (x[200:], y[200:]), spec, seed=3,
+                           group=group, verbose=0)
+        out[group] = [w.tolist() for w in model.get_weights()], history.history
+    print(json.dumps({"backend": keras.backend.backend(), "runs": out,
+                      "metrics": regression_metrics(model, x[200:], y[200:])}))
+    """
+    from tests.processes import run_under
+
+    # With TensorFlow importable: processes.NO_TENSORFLOW puts None in sys.modules, which
+    # Keras's preprocessing layers (the target scaling here) take for an imported TensorFlow.
+    result = run_under("jax", script, tmp_path)
+    assert result["backend"] == "jax"
+    (w1, h1), (w4, h4) = result["runs"]["1"], result["runs"]["4"]
+    for a, b in zip(w1, w4):
+        assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_allclose(h1["val_loss"], h4["val_loss"], rtol=1e-5)
+    assert h1["loss"][-1] < h1["loss"][0]
+    assert result["metrics"]["r2"] > 0.0  # better than the mean after 4 epochs
