@@ -450,6 +450,7 @@ def finetune(
     multi-replica strategy); the results do not depend on it, only the speed.
     """
     from stackae.data import batches, training_dataset
+    from stackae.distribute import default_group
 
     if finetuner is None:
         finetuner = make_finetuner(model, spec, seed)
@@ -458,8 +459,6 @@ def finetune(
             f"The finetuner's task is {finetuner.task!r}, the spec's {spec.task!r}. "
             f"Received: spec.task={spec.task!r}"
         )
-    from stackae.distribute import default_group
-
     x, y = train
     group = group or default_group(autoencoder.DEFAULT_GROUP)
     if spec.task == "classification":
