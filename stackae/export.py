@@ -1,7 +1,12 @@
-"""Export a pretrained Stack to plain Keras models: encoder, classifier, deep autoencoder."""
+"""Export a pretrained Stack to plain Keras models: encoder, classifier, regressor, deep AE."""
 
 import keras
+import numpy as np
 from keras import ops
+
+# Names of the preprocessing layers the exported models may start and end with.
+SCALING = "scaling"
+TARGET_SCALING = "target_scaling"
 
 
 def _dense(units, activation, kernel, bias, name):
@@ -30,39 +35,137 @@ def _n_visible(stack):
     return stack.encoder_layers[0].n_visible
 
 
-def encoder(stack):
-    """keras.Sequential of Dense layers holding copies of each layer's W and b."""
-    return keras.Sequential(
-        [keras.Input((_n_visible(stack),)), *_encoder_layers(stack)], name="encoder"
-    )
+def scaling_layer(scaler, width, *, invert=False, name=SCALING):
+    """A `keras.layers.Normalization` computing `(x - offset) / scale` per feature, or None.
 
-
-def classifier(stack, n_classes, zero_init=True, dropout=0.0, input_dropout=0.0):
-    """The encoder with a softmax layer of `n_classes` on top, ready to fine-tune.
-
-    The softmax starts at zero like the tutorial's logistic regression
-    (`zero_init=False` uses Keras's Glorot default instead). `dropout` > 0 puts
-    a `keras.layers.Dropout` after every hidden layer and `input_dropout` > 0
-    one on the input (Srivastava et al. 2014): active in `fit` only, so the
-    model's predictions are the same function of the same weights.
+    `scaler` is None, an object with `offset` and `scale` (sequences of `width`
+    floats, as `stackae.data.scaling.Scaler` has) or an `(offset, scale)` pair.
+    None, a scaler of kind "none" and offsets 0 with scales 1 are the identity:
+    no layer. `invert=True` computes `x * scale + offset` instead (targets back
+    to their units). The layer is Keras's own, so a saved model that holds it
+    loads without stackae; it computes in float32 (raw features may overflow
+    float16 under mixed precision).
     """
-    mixed = keras.config.dtype_policy().name.startswith("mixed")
-    top = keras.layers.Dense(
-        n_classes,
-        activation="softmax",
-        kernel_initializer="zeros" if zero_init else "glorot_uniform",
-        # Under mixed precision the softmax and the loss stay in float32 (Keras's advice).
-        dtype="float32" if mixed else None,
-        name="softmax",
+    if scaler is None or getattr(scaler, "kind", None) == "none":
+        return None
+    offset, scale = scaler if isinstance(scaler, tuple | list) else (scaler.offset, scaler.scale)
+    offset, scale = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (offset, scale))
+    if offset.size != width or scale.size != width:
+        raise ValueError(
+            f"A scaler for {width} columns needs {width} offsets and scales. "
+            f"Received: {name} with {offset.size} offsets and {scale.size} scales"
+        )
+    if not (np.all(np.isfinite(offset)) and np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        raise ValueError(
+            "A scaler needs finite offsets and finite scales > 0. "
+            f"Received: offset={offset.tolist()}, scale={scale.tolist()}"
+        )
+    if np.all(offset == 0) and np.all(scale == 1):
+        return None
+    return keras.layers.Normalization(
+        mean=offset.tolist(),
+        variance=(scale**2).tolist(),
+        invert=invert,
+        dtype="float32",
+        name=name,
     )
-    layers = [keras.Input((_n_visible(stack),))]
+
+
+def _inputs(stack, scaler):
+    """The Input and, with a scaler, its scaling layer."""
+    scaling = scaling_layer(scaler, _n_visible(stack))
+    return [keras.Input((_n_visible(stack),)), *([scaling] if scaling is not None else [])]
+
+
+def encoder(stack, scaler=None):
+    """keras.Sequential of Dense layers holding copies of each layer's W and b.
+
+    With a `scaler` (see `scaling_layer`) a `Normalization` layer named
+    "scaling" comes first, so the model takes raw features.
+    """
+    return keras.Sequential([*_inputs(stack, scaler), *_encoder_layers(stack)], name="encoder")
+
+
+def _hidden(stack, dropout, input_dropout, scaler):
+    """Input, scaling, input dropout and the encoder layers, each followed by its dropout."""
+    layers = _inputs(stack, scaler)
     if input_dropout:
         layers.append(keras.layers.Dropout(input_dropout, name="input_dropout"))
     for k, dense in enumerate(_encoder_layers(stack)):
         layers.append(dense)
         if dropout:
             layers.append(keras.layers.Dropout(dropout, name=f"dropout_{k + 1}"))
-    return keras.Sequential([*layers, top], name="classifier")
+    return layers
+
+
+def _top(units, activation, zero_init, name):
+    mixed = keras.config.dtype_policy().name.startswith("mixed")
+    return keras.layers.Dense(
+        units,
+        activation=activation,
+        kernel_initializer="zeros" if zero_init else "glorot_uniform",
+        # Under mixed precision the output and the loss stay in float32 (Keras's advice).
+        dtype="float32" if mixed else None,
+        name=name,
+    )
+
+
+def classifier(stack, n_classes, zero_init=True, dropout=0.0, input_dropout=0.0, scaler=None):
+    """The encoder with a softmax layer of `n_classes` on top, ready to fine-tune.
+
+    The softmax starts at zero like the tutorial's logistic regression
+    (`zero_init=False` uses Keras's Glorot default instead). `dropout` > 0 puts
+    a `keras.layers.Dropout` after every hidden layer and `input_dropout` > 0
+    one on the input (Srivastava et al. 2014): active in `fit` only, so the
+    model's predictions are the same function of the same weights. With a
+    `scaler` the model starts with a "scaling" layer and takes raw features.
+    """
+    top = _top(n_classes, "softmax", zero_init, name="softmax")
+    return keras.Sequential(
+        [*_hidden(stack, dropout, input_dropout, scaler), top], name="classifier"
+    )
+
+
+def regressor(
+    stack,
+    n_outputs,
+    *,
+    zero_init=True,
+    dropout=0.0,
+    input_dropout=0.0,
+    scaler=None,
+    target_scaler=None,
+):
+    """The encoder with a linear layer of `n_outputs` on top, ready to fine-tune for regression.
+
+    `scaler` scales the raw features first, as in `classifier`. With a
+    `target_scaler` (offset and scale of each of the `n_outputs` targets) the
+    linear layer predicts scaled targets `(y - offset) / scale` and a last
+    `Normalization(invert=True)` layer named "target_scaling" maps them back,
+    so the model returns targets in their own units. `stackae.finetune` with
+    `task="regression"` trains it on the squared error of the scaled targets
+    (it reads the scales from that layer). The linear layer starts at zero
+    (`zero_init`), so the first prediction is the offset: the targets' mean
+    when the scaler standardises.
+    """
+    if isinstance(n_outputs, bool) or not isinstance(n_outputs, int) or n_outputs < 1:
+        raise ValueError(f"`n_outputs` must be an integer >= 1. Received: n_outputs={n_outputs!r}")
+    layers = [
+        *_hidden(stack, dropout, input_dropout, scaler),
+        _top(n_outputs, None, zero_init, "output"),
+    ]
+    unscale = scaling_layer(target_scaler, n_outputs, invert=True, name=TARGET_SCALING)
+    if unscale is not None:
+        layers.append(unscale)
+    return keras.Sequential(layers, name="regressor")
+
+
+def target_scale(model):
+    """Per-output scales of `model`'s trailing "target_scaling" layer (float32), or None."""
+    last = model.layers[-1] if model.layers else None
+    if not (isinstance(last, keras.layers.Normalization) and last.invert):
+        return None
+    return np.sqrt(np.asarray(last.input_variance, dtype=np.float64)).astype(np.float32)
 
 
 def deep_autoencoder(stack):

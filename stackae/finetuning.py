@@ -1,13 +1,18 @@
-"""Supervised fine-tuning of an exported classifier: a fast trainer, early stopping, resume."""
+"""Supervised fine-tuning of an exported classifier or regressor: a fast trainer, early
+stopping, resume, evaluation."""
 
 import keras
 import numpy as np
 from keras import ops
 
 # Modules, not names, as in stackae.autoencoder (any may be the first import).
-from stackae import autoencoder, compat
+from stackae import autoencoder, compat, export
 from stackae import noise as noises
-from stackae.config import FINETUNE_DEFAULTS, PREDICT_BATCH
+from stackae.config import FINETUNE_DEFAULTS, PREDICT_BATCH, TASKS
+from stackae.errors import DataError
+
+# What early stopping watches, per task: higher accuracy, lower squared error.
+MONITORS = {"classification": "val_accuracy", "regression": "val_loss"}
 
 
 class Finetuner(keras.Model):
@@ -31,18 +36,30 @@ class Finetuner(keras.Model):
     The loss is the sparse categorical cross-entropy of the softmax, in
     float32 under mixed precision; logs are `loss` and `accuracy`.
 
+    With `task="regression"` the model is a regressor (`stackae.export.regressor`)
+    and the labels are float targets (batch, n_outputs) in their own units. The
+    loss is the squared error of the scaled targets, averaged over outputs:
+    `mean(((prediction - y) / scale) ** 2)`, with the scales of the model's
+    "target_scaling" layer (1 without one), which is the squared error of the
+    linear layer's output against `(y - offset) / scale`; logs are `loss` only.
+
     Checkpoint it with `save_weights` / `load_weights` (classifier weights and
     optimizer state; build the optimizer first with
     `finetuner.optimizer.build(finetuner.trainable_variables)` before loading).
     """
 
-    def __init__(self, classifier, seed=None, **kwargs):
+    def __init__(self, classifier, seed=None, task="classification", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(classifier, keras.Sequential):
             raise ValueError(
                 f"`classifier` must be a keras.Sequential. Received: classifier={classifier!r}"
             )
+        if task not in TASKS:
+            raise ValueError(f"`task` must be one of {TASKS}. Received: task={task!r}")
         self.classifier = classifier
+        self.task = task
+        # Per-output scales of the targets (a float32 array), or None: no scaling.
+        self.target_scale = export.target_scale(classifier) if task == "regression" else None
         if seed is None:
             seed = int(keras.random.randint((), 0, 2**31 - 1, seed=None))
         self.seed = int(seed)
@@ -53,11 +70,13 @@ class Finetuner(keras.Model):
                 )
         self.n_dropout = sum(_is_dropout(layer) for layer in classifier.layers)
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.accuracy_tracker = None
+        if task == "classification":
+            self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker]
+        return [self.loss_tracker, *([self.accuracy_tracker] if self.accuracy_tracker else [])]
 
     def build(self, input_shape):
         if not self.classifier.built:
@@ -121,20 +140,32 @@ class Finetuner(keras.Model):
         return ops.stack([ops.convert_to_tensor(self.seed, "int64"), step])
 
     def cost(self, y, probabilities):
-        """Mean sparse categorical cross-entropy, float32 under mixed precision."""
+        """The batch's loss, float32 under mixed precision.
+
+        Classification: the mean sparse categorical cross-entropy of the
+        probabilities. Regression (`probabilities` are then the predictions):
+        the mean over rows and outputs of the squared error in units of each
+        target's scale (see the class docstring).
+        """
         probabilities = ops.cast(probabilities, "float32")
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(y, probabilities))
+        if self.task == "classification":
+            return ops.mean(keras.losses.sparse_categorical_crossentropy(y, probabilities))
+        error = probabilities - ops.reshape(ops.cast(y, "float32"), ops.shape(probabilities))
+        if self.target_scale is not None:
+            error = error / ops.convert_to_tensor(self.target_scale)
+        return ops.mean(ops.square(error))
 
     def _track(self, y, probabilities, cost):
         self.loss_tracker.update_state(cost, sample_weight=ops.shape(y)[0])
-        self.accuracy_tracker.update_state(y, probabilities)
+        if self.accuracy_tracker is not None:
+            self.accuracy_tracker.update_state(y, probabilities)
 
     def _inputs(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         x = ops.convert_to_tensor(x, self.classifier.compute_dtype)
         if not self.built:
             self.build((None, x.shape[-1]))
-        return x, ops.convert_to_tensor(y, "int64")
+        return x, ops.convert_to_tensor(y, "int64" if self.task == "classification" else "float32")
 
     def test_step(self, data):
         x, y = self._inputs(data)
@@ -146,7 +177,7 @@ class Finetuner(keras.Model):
     def get_config(self):
         base_config = super().get_config()
         config = {"classifier": keras.saving.serialize_keras_object(self.classifier)}
-        return {**base_config, **config, "seed": self.seed}
+        return {**base_config, **config, "seed": self.seed, "task": self.task}
 
     @classmethod
     def from_config(cls, config):
@@ -271,8 +302,11 @@ class Finetuner(keras.Model):
 class EarlyStopping(keras.callbacks.Callback):
     """Stops after `patience` epochs without a better `monitor`; restores the best weights.
 
-    Like `keras.callbacks.EarlyStopping(mode="max", restore_best_weights=True)`
-    (the tutorial's patience rule keeps its best model the same way), with a
+    Like `keras.callbacks.EarlyStopping(restore_best_weights=True)` (the
+    tutorial's patience rule keeps its best model the same way): `mode` "max"
+    (higher is better), "min", or "auto": "min" for a monitor whose name ends
+    in "loss", else "max". `make_early_stopping(spec)` picks the monitor of
+    the spec's task. It has a
     state that can be saved and restored, so a resumed run stops at the same
     epoch and ends with the same weights: `get_state()` is a JSON-able dict
     (`best`, `best_epoch`, `wait`), `set_state(state)` takes it back, and
@@ -281,10 +315,15 @@ class EarlyStopping(keras.callbacks.Callback):
     use one instance per run.
     """
 
-    def __init__(self, patience, monitor="val_accuracy"):
+    def __init__(self, patience, monitor="val_accuracy", mode="auto"):
         super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
+        if mode == "auto":
+            mode = "min" if monitor.endswith("loss") else "max"
         self.patience = patience
         self.monitor = monitor
+        self.mode = mode
         self.best = None
         self.best_epoch = None
         self.wait = 0
@@ -303,7 +342,9 @@ class EarlyStopping(keras.callbacks.Callback):
         if current is None:
             return
         current = float(current)
-        if self.best is None or current > self.best:
+        if self.best is None or (
+            current < self.best if self.mode == "min" else current > self.best
+        ):
             self.best, self.best_epoch, self.wait = current, epoch, 0
             self.best_weights = [np.array(w) for w in self.model.get_weights()]
             return
@@ -314,6 +355,11 @@ class EarlyStopping(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
+
+
+def make_early_stopping(spec=FINETUNE_DEFAULTS):
+    """The EarlyStopping of `spec`: its patience, on `val_accuracy` or (regression) `val_loss`."""
+    return EarlyStopping(spec.patience, monitor=MONITORS[spec.task])
 
 
 def compile_classifier(model, spec=FINETUNE_DEFAULTS, optimizer=None):
@@ -331,17 +377,33 @@ def compile_classifier(model, spec=FINETUNE_DEFAULTS, optimizer=None):
     return model
 
 
+def compile_regressor(model, spec=FINETUNE_DEFAULTS, optimizer=None):
+    """Compile a regressor for `evaluate`: squared error, RMSE and MAE in the targets' units."""
+    model.compile(
+        optimizer=optimizer or spec.make_optimizer(),
+        loss="mean_squared_error",
+        metrics=[
+            keras.metrics.RootMeanSquaredError(name="rmse"),
+            keras.metrics.MeanAbsoluteError(name="mae"),
+        ],
+        jit_compile=compat.jit_compile(),
+    )
+    return model
+
+
 def make_finetuner(model, spec=FINETUNE_DEFAULTS, seed=None):
-    """The compiled `Finetuner` of `model` with `spec`'s optimizer, ready to `fit`.
+    """The compiled `Finetuner` of `model` with `spec`'s optimizer and task, ready to `fit`.
 
     To resume, make it with the seed of the interrupted run and restore its
     weights and optimizer state with `load_weights` before passing it to
     `finetune(..., finetuner=...)`. `model` is compiled with the same optimizer
-    (`compile_classifier`), so its `optimizer` and `evaluate` reflect training.
+    (`compile_classifier`, or `compile_regressor` for regression), so its
+    `optimizer` and `evaluate` reflect training.
     """
-    finetuner = Finetuner(model, seed=seed)
+    finetuner = Finetuner(model, seed=seed, task=spec.task)
     finetuner.compile(optimizer=spec.make_optimizer())
-    compile_classifier(model, spec, optimizer=finetuner.optimizer)
+    compile_model = compile_classifier if spec.task == "classification" else compile_regressor
+    compile_model(model, spec, optimizer=finetuner.optimizer)
     return finetuner
 
 
@@ -361,19 +423,23 @@ def finetune(
 ):
     """Train every layer of `model` with labels; keep the weights of the best validation epoch.
 
-    `train` and `valid` are (x, y) pairs. Each epoch visits the full batches of
-    `train` (n // batch_size) in an order drawn from (seed, epoch). With a
-    validation set, training stops after `spec.patience` epochs without a
-    better validation accuracy and the best epoch's weights are restored.
-    `spec.lr_decay` < 1 sets the learning rate of epoch e to
-    `spec.learning_rate * spec.lr_decay**e`. Returns the Keras History (of the
-    epochs run by this call).
+    `train` and `valid` are (x, y) pairs: y class labels (n,) for
+    `spec.task="classification"`, float targets (n,) or (n, n_outputs) in
+    their own units for "regression" (`model` then comes from
+    `stackae.export.regressor`; see `Finetuner` for its loss). Each epoch
+    visits the full batches of `train` (n // batch_size) in an order drawn
+    from (seed, epoch). With a validation set, training stops after
+    `spec.patience` epochs without a better validation accuracy
+    (classification) or a lower validation loss (regression), and the best
+    epoch's weights are restored. `spec.lr_decay` < 1 sets the learning rate
+    of epoch e to `spec.learning_rate * spec.lr_decay**e`. Returns the Keras
+    History (of the epochs run by this call).
 
     The run is a function of `seed` (None: drawn from Keras's global seed, as
     `keras.utils.set_random_seed` sets it) and can be resumed exactly after
     epoch e: make the trainer with `make_finetuner(model, spec, seed)`, restore
     it with `load_weights` from a checkpoint saved with `save_weights` after
-    epoch e, restore an `EarlyStopping(spec.patience)` with `set_state` and its
+    epoch e, restore a `make_early_stopping(spec)` with `set_state` and its
     `best_weights`, and call `finetune(..., finetuner=..., early_stopping=...,
     initial_epoch=e + 1)`: the batch order, learning rate and dropout masks
     follow the epoch and optimizer step, so the rest of the run is the one an
@@ -388,14 +454,30 @@ def finetune(
 
     if finetuner is None:
         finetuner = make_finetuner(model, spec, seed)
+    if finetuner.task != spec.task:
+        raise ValueError(
+            f"The finetuner's task is {finetuner.task!r}, the spec's {spec.task!r}. "
+            f"Received: spec.task={spec.task!r}"
+        )
     x, y = train
-    data, order = training_dataset(
-        x,
-        spec.batch_size,
-        seed=finetuner.seed,
-        group=group or default_group(autoencoder.DEFAULT_GROUP),
-        y=np.asarray(y, dtype="int64"),
-    )
+    group = group or default_group(autoencoder.DEFAULT_GROUP)
+    if spec.task == "classification":
+        data, order = training_dataset(
+            x, spec.batch_size, seed=finetuner.seed, group=group, y=np.asarray(y, dtype="int64")
+        )
+        validation = None if valid is None else batches(valid[0], PREDICT_BATCH, y=valid[1])
+    else:
+        n_outputs = model.output_shape[-1]
+        # The pipeline serves int labels: it serves each row's index, mapped to its targets.
+        data, order = training_dataset(
+            x, spec.batch_size, seed=finetuner.seed, group=group, y=np.arange(len(x))
+        )
+        data = _with_targets(data, _targets(y, len(x), n_outputs, "training targets"))
+        validation = None
+        if valid is not None:
+            targets = _targets(valid[1], len(valid[0]), n_outputs, "validation targets")
+            rows = np.arange(len(valid[0]))
+            validation = _with_targets(batches(valid[0], PREDICT_BATCH, y=rows), targets)
     schedule = []
     if spec.lr_decay != 1.0:
         schedule.append(
@@ -404,17 +486,70 @@ def finetune(
             )
         )
     if valid is not None and early_stopping is None:
-        early_stopping = EarlyStopping(spec.patience)
+        early_stopping = make_early_stopping(spec)
     stopping = [early_stopping] if valid is not None else []
     return finetuner.fit(
         data,
         epochs=spec.epochs,
         initial_epoch=initial_epoch,
-        validation_data=None if valid is None else batches(valid[0], PREDICT_BATCH, y=valid[1]),
+        validation_data=validation,
         callbacks=[order, *schedule, *stopping, *callbacks],
         verbose=verbose,
         shuffle=False,  # the dataset is already in each epoch's order
     )
+
+
+def _targets(y, n_rows, n_outputs, what):
+    """Regression targets as float32 (n_rows, n_outputs); DataError (one line) if they are not."""
+    try:
+        y = np.asarray(y, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be numbers") from None
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape != (n_rows, n_outputs):
+        raise DataError(
+            f"{what}: expected shape ({n_rows}, {n_outputs}) for {n_rows} rows and "
+            f"{n_outputs} outputs, found {np.shape(y)}"
+        )
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"{what} hold {int(np.sum(~np.isfinite(y)))} NaN or infinite values")
+    return y
+
+
+def _with_targets(dataset, targets):
+    """Elements (x, row indices) of a stackae.data dataset as (x, the rows' targets)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        table = tf.constant(targets)
+        return dataset.map(
+            lambda x, rows: (x, tf.gather(table, rows)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    return _TargetRows(dataset, targets)
+
+
+class _TargetRows(keras.utils.PyDataset):
+    """A PyDataset of (x, row indices) as (x, targets[rows]), for backends other than TensorFlow."""
+
+    def __init__(self, dataset, targets):
+        super().__init__()
+        self.dataset, self.targets = dataset, targets
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        x, rows = self.dataset[index]
+        return x, self.targets[rows]
+
+    def on_epoch_begin(self):
+        self.dataset.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.dataset.on_epoch_end()
 
 
 def _is_dropout(layer):
@@ -436,3 +571,26 @@ def confusion_counts(model, x, y, n_classes, batch_size=PREDICT_BATCH):
     counts = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(counts, (np.asarray(y), predict_classes(model, x, batch_size)), 1)
     return counts
+
+
+def regression_metrics(model, x, y, batch_size=PREDICT_BATCH):
+    """RMSE, MAE and R² of `model`'s predictions of `y` (n,) or (n, n_outputs), in y's units.
+
+    A dict of floats {"rmse", "mae", "r2"}: each computed per output, then
+    averaged over outputs (scikit-learn's "uniform_average"). R² is
+    1 - sum (y - prediction)^2 / sum (y - mean y)^2: 0 for the mean predictor, 1 for a
+    perfect one; a constant target gives 1 if predicted exactly, else 0 (as
+    scikit-learn's `r2_score`).
+    """
+    predictions = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(predictions.shape)
+    error = predictions - y
+    residual = np.sum(np.square(error), axis=0)
+    total = np.sum(np.square(y - y.mean(axis=0)), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(total > 0, 1.0 - residual / total, np.where(residual == 0, 1.0, 0.0))
+    return {
+        "rmse": float(np.mean(np.sqrt(np.mean(np.square(error), axis=0)))),
+        "mae": float(np.mean(np.mean(np.abs(error), axis=0))),
+        "r2": float(np.mean(r2)),
+    }

@@ -13,9 +13,7 @@ import math
 import types
 import typing
 
-from stackae.config import SCALE_KINDS, FinetuneSpec, LayerSpec
-from stackae.config import _is_int as is_int
-from stackae.config import _is_number as is_number
+from stackae.config import SCALE_KINDS, FinetuneSpec, LayerSpec, is_int, is_number
 from stackae.errors import RunError, first_line
 
 FORMAT = 2  # bumped when an older stackae could misread what this one writes

@@ -5,6 +5,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from stackae.autoencoder import AutoEncoder
 from stackae.config import DEFAULT_SEED, PREDICT_BATCH, LayerSpec, layer_specs  # noqa: F401 (public here too)
 from stackae.data.rows import streams
 from stackae.layers import TiedAutoEncoderLayer
@@ -23,9 +24,10 @@ class Stack(keras.Model):
         super().__init__(**kwargs)
         self.specs = [s if isinstance(s, LayerSpec) else LayerSpec(**s) for s in specs]
         self.seed = int(seed)
+        # Specs saved before `activation` / `decoder_activation` existed lack them and
+        # take LayerSpec's defaults, sigmoid and sigmoid, as those stacks were.
         self.encoder_layers = [
-            TiedAutoEncoderLayer(spec.units, name=f"tied_{k + 1}")
-            for k, spec in enumerate(self.specs)
+            spec_layer(spec, name=f"tied_{k + 1}") for k, spec in enumerate(self.specs)
         ]
 
     @property
@@ -61,7 +63,18 @@ class Stack(keras.Model):
 
     def autoencoder(self, k):
         """The AutoEncoder that pretrains layer k (0-based), sharing its weights."""
-        return self.specs[k].autoencoder(self.encoder_layers[k], seed=self.seed + k)
+        spec = self.specs[k]
+        return AutoEncoder(
+            self.encoder_layers[k],
+            noise=spec.noise,
+            corruption=spec.corruption,
+            loss=spec.loss,
+            l2=spec.l2,
+            sparsity=spec.sparsity,
+            sparsity_target=spec.sparsity_target,
+            contraction=spec.contraction,
+            seed=self.seed + k,
+        )
 
     def codes(self, x, depth):
         """Clean codes of `x` after `depth` layers, as a float32 NumPy array (`x` for depth 0)."""
@@ -70,6 +83,16 @@ class Stack(keras.Model):
         for layer in self.encoder_layers[:depth]:
             x = layer_codes(layer, _in_memory(x))
         return keras.ops.convert_to_numpy(x)
+
+
+def spec_layer(spec, **kwargs):
+    """The untrained TiedAutoEncoderLayer a LayerSpec describes; kwargs go to the layer."""
+    return TiedAutoEncoderLayer(
+        spec.units,
+        activation=spec.activation,
+        decoder_activation=spec.decoder_activation,
+        **kwargs,
+    )
 
 
 def pretrain(
@@ -88,7 +111,9 @@ def pretrain(
 
     Args:
         stack: the Stack to train (its layers are trained in place).
-        x: training rows in [0, 1]; valid: optional validation rows.
+        x: training rows, in [0, 1] for a layer with the cross-entropy (a
+            sigmoid decoder); any real values for a linear decoder with the
+            squared error. valid: optional validation rows.
         callbacks: a function k -> list of Keras callbacks for layer k.
         start_layer: layers below it are taken as already trained.
         initial_epoch: the epoch `start_layer` starts at (resuming: a callback
