@@ -261,6 +261,18 @@ def cli():
     _per_layer("--corruption", "corruption", FLOAT, "Noise level per layer."),
     _per_layer("--noise", "noise", click.Choice(config.NOISE_KINDS), "Noise kind per layer:"),
     _per_layer("--loss", "loss", click.Choice(config.LOSSES), "Reconstruction loss per layer:"),
+    _per_layer(
+        "--activation",
+        "activation",
+        click.Choice(config.ACTIVATIONS),
+        "Encoder activation per layer:",
+    ),
+    _per_layer(
+        "--decoder-activation",
+        "decoder_activation",
+        click.Choice(config.ACTIVATIONS),
+        "Decoder activation per layer:",
+    ),
     _per_layer("--epochs", "epochs", INT, "Pretraining epochs per layer."),
     _per_layer("--batch-size", "batch_size", INT, "Global batch size per layer."),
     _per_layer("--lr", "learning_rate", FLOAT, "Learning rate per layer."),
@@ -331,6 +343,12 @@ def pretrain(
         given |= _data_kwargs(limit, valid_size, test_size, label_column, scale)
     else:
         flags = {**LAYER_FLAGS, "layers": "--layers"}
+        # Defaults that fit the data's scaling (a linear decoder for standardised
+        # features); what the user gives goes over them.
+        fitting = _spec(
+            config.default_layer_settings, flags, scale_kind=scale or "none", layers=layers
+        )
+        settings = {k: fitting.get(k) if v is None else v for k, v in settings.items()}
         specs = _spec(config.layer_specs, flags, layers=layers, **settings)
         if data is None:
             data, note = workflows.default_source()
@@ -387,6 +405,9 @@ def _finetune_option(flag, kind, text, name=None):
 
 
 finetune_options = _options(
+    _finetune_option(
+        "--task", click.Choice(config.TASKS), "classification (labels) or regression (targets)."
+    ),
     _finetune_option("--epochs", INT, "Most fine-tuning epochs."),
     _finetune_option("--lr", FLOAT, "Learning rate.", "learning_rate"),
     _finetune_option("--batch-size", INT, "Global batch size."),
@@ -451,7 +472,16 @@ def finetune(
         click.echo(f"validation error {100 * result.valid_error:.2f} %")
     if result.test_error is not None:
         click.echo(f"test error {100 * result.test_error:.2f} %")
-    click.echo(f"classifier saved in {os.path.join(run_dir, 'classifier.keras')}")
+    for split, name in (("valid", "validation"), ("test", "test")):
+        if f"{split}_rmse" in result.metrics:
+            click.echo(f"{name} {_regression_line(result.metrics, split + '_')}")
+    model = "regressor" if result.spec.task == "regression" else "classifier"
+    click.echo(f"{model} saved in {os.path.join(run_dir, 'classifier.keras')}")
+
+
+def _regression_line(metrics, prefix=""):
+    rmse, mae, r2 = (metrics[prefix + key] for key in ("rmse", "mae", "r2"))
+    return f"RMSE {rmse:.6g}, MAE {mae:.6g}, R^2 {r2:.4f}"
 
 
 @cli.command()
@@ -468,7 +498,9 @@ def evaluate(run_dir, data, limit, valid_size, test_size, label_column, scale, v
     )
     for k, cost in enumerate(result["reconstruction"]):
         click.echo(f"layer {k + 1} reconstruction cost {cost:.4f}")
-    if "error" in result:
+    if "regression" in result:
+        click.echo(f"test {_regression_line(result['regression'])} on {result['rows']} rows")
+    elif "error" in result:
         click.echo(f"test error {100 * result['error']:.2f} % on {result['rows']} rows")
         confusion = result["confusion"]
         click.echo("confusion (rows: true class, columns: predicted):")

@@ -160,6 +160,27 @@ def regressor(
     return keras.Sequential(layers, name="regressor")
 
 
+def with_scaling(model, scaler):
+    """`model` (Sequential, trained on scaled rows) with a "scaling" layer first: raw features in.
+
+    The layers are shared, not copied. Without a scaler (or with an identity
+    one) `model` itself is returned.
+    """
+    width = model.inputs[0].shape[-1]
+    scaling = scaling_layer(scaler, width)
+    if scaling is None:
+        return model
+    return keras.Sequential([keras.Input((width,)), scaling, *model.layers], name=model.name)
+
+
+def on_scaled_rows(model):
+    """The part of a saved model after its "scaling" layer (the model itself if it has none)."""
+    if model.layers and model.layers[0].name == SCALING:
+        width = model.inputs[0].shape[-1]
+        return keras.Sequential([keras.Input((width,)), *model.layers[1:]], name=model.name)
+    return model
+
+
 def target_scale(model):
     """Per-output scales of `model`'s trailing "target_scaling" layer (float32), or None."""
     last = model.layers[-1] if model.layers else None

@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from stackae import backend, runs, stopping
 from stackae.config import DEFAULT_SEED, FINETUNE_DEFAULTS, PREDICT_BATCH, LayerSpec
 from stackae.errors import (
@@ -60,18 +62,14 @@ def load_run_data(run, source=None, record=None, **given):
     given. Either way the run's width is checked.
     """
     from stackae.data import check_width, load
-    from stackae.data.scaling import Scaler
 
     record = record or run.data
     recorded = dataclasses.asdict(record.options)
     options = {name: recorded[name] for name in DATA_OPTIONS}
     changed = {k: v for k, v in given.items() if v is not None and v != options.get(k)}
     options.update(changed)
-    scaler = None
-    if run.data.scaler is not None:
-        where = f"{run.file(runs.MANIFEST)}: data.scaler"
-        scaler = Scaler.from_dict(run.data.scaler, where, run.data.n_features)
-    elif source is not None and run.data.options.scale != "none":
+    scaler = run_scaler(run)
+    if scaler is None and source is not None and run.data.options.scale != "none":
         scaler = load_run_data(run).scaler  # format 1 kept no scaler: fit it as the run did
     split = None
     if source is None and not changed:
@@ -92,8 +90,6 @@ def _tail_split(record):
     """Format 1's split of a file without splits: validation rows from the end, no test."""
     if record.options.split != "tail":
         return None
-    import numpy as np
-
     n_train = record.shapes["train"][0]
     n_valid = record.shapes.get("valid", [0])[0]
     split = {"train": np.arange(n_train), "valid": np.arange(n_train, n_train + n_valid)}
@@ -281,7 +277,7 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
             on_layer_end=lambda k, autoencoder, history: run.finish_layer(k, stack),
         )
     if run.status == "pretraining":
-        run.save_model(export.encoder(stack), runs.ENCODER)
+        run.save_model(export.encoder(stack, scaler=data.scaler), runs.ENCODER)
         run.set_status("pretrained")
     return run
 
@@ -502,7 +498,7 @@ def load_data_options(run, given):
 def finetune_run(
     run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="auto", data_record=None
 ):
-    """Export the classifier, fine-tune it with labels (checkpointed every epoch), save it.
+    """Export the classifier (or regressor), fine-tune it (checkpointed every epoch), save it.
 
     The run must be one `finetune_job` (or a caller) has checked with
     `run.check_finetune`. Every epoch writes the trainer's weights and
@@ -522,7 +518,13 @@ def finetune_run(
         restore_checkpoint,
     )
     from stackae.data import check_batch, check_width
-    from stackae.finetuning import EarlyStopping, error_rate, finetune, make_finetuner
+    from stackae.finetuning import (
+        error_rate,
+        finetune,
+        make_early_stopping,
+        make_finetuner,
+        regression_metrics,
+    )
 
     run.lock()
     stack = load_stack(run)
@@ -531,19 +533,37 @@ def finetune_run(
         if record is None or record.finished:
             raise RunError(f"{run.path}: no interrupted fine-tuning to resume")
         spec = record.spec
+    regression = spec.task == "regression"
     check_width(data.train.x, run.data.n_features, "training data")
-    n_classes = record.n_classes if resume else (data.n_classes or run.data.n_classes)
-    train = labelled(data.train, "training data", n_classes)
+    if regression:
+        train = targets(data.train, "training data")
+        n_classes, n_outputs = None, int(np.prod(train[1].shape[1:], dtype=int))
+        valid = targets(data.valid, "validation data") if data.valid is not None else None
+    else:
+        n_classes = record.n_classes if resume else (data.n_classes or run.data.n_classes)
+        n_outputs = None
+        train = labelled(data.train, "training data", n_classes)
+        valid = (
+            labelled(data.valid, "validation data", n_classes) if data.valid is not None else None
+        )
     check_batch(len(train[0]), spec.batch_size, "training data")
-    valid = labelled(data.valid, "validation data", n_classes) if data.valid is not None else None
     check_optimizer(spec)
     keras.utils.set_random_seed(run.seed)
-    model = export.classifier(
-        stack, n_classes, dropout=spec.dropout, input_dropout=spec.input_dropout
-    )
+    if regression:
+        model = export.regressor(
+            stack,
+            n_outputs,
+            dropout=spec.dropout,
+            input_dropout=spec.input_dropout,
+            target_scaler=_target_scaler(train[1]),
+        )
+    else:
+        model = export.classifier(
+            stack, n_classes, dropout=spec.dropout, input_dropout=spec.input_dropout
+        )
     finetuner = make_finetuner(model, spec, seed=run.seed)
     finetuner.build((None, run.data.n_features))  # a checkpoint loads into built models only
-    stopper = EarlyStopping(spec.patience) if valid is not None else None
+    stopper = make_early_stopping(spec) if valid is not None else None
     first_epoch, restore = 0, None
     if resume:
         run.remove_pending()
@@ -556,11 +576,16 @@ def finetune_run(
                     run.checked_file(record.best_checkpoint), model.get_weights()
                 )
     else:
-        run.start_finetune(spec, n_classes, backend=keras.backend.backend(), data=data_record)
+        run.start_finetune(
+            spec, n_classes, n_outputs, backend=keras.backend.backend(), data=data_record
+        )
     stopped = stopper is not None and stopper.wait >= spec.patience
     if first_epoch < spec.epochs and not stopped:
-        sizes = "-".join(str(n) for n in [run.data.n_features, *stack.sizes, n_classes])
+        top = n_outputs if regression else n_classes
+        sizes = "-".join(str(n) for n in [run.data.n_features, *stack.sizes, top])
         text = f"fine-tuning {sizes}: at most {spec.epochs} epochs, patience {spec.patience}"
+        if regression:
+            text = "regression " + text
         if first_epoch:
             text += f" (resumed after epoch {first_epoch})"
         callbacks = [
@@ -585,17 +610,55 @@ def finetune_run(
             restore_checkpoint(finetuner, restore)
         if stopper is not None and stopper.best_weights is not None:
             model.set_weights(stopper.best_weights)
-    valid_error = error_rate(model, *valid) if valid else None
-    test_error = None
+    test = None
     if data.test is not None and data.test.y is not None:
-        test_error = error_rate(model, *labelled(data.test, "test data", n_classes))
-    run.finish_finetune(model, valid_error, test_error)
+        test = targets(data.test, "test data") if regression else data.test
+    metrics, valid_error, test_error = {}, None, None
+    if regression:
+        for name, split in (("valid", valid), ("test", test)):
+            if split is not None:
+                found = regression_metrics(model, *split)
+                metrics |= {f"{name}_{key}": value for key, value in found.items()}
+    else:
+        valid_error = error_rate(model, *valid) if valid else None
+        if test is not None:
+            test_error = error_rate(model, *labelled(test, "test data", n_classes))
+    # The saved model takes raw features: the run's scaling goes first.
+    run.finish_finetune(
+        export.with_scaling(model, run_scaler(run)), valid_error, test_error, metrics
+    )
     return run.finetune
+
+
+def run_scaler(run):
+    """The run's recorded Scaler, or None."""
+    if run.data.scaler is None:
+        return None
+    from stackae.data.scaling import Scaler
+
+    where = f"{run.file(runs.MANIFEST)}: data.scaler"
+    return Scaler.from_dict(run.data.scaler, where, run.data.n_features)
+
+
+def targets(split, name):
+    """(x, y) of a split with real-valued targets (float32, finite)."""
+    if split is None or split.y is None:
+        raise RunError(f"{name}: the data has no targets")
+    y = np.asarray(split.y, dtype=np.float32)
+    if not np.all(np.isfinite(y)):
+        raise RunError(f"{name}: targets hold NaN or infinite values")
+    return split.x, y
+
+
+def _target_scaler(y):
+    """Mean and standard deviation of each target (1 where a target is constant)."""
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    scale = y.std(axis=0)
+    return y.mean(axis=0), np.where(scale > 0, scale, 1.0)
 
 
 def _load_arrays(path, like):
     """The arrays of an .npz of weights this run wrote (in order), shaped as `like`."""
-    import numpy as np
 
     try:
         with np.load(path, allow_pickle=False) as saved:
@@ -621,8 +684,9 @@ def evaluate_job(run_dir, data=None, *, data_options=None, quiet_backend=True):
 
 def evaluate_run(run, data):
     """Test error and confusion counts of the classifier, reconstruction cost of each layer."""
+    from stackae import export
     from stackae.data import batches, check_width
-    from stackae.finetuning import confusion_counts, error_rate
+    from stackae.finetuning import confusion_counts, error_rate, regression_metrics
     from stackae.stack import layer_codes
 
     stack = load_stack(run)
@@ -640,11 +704,15 @@ def evaluate_run(run, data):
     record = run.finetune
     if runs.CLASSIFIER in run.files and record is not None and record.finished:
         if split.y is not None:
-            model = run.load_model(runs.CLASSIFIER)
-            n_classes = model.output_shape[-1]
-            x, y = labelled(split, "evaluation data", n_classes)
-            result["error"] = error_rate(model, x, y)
-            result["confusion"] = confusion_counts(model, x, y, n_classes).tolist()
+            # The saved model takes raw features; these rows are scaled already.
+            model = export.on_scaled_rows(run.load_model(runs.CLASSIFIER))
+            if record.spec.task == "regression":
+                result["regression"] = regression_metrics(model, *targets(split, "evaluation data"))
+            else:
+                n_classes = model.output_shape[-1]
+                x, y = labelled(split, "evaluation data", n_classes)
+                result["error"] = error_rate(model, x, y)
+                result["confusion"] = confusion_counts(model, x, y, n_classes).tolist()
     return result
 
 
@@ -666,8 +734,6 @@ def encode_job(run, data, out_path, layer=None, overwrite=False, *, limit=None, 
     `run` is a Run or a run directory, `data` a loaded Data or a source to load
     with the run's recorded options (every row: no validation or test split).
     """
-    import numpy as np
-
     refuse_existing(out_path, overwrite)
     if not isinstance(run, Run):
         run = open_run(run)
@@ -731,7 +797,6 @@ def reconstruct_run(
 ):
     """PNG of n rows: input | corrupted input | reconstruction through the whole stack."""
     import keras
-    import numpy as np
 
     from stackae.data import check_width
     from stackae.images import reconstructions_image
