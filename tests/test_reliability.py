@@ -156,6 +156,8 @@ def test_damaged_files_are_refused_and_nothing_changes(kind, name, how, request,
     damage(out / name, how)
     before = digests(out)
     verbs = [["info", out], ["finetune", out, "-q"], ["evaluate", out]]
+    if kind == "partial" and name.endswith(".weights.h5"):
+        verbs = [["finetune", out, "-q"]]  # a checkpoint is read by a resume only (below)
     verbs.append(["pretrain", *ARGS, "--out", out, "--resume"])
     for verb in verbs:
         result = CliRunner().invoke(cli, [str(a) for a in verb])
