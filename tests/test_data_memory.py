@@ -58,16 +58,22 @@ def big(tmp_path_factory):
 
 
 PEAK = """
-import json, resource, sys
+import json, sys
 import numpy as np
 from stackae import data
+
+
+def status(key):  # KiB; VmHWM is this process's peak (ru_maxrss keeps the parent's across exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
 kwargs = json.loads(sys.argv[2])
-with open("/proc/self/status") as f:  # resident now, not the peak of the imports
-    before = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+before = status("VmRSS")  # resident now, not the peak of the imports
 d = data.load(sys.argv[1], **kwargs)
 x = d.train.x
 first = np.asarray(x[:1000])
-grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
+grew = status("VmHWM") - before
 print(json.dumps({"shape": list(x.shape), "type": type(x).__name__, "sum": float(first.sum()),
                   "grew_mb": grew / 1024}))
 """
