@@ -343,12 +343,14 @@ def _convert_dataclass(cls, value, path):
         raise _Bad(path, "is not an object")
     hints = typing.get_type_hints(cls)
     kwargs = {}
+    spec = cls in (LayerSpec, FinetuneSpec)
     for field in dataclasses.fields(cls):
         if field.name not in value:
-            if (
+            required = (
                 field.default is dataclasses.MISSING
                 and field.default_factory is dataclasses.MISSING
-            ):
+            )
+            if required or (spec and field.name not in ADDED_SPEC_FIELDS):
                 raise _Bad(path, f"lacks {field.name}")
             continue  # a field added after the manifest was written: its default is its meaning
         kwargs[field.name] = _convert(hints[field.name], value[field.name], f"{path}.{field.name}")
