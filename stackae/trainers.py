@@ -80,9 +80,7 @@ class TensorFlowSteps(_Common):
                 self._tf_update(tuple(t[i] for t in batch))
                 return i + 1
 
-            tf.while_loop(
-                lambda i: i < tf.shape(batch[0])[0], update_with_batch, [tf.constant(0)]
-            )
+            tf.while_loop(lambda i: i < tf.shape(batch[0])[0], update_with_batch, [tf.constant(0)])
         return compat.per_replica_logs(self._logs())
 
     def _tf_update(self, batch):
@@ -188,9 +186,7 @@ class TorchSteps(_Common):
         variables = self.trainable_weights
         objective, tracked = self._objective(batch, self.optimizer.iterations, (0, 1), False)
         objective = self.optimizer.scale_loss(objective)
-        gradients = torch.autograd.grad(
-            objective, [v.value for v in variables], allow_unused=True
-        )
+        gradients = torch.autograd.grad(objective, [v.value for v in variables], allow_unused=True)
         with torch.no_grad():
             self.optimizer.apply(list(gradients), variables)
             self._track(*(t.detach() if torch.is_tensor(t) else t for t in tracked))

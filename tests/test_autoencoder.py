@@ -363,3 +363,47 @@ def test_resumed_training_equals_uninterrupted(small_x, tmp_path):
     assert_allclose(rest["loss"], history["loss"][2:], rtol=1e-6)
     for a, b in zip(weights(resumed), weights(whole)):
         assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sequences_train_as_their_rows_flattened(small_x):
+    # (batch, time, features): each step's rows are its sequences' steps, the same batches.
+    sequences = small_x.reshape(16, 4, 30)  # 16 sequences of 4 steps
+
+    def fit(x, batch_size):
+        model = stackae.AutoEncoder(5, corruption=0.3, sparsity=0.1, seed=2)
+        model.compile(optimizer=keras.optimizers.SGD(LR))
+        model.build((None, 30))
+        model.layer.set_weights([np.full(w.shape, 0.05, "float32") for w in model.layer.weights])
+        history = model.fit(x, batch_size=batch_size, epochs=2, shuffle=False, verbose=0)
+        return history.history, weights(model)
+
+    as_sequences, as_rows = fit(sequences, 4), fit(small_x, 16)
+    for name in ("loss", "penalty"):
+        assert_allclose(as_sequences[0][name], as_rows[0][name], rtol=1e-6)
+    for a, b in zip(as_sequences[1], as_rows[1]):
+        assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sample_weight_is_refused_in_one_line(small_x):
+    model = stackae.AutoEncoder(4, seed=1)
+    model.compile()
+    with pytest.raises(ValueError, match="no `sample_weight`") as info:
+        model.fit(small_x, sample_weight=np.ones(len(small_x)), verbose=0)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="no sample weights"):
+        model.fit(_Weighted(small_x), epochs=1, verbose=0)
+
+
+class _Weighted(keras.utils.PyDataset):
+    """(x, y, sample_weight) elements: weights that a fit must not silently drop."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        rows = self.x[i * 32 : (i + 1) * 32]
+        return rows, rows, np.ones(len(rows), "float32")
