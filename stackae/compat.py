@@ -60,7 +60,8 @@ def jit_compile():
     Why: there XLA reads a replica's variables from the wrong device ("Trying
     to access resource ... located in device CPU:1 from device CPU:0"). Under
     torch, Keras's jit_compile is `torch.compile`, which made the grouped step
-    no faster on CPU (benchmarks/README.md).
+    no faster on CPU and breaks its graph at each update's noise seed
+    (benchmarks/README.md, backends.py).
     """
     if keras.backend.backend() == "torch":
         return False
