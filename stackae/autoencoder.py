@@ -5,142 +5,22 @@ from keras import ops
 
 # Modules, not names: any of these may be the first import, and Keras's import then
 # registers this module while that one is half-imported (stackae/__init__.py).
-from stackae import compat, losses
+from stackae import compat, losses, trainers
 from stackae import noise as noises
 from stackae.config import LOSSES, NOISE_KINDS
 from stackae.layers import TiedAutoEncoderLayer
 
 # The fast path is the default: one XLA program per step, many steps per call
-# (per-step Python overhead dominates at the tutorial's batch of 20).
+# (per-step Python overhead dominates at the tutorial's batch of 20). Keras's
+# torch trainer runs one step per call: there the grouped batches do this job.
 DEFAULT_STEPS_PER_EXECUTION = 64
 # Batches per step when pretraining (data.training_dataset's `group`): each
 # step runs this many updates in one compiled loop (benchmarks/README.md).
 DEFAULT_GROUP = 16
 
 
-class _TensorFlowSteps:
-    """train_step / test_step in the shape of Keras's TensorFlow trainer (a GradientTape)."""
-
-    def train_step(self, data):
-        """One update on a (batch, features) batch, or one per batch of a
-        (updates, batch, features) group of batches, all in one call.
-
-        A group gives the same updates, noise and logs as its batches one by
-        one; it only saves the per-call cost of the Keras loop, which dominates
-        at small batches (see `data.training_dataset(group=...)`).
-        """
-        import tensorflow as tf
-
-        x = self._inputs(data)
-        if len(x.shape) == 2:
-            self._update(x)
-        else:
-
-            def update_with_batch(i):
-                self._update(x[i])
-                return i + 1
-
-            tf.while_loop(lambda i: i < tf.shape(x)[0], update_with_batch, [tf.constant(0)])
-        return compat.per_replica_logs(self._logs())
-
-    def _update(self, x):
-        """One optimizer step on the batch `x`; the metrics take its costs."""
-        import tensorflow as tf
-
-        part = compat.replica_part()
-        step = self.optimizer.iterations
-        corrupted = noises.corrupt(
-            x, self.noise, self.corruption, self._noise_seed(step), bool(self.jit_compile), part
-        )
-        with tf.GradientTape() as tape:
-            cost, penalty = self.costs(x, corrupted)
-            # Keras sums gradients over replicas, so each replica's share is 1/n.
-            objective = self.optimizer.scale_loss((cost + penalty) / part[1])
-        gradients = tape.gradient(objective, self.trainable_weights)
-        self.optimizer.apply(gradients, self.trainable_weights)
-        self._track(x, cost, penalty)
-
-    def test_step(self, data):
-        x = self._inputs(data)
-        cost, penalty = self.costs(x, x)
-        self._track(x, cost, penalty)
-        return compat.per_replica_logs(self._logs())
-
-
-class _JaxSteps:
-    """train_step / test_step in the stateless shape of Keras's JAX trainer.
-
-    `state` holds the values of the model's variables; each update reads them
-    through a `keras.StatelessScope` and returns the new ones, as Keras's own
-    JAX `train_step` does with `stateless_call` and `optimizer.stateless_apply`.
-    """
-
-    def train_step(self, state, data):
-        """Like the TensorFlow train_step: one update per batch, a group in one `lax.scan`."""
-        import jax
-
-        trainable, non_trainable, optimizer_vars, metrics_vars = state
-        x = self._inputs(data)
-        carry = (trainable, optimizer_vars, metrics_vars)
-        if len(x.shape) == 2:
-            carry = self._stateless_update(carry, x)
-        else:
-            carry = jax.lax.scan(
-                lambda c, batch: (self._stateless_update(c, batch), None), carry, x
-            )[0]
-        trainable, optimizer_vars, metrics_vars = carry
-        logs = self._stateless_logs(metrics_vars)
-        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
-
-    def _stateless_update(self, carry, x):
-        """One optimizer step on the batch `x`: (trainable, optimizer, metrics) values in, out."""
-        import jax
-
-        trainable, optimizer_vars, metrics_vars = carry
-        optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
-        with keras.StatelessScope(state_mapping=optimizer_mapping):
-            step = ops.convert_to_tensor(self.optimizer.iterations)
-        corrupted = noises.corrupt(x, self.noise, self.corruption, self._noise_seed(step), jit=True)
-
-        def objective(trainable):
-            mapping = list(zip(self.trainable_variables, trainable)) + optimizer_mapping
-            with keras.StatelessScope(state_mapping=mapping):
-                cost, penalty = self.costs(x, corrupted)
-                scaled = self.optimizer.scale_loss(cost + penalty)
-            return scaled, (cost, penalty)
-
-        gradients, (cost, penalty) = jax.grad(objective, has_aux=True)(trainable)
-        trainable, optimizer_vars = self.optimizer.stateless_apply(
-            optimizer_vars, gradients, trainable
-        )
-        metrics_vars = self._stateless_track(metrics_vars, x, cost, penalty)
-        return trainable, optimizer_vars, metrics_vars
-
-    def test_step(self, state, data):
-        trainable, non_trainable, metrics_vars = state
-        x = self._inputs(data)
-        with keras.StatelessScope(state_mapping=list(zip(self.trainable_variables, trainable))):
-            cost, penalty = self.costs(x, x)
-        metrics_vars = self._stateless_track(metrics_vars, x, cost, penalty)
-        return self._stateless_logs(metrics_vars), (trainable, non_trainable, metrics_vars)
-
-    def _stateless_track(self, metrics_vars, x, cost, penalty):
-        mapping = list(zip(self.metrics_variables, metrics_vars))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            self._track(x, cost, penalty)
-        return [scope.get_current_value(v) for v in self.metrics_variables]
-
-    def _stateless_logs(self, metrics_vars):
-        with keras.StatelessScope(state_mapping=list(zip(self.metrics_variables, metrics_vars))):
-            return self._logs()
-
-
-# Keras picks its trainer by backend when it is imported; the steps follow it.
-_STEPS = {"tensorflow": _TensorFlowSteps, "jax": _JaxSteps}.get(keras.backend.backend(), object)
-
-
 @keras.saving.register_keras_serializable(package="stackae")
-class AutoEncoder(_STEPS, keras.Model):
+class AutoEncoder(trainers.Steps, keras.Model):
     """Denoising autoencoder around one tied-weight layer.
 
     `fit(x)` trains it on unlabelled rows of `x` (values in [0, 1] for the
@@ -266,12 +146,6 @@ class AutoEncoder(_STEPS, keras.Model):
         self._requested_steps_per_execution = chosen["steps_per_execution"]
         super().compile(**chosen, **kwargs)
 
-    def fit(self, x=None, *args, **kwargs):
-        """Like `keras.Model.fit`; steps per call divide the epoch (compat.steps_per_call)."""
-        batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else None)
-        compat.fit_steps_per_call(self, x, batch_size, kwargs.get("steps_per_epoch"))
-        return super().fit(x, *args, **kwargs)
-
     def compile_from_config(self, config):
         compat.compile_from_config(self, config)
 
@@ -306,16 +180,39 @@ class AutoEncoder(_STEPS, keras.Model):
     def _noise_seed(self, step):
         """Stateless seed of the noise of optimizer step `step`: (seed, step)."""
         # int64 as TensorFlow's stateless ops take it; JAX has no int64 unless x64 is enabled.
-        dtype = "int64" if keras.backend.backend() == "tensorflow" else "int32"
+        dtype = "int32" if keras.backend.backend() == "jax" else "int64"
         return ops.stack([ops.convert_to_tensor(self.seed, dtype), ops.cast(step, dtype)])
 
-    def _inputs(self, data):
+    # ------------------------------------------------ the hooks of stackae.trainers
+
+    def _batch(self, data):
+        """(x,): the rows of a data element, whose labels (if any) are ignored."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         x = ops.convert_to_tensor(x, self.compute_dtype)
         if not self.built:
             # fit() without a strategy scope builds nothing before tracing the step.
             self.build(x.shape)
-        return x
+        return (x,)
+
+    def _rows(self, x):
+        """A batch as rows (examples, features): a (batch, time, features) batch is its
+        batch * time rows, so it trains and costs exactly as those rows flattened."""
+        if len(x.shape) == 2:
+            return x
+        return ops.reshape(x, (-1, x.shape[-1]))
+
+    def _objective(self, batch, step, part, jit):
+        x = self._rows(batch[0])
+        corrupted = noises.corrupt(
+            x, self.noise, self.corruption, self._noise_seed(step), jit, part
+        )
+        cost, penalty = self.costs(x, corrupted)
+        return cost + penalty, (x, cost, penalty)
+
+    def _evaluation(self, batch):
+        x = self._rows(batch[0])
+        cost, penalty = self.costs(x, x)
+        return x, cost, penalty
 
     def _track(self, x, cost, penalty):
         batch = ops.shape(x)[0]
@@ -324,7 +221,7 @@ class AutoEncoder(_STEPS, keras.Model):
             self.penalty_tracker.update_state(penalty, sample_weight=batch)
 
     def _logs(self):
-        return {m.name: m.result() for m in self.metrics}
+        return {m.name: compat.mean_result(m) for m in self.metrics}
 
     def get_config(self):
         base_config = super().get_config()

@@ -1,7 +1,7 @@
 """Workarounds for the Keras version stackae is tested with, each with why it exists.
 
-Every function here stands for a behaviour of Keras 3.15 (with TensorFlow 2.21
-or JAX 0.10) that stackae works around. tests/test_backends.py fails when the
+Every function here stands for a behaviour of Keras 3.15 (with TensorFlow 2.21,
+JAX 0.10 or PyTorch 2.13) that stackae works around. tests/test_backends.py fails when the
 installed Keras leaves TESTED_KERAS, so that someone re-checks each premise
 and deletes what a newer Keras made unnecessary.
 """
@@ -12,7 +12,7 @@ import keras
 
 # Keras versions whose behaviour the workarounds below were measured on: [low, high).
 TESTED_KERAS = ((3, 15), (3, 16))
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def keras_version():
@@ -26,7 +26,7 @@ def check_backend():
     backend = keras.backend.backend()
     if backend not in BACKENDS:
         raise BackendError(
-            f"stackae trains under KERAS_BACKEND=tensorflow or jax; {backend!r} is not "
+            f"stackae trains under KERAS_BACKEND=tensorflow, jax or torch; {backend!r} is not "
             "supported yet"
         )
     return backend
@@ -42,20 +42,29 @@ def replicas():
 
 
 def steps_per_execution(single_device):
-    """`single_device` steps per call, 1 under a multi-replica tf.distribute strategy.
+    """`single_device` steps per call, 1 under a multi-replica tf.distribute strategy or torch.
 
     Why: Keras 3.15's multi-step loop fails under MirroredStrategy and
-    MultiWorkerMirroredStrategy ("You must feed a value for placeholder tensor").
+    MultiWorkerMirroredStrategy ("You must feed a value for placeholder tensor"),
+    and its torch trainer has none ("`steps_per_execution` must be 1 with the
+    PyTorch backend").
     """
+    if keras.backend.backend() == "torch":
+        return 1
     return 1 if replicas() > 1 else single_device
 
 
 def jit_compile():
-    """XLA, except for several tf.distribute replicas on CPUs.
+    """XLA, except for several tf.distribute replicas on CPUs; eager under torch.
 
     Why: there XLA reads a replica's variables from the wrong device ("Trying
-    to access resource ... located in device CPU:1 from device CPU:0").
+    to access resource ... located in device CPU:1 from device CPU:0"). Under
+    torch, Keras's jit_compile is `torch.compile`, which made the grouped step
+    no faster on CPU and breaks its graph at each update's noise seed
+    (benchmarks/README.md, backends.py).
     """
+    if keras.backend.backend() == "torch":
+        return False
     if replicas() == 1:
         return True
     import tensorflow as tf
@@ -135,15 +144,44 @@ def fit_steps_per_call(model, x, batch_size=None, steps_per_epoch=None):
 def mean(x, axis=None):
     """`keras.ops.mean` that keeps float64 as float64 under every backend.
 
-    Why: Keras 3.15's JAX `ops.mean` sums in `result_type(dtype, "float32")`,
-    which is float32 for float64 input: a float64 cost came out with float32's
-    7 digits.
+    Why: Keras 3.15's JAX and torch `ops.mean` sum in `result_type(dtype,
+    "float32")`, which is float32 for float64 input: a float64 cost came out
+    with float32's 7 digits.
     """
-    if keras.backend.backend() != "jax":
+    if keras.backend.backend() == "tensorflow":
         return keras.ops.mean(x, axis=axis)
     x = keras.ops.convert_to_tensor(x)
-    count = math.prod(x.shape) if axis is None else x.shape[axis]  # static under JAX
+    count = math.prod(x.shape) if axis is None else x.shape[axis]  # static under JAX and torch
     return keras.ops.sum(x, axis=axis) / keras.ops.cast(count, x.dtype)
+
+
+def matmul(a, b):
+    """`keras.ops.matmul` that keeps float64 as float64 under every backend.
+
+    Why: Keras 3.15's torch `matmul` computes in `result_type(a, b)`, which
+    maps 64-bit dtypes to 32-bit ones: a float64 layer multiplied in float32.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        a, b = keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(b)
+        if a.dtype == b.dtype == torch.float64:
+            return torch.matmul(a, b)
+    return keras.ops.matmul(a, b)
+
+
+def mean_result(metric):
+    """`metric.result()` of a `keras.metrics.Mean`, in the metric's dtype under every backend.
+
+    Why: Keras 3.15's torch `divide_no_nan` computes in
+    `result_type(dtype, dtype, float)`, float32 for float64: a float64 cost
+    came out of its Mean with float32's 7 digits.
+    """
+    if keras.backend.backend() != "torch":
+        return metric.result()
+    count = keras.ops.convert_to_tensor(metric.count)
+    safe = keras.ops.where(count == 0, keras.ops.ones_like(count), count)
+    return keras.ops.where(count == 0, keras.ops.zeros_like(count), metric.total / safe)
 
 
 def per_replica_logs(logs):

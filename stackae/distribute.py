@@ -7,8 +7,7 @@ import keras
 from stackae import compat
 from stackae.config import STRATEGIES
 
-__all__ = ["STRATEGIES", "default_group", "default_jit_compile", "default_steps_per_execution"]
-__all__ += ["get_strategy", "is_chief"]
+__all__ = ["STRATEGIES", "default_group", "get_strategy", "is_chief"]
 
 
 class LocalDevices:
@@ -27,7 +26,8 @@ def get_strategy(name="auto"):
     the default strategy; multi-worker is MultiWorkerMirroredStrategy from
     TF_CONFIG. JAX: auto is Keras's `keras.distribution.DataParallel` over the
     local devices when there are several, else nothing; the other names need
-    tf.distribute and raise BackendError.
+    tf.distribute and raise BackendError. PyTorch: auto is one device; the
+    other names raise BackendError.
     """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: {name!r}")
@@ -53,6 +53,13 @@ def get_strategy(name="auto"):
 def _keras_distribution(name, backend):
     from stackae.errors import BackendError
 
+    if backend == "torch":
+        if name != "auto":
+            raise BackendError(
+                f"strategy {name!r} is not available under KERAS_BACKEND=torch (one device); "
+                "distribute with tf.distribute under tensorflow or keras.distribution under jax"
+            )
+        return LocalDevices()
     if name != "auto":
         raise BackendError(
             f"strategy {name!r} needs TensorFlow (tf.distribute); under KERAS_BACKEND={backend} "
@@ -77,12 +84,6 @@ def is_chief(strategy):
     return True
 
 
-def default_steps_per_execution(single_device):
-    """Steps per call: `single_device` normally, 1 under a multi-replica strategy
-    (compat.steps_per_execution says why)."""
-    return compat.steps_per_execution(single_device)
-
-
 def default_group(single_device):
     """Batches per training step: `single_device` normally, 1 where the data is split
     over several replicas or devices, which split each element along its first axis
@@ -91,8 +92,3 @@ def default_group(single_device):
     if compat.replicas() > 1 or distribution is not None:
         return 1
     return single_device
-
-
-def default_jit_compile():
-    """XLA, except where tf.distribute cannot take it (compat.jit_compile says why)."""
-    return compat.jit_compile()

@@ -6,7 +6,7 @@ import numpy as np
 from keras import ops
 
 # Modules, not names, as in stackae.autoencoder (any may be the first import).
-from stackae import autoencoder, compat, export
+from stackae import autoencoder, compat, export, trainers
 from stackae import noise as noises
 from stackae.config import FINETUNE_DEFAULTS, PREDICT_BATCH, TASKS
 from stackae.errors import DataError
@@ -15,7 +15,7 @@ from stackae.errors import DataError
 MONITORS = {"classification": "val_accuracy", "regression": "val_loss"}
 
 
-class Finetuner(keras.Model):
+class Finetuner(trainers.Steps, keras.Model):
     """Trains a classifier with labels: many updates per call, dropout from stateless seeds.
 
     `classifier` is a `keras.Sequential` ending in a softmax (as
@@ -29,10 +29,11 @@ class Finetuner(keras.Model):
     `predict` and calling the Finetuner are the classifier's plain forward pass.
 
     Training data are (x, y) elements: a batch (batch, features) with labels
-    (batch,), or a group (group, batch, features) with labels (group, batch),
-    which makes one update per batch inside one compiled loop (the same
-    updates, masks and logs as the batches one by one, without the per-call
-    cost of the Keras loop: see `stackae.data.training_dataset(group=...)`).
+    (batch,), or, from a dataset whose `group` attribute is > 1, a group
+    (group, batch, features) with labels (group, batch), which makes one
+    update per batch inside one compiled loop (the same updates, masks and
+    logs as the batches one by one, without the per-call cost of the Keras
+    loop: see `stackae.data.training_dataset(group=...)` and stackae.trainers).
     The loss is the sparse categorical cross-entropy of the softmax, in
     float32 under mixed precision; logs are `loss` and `accuracy`.
 
@@ -103,9 +104,7 @@ class Finetuner(keras.Model):
         super().compile(**chosen, **kwargs)
 
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
-        """Like `keras.Model.fit`; steps per call divide the epoch (compat.steps_per_call), so
-        Keras's progress bar never counts past its total."""
-        compat.fit_steps_per_call(self, x, batch_size, kwargs.get("steps_per_epoch"))
+        """Like `keras.Model.fit` (see stackae.trainers for groups and steps per call)."""
         if not self.built and self.classifier.built:
             # Else Keras's JAX fit builds by calling the model on an element, maybe a group.
             self.build(self.classifier.input_shape)
@@ -160,19 +159,32 @@ class Finetuner(keras.Model):
         if self.accuracy_tracker is not None:
             self.accuracy_tracker.update_state(y, probabilities)
 
-    def _inputs(self, data):
+    # ------------------------------------------------ the hooks of stackae.trainers
+
+    def _batch(self, data):
+        """(x, y) of a data element."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         x = ops.convert_to_tensor(x, self.classifier.compute_dtype)
         if not self.built:
             self.build((None, x.shape[-1]))
         return x, ops.convert_to_tensor(y, "int64" if self.task == "classification" else "float32")
 
-    def test_step(self, data):
-        x, y = self._inputs(data)
-        probabilities = self.classifier(x, training=False)
+    def _objective(self, batch, step, part, jit):
+        x, y = batch
+        probabilities = self.probabilities(x, step=step, part=part, jit=jit)
         cost = self.cost(y, probabilities)
-        self._track(y, probabilities, cost)
-        return self._logs()
+        total = cost
+        if self.losses:
+            total = total + ops.cast(ops.sum(self.losses), cost.dtype)
+        return total, (y, probabilities, cost)
+
+    def _evaluation(self, batch):
+        x, y = batch
+        probabilities = self.classifier(x, training=False)
+        return y, probabilities, self.cost(y, probabilities)
+
+    def _logs(self):
+        return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):
         base_config = super().get_config()
@@ -184,119 +196,6 @@ class Finetuner(keras.Model):
         config = dict(config)
         config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
         return cls(**config)
-
-    # ------------------------------------------------------------ TensorFlow
-
-    def train_step(self, data):
-        """One update on a batch, or one per batch of a group of batches, all in one call."""
-        import tensorflow as tf
-
-        x, y = self._inputs(data)
-        if len(x.shape) == 2:
-            self._update(x, y)
-        else:
-
-            def update_with_batch(i):
-                self._update(x[i], y[i])
-                return i + 1
-
-            tf.while_loop(lambda i: i < tf.shape(x)[0], update_with_batch, [tf.constant(0)])
-        return self._logs()
-
-    def _update(self, x, y):
-        """One optimizer step on the batch (x, y); the metrics take its loss and accuracy."""
-        import tensorflow as tf
-
-        part = compat.replica_part()
-        replicas = part[1]
-        with tf.GradientTape() as tape:
-            probabilities = self.probabilities(
-                x,
-                step=self.optimizer.iterations,
-                part=part,
-                jit=bool(self.jit_compile) and not self.run_eagerly,
-            )
-            cost = self.cost(y, probabilities)
-            objective = cost
-            if self.losses:
-                objective = objective + ops.cast(ops.sum(self.losses), cost.dtype)
-            # Keras sums gradients over replicas, so each replica's share is 1/n.
-            objective = self.optimizer.scale_loss(objective / replicas)
-        gradients = tape.gradient(objective, self.trainable_weights)
-        self.optimizer.apply(gradients, self.trainable_weights)
-        self._track(y, probabilities, cost)
-
-    def _logs(self):
-        return compat.per_replica_logs({m.name: m.result() for m in self.metrics})
-
-    # ------------------------------------------------------------ JAX
-
-    if keras.backend.backend() == "jax":  # Keras's JAX trainer calls train_step(state, data)
-
-        def train_step(self, state, data):
-            """As under TensorFlow, in Keras's stateless JAX shape; a group in one `lax.scan`."""
-            import jax
-
-            trainable, non_trainable, optimizer_vars, metrics_vars = state
-            x, y = self._inputs(data)
-            carry = (trainable, optimizer_vars, metrics_vars)
-            if len(x.shape) == 2:
-                carry = self._stateless_update(carry, (x, y))
-            else:
-                carry = jax.lax.scan(
-                    lambda c, batch: (self._stateless_update(c, batch), None), carry, (x, y)
-                )[0]
-            trainable, optimizer_vars, metrics_vars = carry
-            state = (trainable, non_trainable, optimizer_vars, metrics_vars)
-            return self._stateless_logs(metrics_vars), state
-
-        def _stateless_update(self, carry, batch):
-            """One optimizer step on the batch (x, y): variable values in, new values out."""
-            import jax
-
-            (x, y), (trainable, optimizer_vars, metrics_vars) = batch, carry
-            optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
-            with keras.StatelessScope(state_mapping=optimizer_mapping):
-                step = ops.convert_to_tensor(self.optimizer.iterations)
-
-            def objective(trainable):
-                mapping = list(zip(self.trainable_variables, trainable)) + optimizer_mapping
-                with keras.StatelessScope(state_mapping=mapping):
-                    probabilities = self.probabilities(x, step=step, jit=True)
-                    cost = self.cost(y, probabilities)
-                    total = cost
-                    if self.losses:
-                        total = total + ops.cast(ops.sum(self.losses), cost.dtype)
-                    return self.optimizer.scale_loss(total), (probabilities, cost)
-
-            gradients, (probabilities, cost) = jax.grad(objective, has_aux=True)(trainable)
-            trainable, optimizer_vars = self.optimizer.stateless_apply(
-                optimizer_vars, gradients, trainable
-            )
-            metrics_vars = self._stateless_track(metrics_vars, y, probabilities, cost)
-            return trainable, optimizer_vars, metrics_vars
-
-        def test_step(self, state, data):
-            trainable, non_trainable, metrics_vars = state
-            x, y = self._inputs(data)
-            with keras.StatelessScope(state_mapping=list(zip(self.trainable_variables, trainable))):
-                probabilities = self.classifier(x, training=False)
-                cost = self.cost(y, probabilities)
-            metrics_vars = self._stateless_track(metrics_vars, y, probabilities, cost)
-            return self._stateless_logs(metrics_vars), (trainable, non_trainable, metrics_vars)
-
-        def _stateless_track(self, metrics_vars, y, probabilities, cost):
-            with keras.StatelessScope(
-                state_mapping=list(zip(self.metrics_variables, metrics_vars))
-            ) as scope:
-                self._track(y, probabilities, cost)
-            return [scope.get_current_value(v) for v in self.metrics_variables]
-
-        def _stateless_logs(self, metrics_vars):
-            with keras.StatelessScope(
-                state_mapping=list(zip(self.metrics_variables, metrics_vars))
-            ):
-                return self._logs()
 
 
 class EarlyStopping(keras.callbacks.Callback):

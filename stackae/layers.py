@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from stackae import compat
+
 
 def tutorial_initializer():
     """The dA tutorial's uniform(+-4 sqrt(6 / (n_in + units))) as a Keras initializer."""
@@ -183,10 +185,10 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
     def call(self, inputs, reverse=False, return_logits=False):
         if reverse:
             # (..., units) -> (..., n_visible) through the encoder's kernel, transposed.
-            logits = ops.add(ops.matmul(inputs, ops.transpose(self.kernel)), self.decoder_bias)
+            logits = ops.add(compat.matmul(inputs, ops.transpose(self.kernel)), self.decoder_bias)
             activation = self.decoder_activation
         else:
-            logits = ops.add(ops.matmul(inputs, self.kernel), self.bias)
+            logits = ops.add(compat.matmul(inputs, self.kernel), self.bias)
             activation = self.activation
         return logits if return_logits else activation(logits)
 

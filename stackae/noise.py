@@ -17,7 +17,7 @@ def corrupt(x, kind, level, seed, jit=False, part=(0, 1)):
     `level`, to 0 or 1 with equal chance. `seed` is a stateless seed, the pair
     (seed, step) as a shape-[2] integer tensor: the same pair gives the same noise.
     `jit` says whether the caller is XLA-compiled, which picks TensorFlow's RNG
-    (JAX always draws with ThreeFry).
+    (JAX always draws with ThreeFry, PyTorch with Philox keyed by the pair).
 
     `part=(i, n)`: `x` is slice i of a batch split into n equal slices (one per
     replica under tf.distribute); the noise drawn is slice i of the noise of the
@@ -27,7 +27,7 @@ def corrupt(x, kind, level, seed, jit=False, part=(0, 1)):
         raise ValueError(f"Unknown noise kind. Expected one of {NOISE_KINDS}. Received: {kind!r}")
     if level == 0:
         return x
-    draw = _tensorflow_draw if keras.backend.backend() == "tensorflow" else _jax_draw
+    draw = _DRAWS[keras.backend.backend()]
     index, count = part
 
     def noise(distribution):  # this slice's (rows, ...) of the whole batch's (rows * count, ...)
@@ -67,3 +67,25 @@ def _jax_draw(distribution, x, count, seed, jit):
     shape = (x.shape[0] * count, *x.shape[1:])
     sample = jax.random.normal if distribution == "normal" else jax.random.uniform
     return sample(key, shape, dtype=x.dtype)
+
+
+def _torch_draw(distribution, x, count, seed, jit):
+    import numpy as np
+    import torch
+
+    # Keras's torch SeedGenerator folds its two seeds into one by addition, and a
+    # CPU torch.Generator keeps 32 bits of its seed: (seed, step) pairs would share
+    # streams. Philox keyed by the pair itself (two 64-bit words) gives each pair
+    # a stream of its own, as ThreeFry does under JAX.
+    key = np.asarray(keras.ops.convert_to_numpy(seed), dtype=np.int64).astype(np.uint64)
+    generator = np.random.Generator(np.random.Philox(key=key))
+    shape = (int(x.shape[0]) * count, *(int(d) for d in x.shape[1:]))
+    dtype = np.float64 if x.dtype == torch.float64 else np.float32
+    if distribution == "normal":
+        sample = generator.standard_normal(shape, dtype=dtype)
+    else:
+        sample = generator.random(shape, dtype=dtype)
+    return torch.from_numpy(sample).to(device=x.device, dtype=x.dtype)
+
+
+_DRAWS = {"tensorflow": _tensorflow_draw, "jax": _jax_draw, "torch": _torch_draw}

@@ -196,8 +196,10 @@ def layer_codes(layer, x):
         import tensorflow as tf
 
         encode = tf.function(layer.encode, jit_compile=True)
-    else:
+    elif keras.backend.backend() == "jax":
         import jax
 
         encode = jax.jit(layer.encode)
+    else:  # torch: eager, without recording a graph for gradients
+        return _in_memory(keras.ops.convert_to_numpy(keras.ops.stop_gradient(layer.encode(x))))
     return _in_memory(encode(x))  # (rows, units)

@@ -1,7 +1,7 @@
 """AutoEncoder's train_step/test_step against the NumPy reference, noise, saving, fit.
 
 Backend-neutral where the test says nothing about TensorFlow: test_backends.py
-runs those tests again under KERAS_BACKEND=jax.
+runs those tests again under KERAS_BACKEND=jax, test_torch.py under torch.
 """
 
 import re
@@ -23,11 +23,14 @@ def draw(x, kind, level, seed, jit=False):
 
         seed = tf.constant(seed, "int64")
         fn = tf.function(lambda x: corrupt(x, kind, level, seed, jit=jit), jit_compile=jit)
-    else:
+    elif keras.backend.backend() == "jax":
         import jax
 
         seed = np.asarray(seed, "int32")
         fn = jax.jit(lambda x: corrupt(x, kind, level, seed, jit=True))
+    else:  # torch: eager, as its trainer runs
+        seed = keras.ops.convert_to_tensor(seed, "int64")
+        fn = lambda x: corrupt(x, kind, level, seed)  # noqa: E731
     return keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(x)))
 
 
@@ -301,7 +304,8 @@ def test_progress_bar_never_counts_past_the_epoch(small_x, capsys):
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # without colours
     counts = re.findall(r"(?<!Epoch )\b(\d+)/(\d+) ", out)
     assert counts and all(int(done) <= int(total) == 5 for done, total in counts), counts
-    assert model.steps_per_execution == 5
+    # Keras's torch trainer runs one step per call; the others run the whole epoch in one.
+    assert model.steps_per_execution == (1 if keras.backend.backend() == "torch" else 5)
 
 
 @pytest.mark.parametrize("loss", ["cross-entropy", "squared-error"])
@@ -359,3 +363,47 @@ def test_resumed_training_equals_uninterrupted(small_x, tmp_path):
     assert_allclose(rest["loss"], history["loss"][2:], rtol=1e-6)
     for a, b in zip(weights(resumed), weights(whole)):
         assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sequences_train_as_their_rows_flattened(small_x):
+    # (batch, time, features): each step's rows are its sequences' steps, the same batches.
+    sequences = small_x.reshape(16, 4, 30)  # 16 sequences of 4 steps
+
+    def fit(x, batch_size):
+        model = stackae.AutoEncoder(5, corruption=0.3, sparsity=0.1, seed=2)
+        model.compile(optimizer=keras.optimizers.SGD(LR))
+        model.build((None, 30))
+        model.layer.set_weights([np.full(w.shape, 0.05, "float32") for w in model.layer.weights])
+        history = model.fit(x, batch_size=batch_size, epochs=2, shuffle=False, verbose=0)
+        return history.history, weights(model)
+
+    as_sequences, as_rows = fit(sequences, 4), fit(small_x, 16)
+    for name in ("loss", "penalty"):
+        assert_allclose(as_sequences[0][name], as_rows[0][name], rtol=1e-6)
+    for a, b in zip(as_sequences[1], as_rows[1]):
+        assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sample_weight_is_refused_in_one_line(small_x):
+    model = stackae.AutoEncoder(4, seed=1)
+    model.compile()
+    with pytest.raises(ValueError, match="no `sample_weight`") as info:
+        model.fit(small_x, sample_weight=np.ones(len(small_x)), verbose=0)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="no sample weights"):
+        model.fit(_Weighted(small_x), epochs=1, verbose=0)
+
+
+class _Weighted(keras.utils.PyDataset):
+    """(x, y, sample_weight) elements: weights that a fit must not silently drop."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        rows = self.x[i * 32 : (i + 1) * 32]
+        return rows, rows, np.ones(len(rows), "float32")

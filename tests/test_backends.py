@@ -1,5 +1,7 @@
 """Keras backends: JAX trains as TensorFlow does, .keras files cross over, the Keras version.
 
+The PyTorch backend's tests are in test_torch.py.
+
 The backend is fixed when Keras is imported, so each backend runs in a
 subprocess of its own (KERAS_BACKEND set, TensorFlow blocked where it says).
 """
@@ -41,8 +43,8 @@ def test_keras_version_is_the_tested_one():
 
 
 def test_unsupported_backend_raises_one_line(monkeypatch):
-    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
-    with pytest.raises(BackendError, match="'torch' is not supported yet") as info:
+    monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
+    with pytest.raises(BackendError, match="'numpy' is not supported yet") as info:
         stackae.AutoEncoder(4)
     assert "\n" not in str(info.value)
     with pytest.raises(BackendError, match="not supported yet"):

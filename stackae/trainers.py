@@ -1,0 +1,214 @@
+"""Grouped training steps, one class per Keras backend, shared by AutoEncoder and Finetuner.
+
+A model mixes in `Steps` (the class for Keras's backend) before `keras.Model`
+and supplies four hooks on one batch (a tuple of tensors, e.g. `(x,)` or
+`(x, y)`):
+
+- `_batch(data)`: the batch tuple of a data element (or of one batch of a group);
+- `_objective(batch, step, part, jit)`: (the minimised scalar, the arguments of
+  `_track`) for a training update at optimizer step `step`; `part` is the
+  replica's slice of the global batch, `jit` whether the step is XLA-compiled;
+- `_evaluation(batch)`: the arguments of `_track` for the clean evaluation pass;
+- `_track(*tracked)` and `_logs()`: the metrics.
+
+Grouping is explicit: `fit` on a dataset with an int attribute `group` > 1 (as
+`stackae.data.training_dataset(group=k)` makes it) reads each element as `group`
+batches stacked on a new first axis, and makes one update per batch inside one
+call, with the same updates, noise and logs as the batches one by one. Other
+data is one batch per element, whatever its rank.
+"""
+
+import keras
+from keras import ops
+
+from stackae import compat
+
+
+def data_group(x):
+    """Batches per element of fit's `x`: its `group` attribute, else 1."""
+    group = getattr(x, "group", 1)
+    return group if isinstance(group, int) and group > 1 else 1
+
+
+class _Common:
+    """What every backend's steps share: the group of a fit, refusing sample weights."""
+
+    _group = 1
+
+    def fit(self, x=None, *args, **kwargs):
+        """Like `keras.Model.fit`; `x`'s `group` attribute (if any) says its elements are groups.
+
+        Steps per call divide the epoch (compat.steps_per_call), so Keras's
+        progress bar never counts past its total. `sample_weight` and
+        `class_weight` are refused: every example weighs the same.
+        """
+        for name in ("sample_weight", "class_weight"):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"{type(self).__name__}.fit takes no `{name}`: every example weighs the same"
+                )
+        group = data_group(x)
+        if group != self._group:
+            self._group = group
+            self.train_function = None  # traced for the other kind of element
+        batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else None)
+        compat.fit_steps_per_call(self, x, batch_size, kwargs.get("steps_per_epoch"))
+        return super().fit(x, *args, **kwargs)
+
+    def _batches_of(self, data):
+        """The data element as a batch tuple, its tensors (group, batch, ...) when grouped."""
+        _, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ValueError(
+                f"{type(self).__name__} takes no sample weights: every example weighs the same"
+            )
+        return self._batch(data)
+
+
+class TensorFlowSteps(_Common):
+    """train_step / test_step in the shape of Keras's TensorFlow trainer (a GradientTape)."""
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        batch = self._batches_of(data)
+        if self._group == 1:
+            self._tf_update(batch)
+        else:
+
+            def update_with_batch(i):
+                self._tf_update(tuple(t[i] for t in batch))
+                return i + 1
+
+            tf.while_loop(lambda i: i < tf.shape(batch[0])[0], update_with_batch, [tf.constant(0)])
+        return compat.per_replica_logs(self._logs())
+
+    def _tf_update(self, batch):
+        import tensorflow as tf
+
+        part = compat.replica_part()
+        jit = bool(self.jit_compile) and not self.run_eagerly
+        with tf.GradientTape() as tape:
+            objective, tracked = self._objective(batch, self.optimizer.iterations, part, jit)
+            # Keras sums gradients over replicas, so each replica's share is 1/n.
+            objective = self.optimizer.scale_loss(objective / part[1])
+        gradients = tape.gradient(objective, self.trainable_weights)
+        self.optimizer.apply(gradients, self.trainable_weights)
+        self._track(*tracked)
+
+    def test_step(self, data):
+        self._track(*self._evaluation(self._batches_of(data)))
+        return compat.per_replica_logs(self._logs())
+
+
+class JaxSteps(_Common):
+    """train_step / test_step in the stateless shape of Keras's JAX trainer.
+
+    `state` holds the values of the model's variables; each update reads them
+    through a `keras.StatelessScope` and returns the new ones, as Keras's own
+    JAX `train_step` does with `stateless_call` and `optimizer.stateless_apply`.
+    A group runs in one `lax.scan`.
+    """
+
+    def train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        batch = self._batches_of(data)
+        carry = (trainable, optimizer_vars, metrics_vars)
+        if self._group == 1:
+            carry = self._jax_update(carry, batch)
+        else:
+            carry = jax.lax.scan(lambda c, b: (self._jax_update(c, b), None), carry, batch)[0]
+        trainable, optimizer_vars, metrics_vars = carry
+        logs = self._jax_logs(metrics_vars)
+        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+
+    def _jax_update(self, carry, batch):
+        """One optimizer step: (trainable, optimizer, metrics) values in, new values out."""
+        import jax
+
+        trainable, optimizer_vars, metrics_vars = carry
+        optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
+        with keras.StatelessScope(state_mapping=optimizer_mapping):
+            step = ops.convert_to_tensor(self.optimizer.iterations)
+
+        def objective(trainable):
+            mapping = list(zip(self.trainable_variables, trainable)) + optimizer_mapping
+            with keras.StatelessScope(state_mapping=mapping):
+                value, tracked = self._objective(batch, step, (0, 1), True)
+                return self.optimizer.scale_loss(value), tracked
+
+        gradients, tracked = jax.grad(objective, has_aux=True)(trainable)
+        trainable, optimizer_vars = self.optimizer.stateless_apply(
+            optimizer_vars, gradients, trainable
+        )
+        return trainable, optimizer_vars, self._jax_track(metrics_vars, tracked)
+
+    def test_step(self, state, data):
+        trainable, non_trainable, metrics_vars = state
+        batch = self._batches_of(data)
+        with keras.StatelessScope(state_mapping=list(zip(self.trainable_variables, trainable))):
+            tracked = self._evaluation(batch)
+        metrics_vars = self._jax_track(metrics_vars, tracked)
+        return self._jax_logs(metrics_vars), (trainable, non_trainable, metrics_vars)
+
+    def _jax_track(self, metrics_vars, tracked):
+        mapping = list(zip(self.metrics_variables, metrics_vars))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self._track(*tracked)
+        return [scope.get_current_value(v) for v in self.metrics_variables]
+
+    def _jax_logs(self, metrics_vars):
+        with keras.StatelessScope(state_mapping=list(zip(self.metrics_variables, metrics_vars))):
+            return self._logs()
+
+
+class TorchSteps(_Common):
+    """train_step / test_step for Keras's PyTorch trainer: eager autograd, a group in a loop.
+
+    Keras's torch trainer runs one step per call (no steps_per_execution), so
+    a group of batches per element is what amortises its per-call cost.
+    """
+
+    def train_step(self, data):
+        batch = self._batches_of(data)
+        if self._group == 1:
+            self._torch_update(batch)
+        else:
+            for i in range(int(batch[0].shape[0])):
+                self._torch_update(tuple(t[i] for t in batch))
+        return self._logs()
+
+    def _torch_update(self, batch):
+        import torch
+
+        variables = self.trainable_weights
+        objective, tracked = self._objective(batch, self.optimizer.iterations, (0, 1), False)
+        objective = self.optimizer.scale_loss(objective)
+        gradients = torch.autograd.grad(objective, [v.value for v in variables], allow_unused=True)
+        with torch.no_grad():
+            self.optimizer.apply(list(gradients), variables)
+            self._track(*(t.detach() if torch.is_tensor(t) else t for t in tracked))
+
+    def get_metrics_result(self):
+        # Keras's epoch logs re-read each metric's result(), which loses float64
+        # under torch (compat.mean_result); the models' _logs keep it.
+        return {name: float(ops.convert_to_numpy(value)) for name, value in self._logs().items()}
+
+    def test_step(self, data):
+        import torch
+
+        with torch.no_grad():
+            self._track(*self._evaluation(self._batches_of(data)))
+        return self._logs()
+
+
+def steps_class(backend=None):
+    """The steps of `backend` (Keras's, by default): a mixin to put before `keras.Model`."""
+    backend = backend or keras.backend.backend()
+    steps = {"tensorflow": TensorFlowSteps, "jax": JaxSteps, "torch": TorchSteps}.get(backend)
+    return steps or _Common  # an unsupported backend: the models refuse it on construction
+
+
+Steps = steps_class()
