@@ -3,6 +3,8 @@
 import dataclasses
 import math
 
+from stackae.errors import first_line
+
 DEFAULT_SEED = 123
 NOISE_KINDS = ("masking", "gaussian", "salt-and-pepper")
 LOSSES = ("cross-entropy", "squared-error")
@@ -29,8 +31,9 @@ def make_optimizer(name, learning_rate, momentum=0.0):
     try:
         return keras.optimizers.get({"class_name": name, "config": config})
     except (ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"`optimizer` {name!r} is not a Keras optimizer ({first})") from None
+        raise ValueError(
+            f"`optimizer` {name!r} is not a Keras optimizer ({first_line(err)})"
+        ) from None
 
 
 def is_int(value):

@@ -8,6 +8,7 @@ from keras import ops
 # Modules, not names, as in stackae.autoencoder (any may be the first import).
 from stackae import autoencoder, compat, export, trainers
 from stackae import noise as noises
+from stackae.callbacks import EarlyStopping
 from stackae.config import FINETUNE_DEFAULTS, PREDICT_BATCH, TASKS
 from stackae.errors import DataError
 
@@ -196,64 +197,6 @@ class Finetuner(trainers.Steps, keras.Model):
         config = dict(config)
         config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
         return cls(**config)
-
-
-class EarlyStopping(keras.callbacks.Callback):
-    """Stops after `patience` epochs without a better `monitor`; restores the best weights.
-
-    Like `keras.callbacks.EarlyStopping(restore_best_weights=True)` (the
-    tutorial's patience rule keeps its best model the same way): `mode` "max"
-    (higher is better), "min", or "auto": "min" for a monitor whose name ends
-    in "loss", else "max". `make_early_stopping(spec)` picks the monitor of
-    the spec's task. It has a
-    state that can be saved and restored, so a resumed run stops at the same
-    epoch and ends with the same weights: `get_state()` is a JSON-able dict
-    (`best`, `best_epoch`, `wait`), `set_state(state)` takes it back, and
-    `best_weights` (a list of numpy arrays, the model's `get_weights()` at the
-    best epoch, or None) may be read and set. Its state is not reset by `fit`:
-    use one instance per run.
-    """
-
-    def __init__(self, patience, monitor="val_accuracy", mode="auto"):
-        super().__init__()
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
-        if mode == "auto":
-            mode = "min" if monitor.endswith("loss") else "max"
-        self.patience = patience
-        self.monitor = monitor
-        self.mode = mode
-        self.best = None
-        self.best_epoch = None
-        self.wait = 0
-        self.best_weights = None
-
-    def get_state(self):
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
-
-    def set_state(self, state):
-        self.best = None if state["best"] is None else float(state["best"])
-        self.best_epoch = None if state["best_epoch"] is None else int(state["best_epoch"])
-        self.wait = int(state["wait"])
-
-    def on_epoch_end(self, epoch, logs=None):
-        current = (logs or {}).get(self.monitor)
-        if current is None:
-            return
-        current = float(current)
-        if self.best is None or (
-            current < self.best if self.mode == "min" else current > self.best
-        ):
-            self.best, self.best_epoch, self.wait = current, epoch, 0
-            self.best_weights = [np.array(w) for w in self.model.get_weights()]
-            return
-        self.wait += 1
-        if self.wait >= self.patience:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
 
 
 def make_early_stopping(spec=FINETUNE_DEFAULTS):

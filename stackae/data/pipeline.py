@@ -10,22 +10,12 @@ order from start to resume.
 import keras
 import numpy as np
 
+from stackae.callbacks import EpochOrder
 from stackae.config import PREDICT_BATCH
 from stackae.data.readers import RowReader
 from stackae.data.rows import Rows
 from stackae.data.validation import check_batch, steps_per_epoch
 from stackae.errors import DataError
-
-
-class EpochOrder(keras.callbacks.Callback):
-    """Tells a `training_dataset` which epoch Keras starts, so it serves that epoch's order."""
-
-    def __init__(self, epoch=0):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
 
 
 def training_dataset(x, batch_size, *, seed, shuffle=True, group=1, y=None):
