@@ -310,16 +310,14 @@ def finetune(
         validation = None if valid is None else batches(valid[0], PREDICT_BATCH, y=valid[1])
     else:
         n_outputs = model.output_shape[-1]
-        # The pipeline serves int labels: it serves each row's index, mapped to its targets.
+        targets = _targets(y, len(x), n_outputs, "training targets")
         data, order = training_dataset(
-            x, spec.batch_size, seed=finetuner.seed, group=group, y=np.arange(len(x))
+            x, spec.batch_size, seed=finetuner.seed, group=group, y=targets
         )
-        data = _with_targets(data, _targets(y, len(x), n_outputs, "training targets"))
         validation = None
         if valid is not None:
             targets = _targets(valid[1], len(valid[0]), n_outputs, "validation targets")
-            rows = np.arange(len(valid[0]))
-            validation = _with_targets(batches(valid[0], PREDICT_BATCH, y=rows), targets)
+            validation = batches(valid[0], PREDICT_BATCH, y=targets)
     schedule = []
     if spec.lr_decay != 1.0:
         schedule.append(
@@ -357,41 +355,6 @@ def _targets(y, n_rows, n_outputs, what):
     if not np.all(np.isfinite(y)):
         raise DataError(f"{what} hold {int(np.sum(~np.isfinite(y)))} NaN or infinite values")
     return y
-
-
-def _with_targets(dataset, targets):
-    """Elements (x, row indices) of a stackae.data dataset as (x, the rows' targets)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        table = tf.constant(targets)
-        return dataset.map(
-            lambda x, rows: (x, tf.gather(table, rows)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-    return _TargetRows(dataset, targets)
-
-
-class _TargetRows(keras.utils.PyDataset):
-    """A PyDataset of (x, row indices) as (x, targets[rows]), for backends other than TensorFlow."""
-
-    def __init__(self, dataset, targets):
-        super().__init__()
-        self.dataset, self.targets = dataset, targets
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        x, rows = self.dataset[index]
-        return x, self.targets[rows]
-
-    def on_epoch_begin(self):
-        self.dataset.on_epoch_begin()
-
-    def on_epoch_end(self):
-        self.dataset.on_epoch_end()
 
 
 def _is_dropout(layer):
