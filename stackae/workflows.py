@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -658,14 +659,24 @@ def _target_scaler(y):
 
 
 def _load_arrays(path, like):
-    """The arrays of an .npz of weights this run wrote (in order), shaped as `like`."""
+    """The arrays of an .npz of weights this run wrote (in order), shaped as `like`.
 
+    The archive's declared sizes are checked against the model's weights before
+    anything is inflated: an edited file cannot make this read gigabytes.
+    """
+    expected = {f"arr_{i}.npy": np.asarray(w).nbytes for i, w in enumerate(like)}
     try:
-        with np.load(path, allow_pickle=False) as saved:
-            arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    except Exception as err:  # numpy raises many kinds for a damaged archive
+        with zipfile.ZipFile(path) as archive:
+            declared = {info.filename: info.file_size for info in archive.infolist()}
+        fits = declared.keys() == expected.keys() and all(
+            declared[name] <= expected[name] + 4096 for name in expected  # + the .npy header
+        )
+        if fits:
+            with np.load(path, allow_pickle=False) as saved:
+                arrays = [saved[f"arr_{i}"] for i in range(len(expected))]
+    except Exception as err:  # zipfile and numpy raise many kinds for a damaged archive
         raise CheckpointError(f"{path}: damaged checkpoint ({first_line(err)})") from None
-    if [a.shape for a in arrays] != [np.shape(w) for w in like]:
+    if not fits or [a.shape for a in arrays] != [np.shape(w) for w in like]:
         raise CheckpointError(f"{path}: its weights do not fit the run's classifier")
     return arrays
 

@@ -372,3 +372,23 @@ def test_a_link_to_a_run_reads_and_resumes_it(fixtures, tmp_path):
     result = invoke("pretrain", "--resume", "--out", link, "-q")
     assert result.exit_code == 0, result.output
     assert manifest(link)["status"] == "pretrained"
+
+
+def test_best_weights_declaring_gigabytes_are_refused_before_inflating(tmp_path, monkeypatch):
+    import zipfile
+
+    path = tmp_path / "finetune_best_1.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (250_000_000,)}
+            np.lib.format.write_array_header_1_0(member, header)
+            for _ in range(60):  # 1 GB of zeros, about 1 MB on disk
+                member.write(bytes(1 << 24))
+    assert path.stat().st_size < 2 << 20
+
+    def no_inflating(*args, **kwargs):
+        raise AssertionError("np.load was called")
+
+    monkeypatch.setattr(np, "load", no_inflating)
+    with pytest.raises(runs.CheckpointError, match="do not fit"):
+        workflows._load_arrays(path, [np.zeros((3, 3), "float32")])
