@@ -7,7 +7,7 @@ from keras import ops
 # registers this module while that one is half-imported (stackae/__init__.py).
 from stackae import compat, losses, trainers
 from stackae import noise as noises
-from stackae.config import LOSSES, NOISE_KINDS
+from stackae.config import LOSSES, check_noise
 from stackae.layers import TiedAutoEncoderLayer
 
 # The fast path is the default: one XLA program per step, many steps per call
@@ -65,14 +65,7 @@ class AutoEncoder(trainers.Steps, keras.Model):
                 "`layer` must be a TiedAutoEncoderLayer or a positive int. "
                 f"Received: layer={layer!r}"
             )
-        if noise not in NOISE_KINDS:
-            raise ValueError(f"`noise` must be one of {NOISE_KINDS}. Received: noise={noise!r}")
-        upper = float("inf") if noise == "gaussian" else 1.0
-        if not 0.0 <= corruption < upper:
-            raise ValueError(
-                f"`corruption` must be in [0, {upper}) for {noise} noise. "
-                f"Received: corruption={corruption}"
-            )
+        check_noise(noise, corruption)
         if loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={loss!r}")
         if loss == "cross-entropy" and layer.decoder_activation is not keras.activations.sigmoid:

@@ -6,7 +6,9 @@ import math
 from stackae.errors import first_line
 
 DEFAULT_SEED = 123
-NOISE_KINDS = ("masking", "gaussian", "salt-and-pepper")
+# Each noise kind and the bound its level stays below: a probability, or Gaussian's stddev.
+NOISE_LEVELS = {"masking": 1.0, "gaussian": math.inf, "salt-and-pepper": 1.0}
+NOISE_KINDS = tuple(NOISE_LEVELS)
 LOSSES = ("cross-entropy", "squared-error")
 # Per-feature scaling fitted on the training split; "global": one min and max over all values.
 SCALE_KINDS = ("none", "minmax", "standard", "global")
@@ -60,6 +62,18 @@ def _check_optimizer_settings(spec):
     )
 
 
+def check_noise(noise, corruption):
+    """ValueError (one line) unless `noise` is a kind and `corruption` a level it takes."""
+    _require(noise in NOISE_LEVELS, "noise", noise, f"one of {NOISE_KINDS}")
+    upper = NOISE_LEVELS[noise]
+    _require(
+        is_number(corruption) and 0 <= corruption < upper,
+        "corruption",
+        corruption,
+        f"in [0, {upper:g}) for {noise} noise",
+    )
+
+
 def _require(ok, name, value, what):
     if not ok:
         raise ValueError(f"`{name}` must be {what}. Received: {name}={value!r}")
@@ -92,15 +106,8 @@ class LayerSpec:
         for name in ("units", "epochs", "batch_size"):
             value = getattr(self, name)
             _require(is_int(value) and value >= 1, name, value, "a positive integer")
-        _require(self.noise in NOISE_KINDS, "noise", self.noise, f"one of {NOISE_KINDS}")
+        check_noise(self.noise, self.corruption)
         _require(self.loss in LOSSES, "loss", self.loss, f"one of {LOSSES}")
-        upper = math.inf if self.noise == "gaussian" else 1.0
-        _require(
-            is_number(self.corruption) and 0 <= self.corruption < upper,
-            "corruption",
-            self.corruption,
-            f"in [0, {upper:g}) for {self.noise} noise",
-        )
         _check_optimizer_settings(self)
         for name in ("l2", "sparsity", "contraction"):
             value = getattr(self, name)
