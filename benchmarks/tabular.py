@@ -40,7 +40,7 @@ SEED = 0
 # The split every data set gets (a fraction of its rows; the rest trains).
 VALID_SIZE, TEST_SIZE = "0.2", "0.2"
 # The README's recommendation for tables (chosen with --grid on validation error).
-PRETRAIN = ["--scale", "standard", "--epochs", "30", "--corruption", "0.1"]
+PRETRAIN = ["--scale", "standard", "--epochs", "30"]
 FINETUNE = ["--momentum", "0.9", "--lr", "0.01", "--epochs", "200", "--patience", "20"]
 
 
