@@ -14,7 +14,7 @@ import types
 import typing
 
 from stackae.config import SCALE_KINDS, FinetuneSpec, LayerSpec, is_int, is_number
-from stackae.errors import RunError, first_line
+from stackae.errors import DataError, RunError, first_line
 
 FORMAT = 2  # bumped when an older stackae could misread what this one writes
 MANIFEST = "manifest.json"
@@ -217,6 +217,13 @@ class Manifest:
         require(0 <= options.split_seed <= MAX_INT, "data split_seed")
         require(options.split in ("random", "tail"), "data options split")
         require(data.split is None or data.split in self.files, "data split file")
+        if data.scaler is not None:  # a scaler edited into nonsense is refused by every verb
+            from stackae.data.scaling import Scaler  # NumPy only: `info` starts no backend
+
+            try:
+                Scaler.from_dict(data.scaler, "data.scaler", data.n_features)
+            except DataError as err:
+                raise RunError(f"{where}: bad manifest: {err}") from None
         if self.finetune is not None:
             self.finetune.check(self.files, require)
 

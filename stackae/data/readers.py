@@ -359,12 +359,17 @@ def _numbers(path, row, line, names):
     for column, cell in enumerate(row):
         text = cell.strip()
         try:
-            out.append(float(text))
-            continue
+            value = float(text)
         except ValueError:
-            pass
-        if text.lower() in MISSING:
+            value = None
+        if value is not None and math.isfinite(value):
+            out.append(value)
+            continue
+        # "NaN" parses as a float but is a missing value too, as pandas writes one.
+        if text.lower() in MISSING or (value is not None and math.isnan(value)):
             raise DataError(f"{path}: line {line}: missing value in column {names[column]!r}")
+        if value is not None:
+            raise DataError(f"{path}: line {line}: infinite value in column {names[column]!r}")
         raise DataError(
             f"{path}: column {names[column]!r} holds text, not numbers "
             f"({text[:40]!r} in line {line})"

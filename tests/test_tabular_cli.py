@@ -1,0 +1,336 @@
+"""Tables end to end through the CLI: per-feature scaling, recorded splits, exports, regression."""
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from numpy.testing import assert_allclose, assert_array_equal
+
+from stackae import workflows
+from stackae_cli.main import cli
+from tests.processes import DEADLINE, signal_when
+
+N_ROWS, N_FEATURES = 240, 5
+# Feature j is multiplied by 10**(j - 2) and shifted: scales from 0.01 to 100.
+SCALES = 10.0 ** (np.arange(N_FEATURES) - 2)
+SHIFTS = np.array([5.0, -300.0, 0.0, 1e4, 7.0])
+PRETRAIN = ["--layers", "8", "--scale", "standard", "--epochs", "2", "-q"]
+FINETUNE = ["--epochs", "3", "-q"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def ok(*args):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def table(seed=0):
+    """(raw features on very different scales, the standard normal features, 3 class labels)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(N_ROWS, N_FEATURES))
+    labels = (z[:, 0] + z[:, 1] ** 2 > 1).astype(int) + (z[:, 2] > 0.5)
+    return z * SCALES + SHIFTS, z, labels
+
+
+def write_csv(path, x, y, name="label", quoting=csv.QUOTE_MINIMAL):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, quoting=quoting)
+        writer.writerow([*(f"f{j}" for j in range(x.shape[1])), name])
+        for row, label in zip(x, y):
+            writer.writerow([*(repr(float(v)) for v in row), repr(label.item())])
+    return path
+
+
+def features(path):
+    return np.loadtxt(path, delimiter=",", skiprows=1)[:, :N_FEATURES]
+
+
+def split_of(run):
+    with np.load(run / "split.npz") as saved:
+        return {name: saved[name] for name in saved.files}
+
+
+def manifest(run):
+    return json.loads((run / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A fine-tuned classification run on a CSV without splits: (run, csv, finetune's output)."""
+    folder = tmp_path_factory.mktemp("table")
+    x, _, labels = table()
+    path = write_csv(folder / "table.csv", x, labels)
+    run = folder / "run"
+    ok("pretrain", *PRETRAIN, "--data", path, "--label-column", "label", "--out", run)
+    output = ok("finetune", run, *FINETUNE)
+    return run, path, output
+
+
+# ---------------------------------------------------------------- scaling
+
+
+def test_a_row_encodes_the_same_alone_with_neighbours_and_in_the_whole_file(tuned, tmp_path):
+    run, path, _ = tuned
+    lines = path.read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    ok("encode", run, "--data", path, "--out", tmp_path / "all.npz")
+    whole = np.load(tmp_path / "all.npz")["train"]
+    for i in (0, 17, N_ROWS - 1):
+        alone = tmp_path / f"row{i}.csv"
+        alone.write_text(f"{header}\n{rows[i]}\n")
+        near = tmp_path / f"near{i}.csv"
+        near.write_text("\n".join([header, *rows[max(i - 2, 0) : i + 3]]) + "\n")
+        ok("encode", run, "--data", alone, "--out", tmp_path / f"alone{i}.npz")
+        ok("encode", run, "--data", near, "--out", tmp_path / f"near{i}.npz")
+        assert_allclose(np.load(tmp_path / f"alone{i}.npz")["train"][0], whole[i], atol=1e-6)
+        at = i - max(i - 2, 0)
+        assert_allclose(np.load(tmp_path / f"near{i}.npz")["train"][at], whole[i], atol=1e-6)
+    # An independent reference: standardise with NumPy's statistics of the training rows
+    # only, then the sigmoid layer with the encoder's weights.
+    x = features(path)
+    train = x[split_of(run)["train"]]
+    kernel, bias = keras.saving.load_model(run / "encoder.keras").layers[-1].get_weights()
+    scaled = (x - train.mean(axis=0)) / train.std(axis=0)
+    assert_allclose(whole, 1 / (1 + np.exp(-(scaled @ kernel + bias))), atol=1e-5)
+
+
+def test_scaling_comes_from_the_training_split_only(tuned, tmp_path):
+    run, path, _ = tuned
+    x, _, labels = table()
+    split = split_of(run)
+    recorded = manifest(run)["data"]["scaler"]
+    train = x[split["train"]]
+    assert_allclose(recorded["offset"], train.mean(axis=0), rtol=1e-12)
+    assert_allclose(recorded["scale"], train.std(axis=0), rtol=1e-9)
+    wild = x.copy()  # outliers in validation and test rows change nothing
+    wild[split["valid"][:3], 1] = 1e9
+    wild[split["test"][:3], 3] = -1e9
+    other = tmp_path / "other"
+    data = write_csv(tmp_path / "wild.csv", wild, labels)
+    ok("pretrain", *PRETRAIN, "--data", data, "--label-column", "label", "--out", other)
+    assert manifest(other)["data"]["scaler"] == recorded
+    assert {k: v.tolist() for k, v in split_of(other).items()} == {
+        k: v.tolist() for k, v in split.items()
+    }
+    wild = x.copy()
+    wild[split["train"][0], 1] = 1e9  # the same outlier in a training row does change it
+    ok(
+        "pretrain",
+        *PRETRAIN,
+        "--data",
+        write_csv(tmp_path / "train.csv", wild, labels),
+        "--label-column",
+        "label",
+        "--out",
+        tmp_path / "train",
+    )
+    assert manifest(tmp_path / "train")["data"]["scaler"]["scale"][1] > 1e6
+
+
+# ---------------------------------------------------------------- splits and exports
+
+
+def test_a_csv_without_a_split_gets_one_recorded_split_that_every_verb_uses(tuned):
+    run, _, output = tuned
+    split = split_of(run)
+    _, _, labels = table()
+    rows = np.concatenate([split["train"], split["valid"], split["test"]])
+    assert_array_equal(np.sort(rows), np.arange(N_ROWS))  # a partition of the file's rows
+    assert len(split["valid"]) == len(split["test"]) == N_ROWS // 10  # the default fractions
+    for name in ("valid", "test"):  # stratified: each class in proportion, to one row
+        expected = np.bincount(labels, minlength=3) * len(split[name]) / N_ROWS
+        assert np.all(np.abs(np.bincount(labels[split[name]], minlength=3) - expected) <= 1)
+    valid = [line for line in output.splitlines() if line.startswith("validation error")]
+    test = [line for line in output.splitlines() if line.startswith("test error")]
+    assert len(valid) == len(test) == 1, output
+    evaluated = ok("evaluate", run)
+    assert f"{test[0]} on {len(split['test'])} rows" in evaluated, evaluated
+    shapes = {k: len(v) for k, v in split.items()}
+    assert f"shapes { ({k: [n, N_FEATURES] for k, n in shapes.items()}) }" in ok("info", run)
+    record = manifest(run)["finetune"]
+    errors = [record["valid_error"], record["test_error"]]
+    assert [f"validation error {100 * errors[0]:.2f} %", f"test error {100 * errors[1]:.2f} %"] == [
+        valid[0],
+        test[0],
+    ]
+
+
+EXPORTED = """
+import sys
+sys.modules["stackae"] = sys.modules["stackae_cli"] = None  # any import of them fails
+import keras, numpy as np
+x = np.loadtxt(sys.argv[1], delimiter=",", skiprows=1)[:, :-1]
+encoder = keras.saving.load_model(sys.argv[2] + "/encoder.keras")
+classifier = keras.saving.load_model(sys.argv[2] + "/classifier.keras")
+np.savez(sys.argv[3], codes=encoder.predict(x, verbose=0), probs=classifier.predict(x, verbose=0))
+"""
+
+
+def test_exported_models_take_raw_features_in_a_process_without_stackae(tuned, tmp_path):
+    run, path, _ = tuned
+    out = tmp_path / "outputs.npz"
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORTED, str(path), str(run), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = np.load(out)
+    ok("encode", run, "--data", path, "--out", tmp_path / "codes.npz")
+    # The exported model reads float32 features: f3 (about 1e4, standard deviation 10) keeps
+    # 7 significant digits, so its standardised value is known to about 1e-4 there; stackae
+    # scales in float64 (measured: codes differ by at most 1.1e-4).
+    assert_allclose(found["codes"], np.load(tmp_path / "codes.npz")["train"], atol=5e-4)
+    _, _, labels = table()
+    test = split_of(run)["test"]
+    error = np.mean(found["probs"][test].argmax(axis=1) != labels[test])
+    assert f"test error {100 * error:.2f} % on {len(test)} rows" in ok("evaluate", run)
+    assert manifest(run)["finetune"]["test_error"] == pytest.approx(error)
+
+
+# ---------------------------------------------------------------- regression
+
+
+REGRESSION = ["--layers", "16", "--scale", "standard", "--epochs", "3", "-q"]
+REGRESSION_TUNE = ["--task", "regression", "--momentum", "0.9", "--lr", "0.01"]
+REGRESSION_TUNE += ["--epochs", "40", "--patience", "40", "-q"]
+
+
+def regression_table():
+    """Features on very different scales; a smooth nonlinear target, 1000 +- 50 units."""
+    x, z, _ = table(seed=1)
+    target = 3 * z[:, 0] - 2 * z[:, 1] + np.tanh(2 * z[:, 2]) + 0.1 * z[:, 3] ** 2
+    return x, 1000 + 50 * target
+
+
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory):
+    """A pretrained run on a regression table and the same run fine-tuned: (pretrained, tuned)."""
+    folder = tmp_path_factory.mktemp("regression")
+    x, y = regression_table()
+    path = write_csv(folder / "prices.csv", x, y, name="price")
+    pretrained = folder / "pretrained"
+    ok("pretrain", *REGRESSION, "--data", path, "--label-column", "price", "--out", pretrained)
+    tuned = folder / "tuned"
+    shutil.copytree(pretrained, tuned)
+    ok("finetune", tuned, *REGRESSION_TUNE)
+    return pretrained, tuned
+
+
+def test_regression_beats_the_mean_predictor_by_a_wide_margin(regression):
+    _, tuned = regression
+    x, y = regression_table()
+    test = split_of(tuned)["test"]
+    mean_rmse = np.sqrt(np.mean(np.square(y[test] - y[split_of(tuned)["train"]].mean())))
+    metrics = manifest(tuned)["finetune"]["metrics"]
+    assert metrics["test_rmse"] < 0.3 * mean_rmse, (metrics, mean_rmse)
+    assert metrics["test_r2"] > 0.9
+    shown = ok("evaluate", tuned)
+    assert f"test RMSE {metrics['test_rmse']:.6g}" in shown and f"on {len(test)} rows" in shown
+    model = keras.saving.load_model(tuned / "classifier.keras")  # raw features in, prices out
+    predicted = model.predict(x[test], verbose=0)[:, 0]
+    assert_allclose(np.sqrt(np.mean(np.square(predicted - y[test]))), metrics["test_rmse"], 1e-4)
+
+
+def finetune_epochs(run):
+    try:
+        return (manifest(run).get("finetune") or {}).get("epochs_done")
+    except (OSError, ValueError):
+        return None
+
+
+def test_regression_killed_then_resumed_ends_with_the_uninterrupted_weights(regression, tmp_path):
+    pretrained, tuned = regression
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
+    command = [sys.executable, "-m", "stackae_cli", "finetune", str(run), *REGRESSION_TUNE]
+
+    def ready():
+        done = finetune_epochs(run)
+        return done is not None and done >= 2
+
+    code, err = signal_when(command, ready, signal.SIGKILL)
+    assert code == -signal.SIGKILL, err[-2000:]
+    assert 2 <= finetune_epochs(run) < 40
+    ok("finetune", run, "--resume", "-q")
+    expected = keras.saving.load_model(tuned / "classifier.keras").get_weights()
+    found = keras.saving.load_model(run / "classifier.keras").get_weights()
+    assert len(found) == len(expected)
+    for a, b in zip(found, expected):
+        assert_array_equal(a, b)
+    assert manifest(run)["finetune"]["metrics"] == manifest(tuned)["finetune"]["metrics"]
+
+
+# ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("edit", ["length", "nan", "zero scale"])
+def test_a_hand_edited_scaler_is_refused_in_one_line_and_nothing_changes(tuned, tmp_path, edit):
+    original, _, _ = tuned
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    raw = manifest(run)
+    scaler = raw["data"]["scaler"]
+    if edit == "length":
+        scaler["offset"], scaler["scale"] = scaler["offset"][:-1], scaler["scale"][:-1]
+    elif edit == "nan":
+        scaler["offset"][2] = float("nan")
+    else:
+        scaler["scale"][3] = 0.0
+    (run / "manifest.json").write_text(json.dumps(raw))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    one_row = tmp_path / "row.csv"
+    one_row.write_text("\n".join(tuned[1].read_text().splitlines()[:2]) + "\n")
+    for verb in (["info"], ["evaluate"], ["encode", "--out", tmp_path / "codes.npz"]):
+        args = [verb[0], run, *(["--data", one_row] if verb[0] == "encode" else []), *verb[1:]]
+        result = invoke(*args)
+        assert result.exit_code == 1, (verb, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "scaler" in lines[0], lines
+    assert not (tmp_path / "codes.npz").exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_csv_cells_quoted_numbers_accepted_missing_values_and_text_refused(tmp_path):
+    x, _, labels = table()
+    plain = write_csv(tmp_path / "plain.csv", x, labels)
+    quoted = write_csv(tmp_path / "quoted.csv", x, labels, quoting=csv.QUOTE_ALL)
+    assert '"' in quoted.read_text()
+    options = dict(label_column="label", scale="standard")
+    a, _ = workflows.load_data(str(plain), loss="squared-error", **options)
+    b, _ = workflows.load_data(str(quoted), loss="squared-error", **options)
+    for name in ("train", "valid", "test"):
+        assert_array_equal(getattr(a, name).x, getattr(b, name).x)
+        assert_array_equal(getattr(a, name).y, getattr(b, name).y)
+    lines = plain.read_text().splitlines()
+    cells = lines[5].split(",")
+    for bad, expected in (
+        ("", "line 6: missing value in column 'f2'"),
+        ("NaN", "line 6: missing value in column 'f2'"),
+        ("n/a", "line 6: missing value in column 'f2'"),
+        ("inf", "line 6: infinite value in column 'f2'"),
+        ("1.5kg", "column 'f2' holds text, not numbers ('1.5kg' in line 6)"),
+    ):
+        edited = tmp_path / "edited.csv"
+        edited.write_text(
+            "\n".join([*lines[:5], ",".join([*cells[:2], bad, *cells[3:]]), *lines[6:]])
+        )
+        out = tmp_path / "refused"
+        result = invoke(
+            "pretrain", *PRETRAIN, "--data", edited, "--label-column", "label", "--out", out
+        )
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines() == [f"Error: {edited}: {expected}"]
+        assert not out.exists()
