@@ -409,13 +409,15 @@ finetune_options = _options(
         "--task", click.Choice(config.TASKS), "classification (labels) or regression (targets)."
     ),
     _finetune_option("--epochs", INT, "Most fine-tuning epochs."),
-    _finetune_option("--lr", FLOAT, "Learning rate.", "learning_rate"),
+    _finetune_option(
+        "--lr", FLOAT, "Learning rate (regression: 0.01 unless given).", "learning_rate"
+    ),
     _finetune_option("--batch-size", INT, "Global batch size."),
     _finetune_option(
         "--patience", INT, "Epochs without a better validation error before stopping."
     ),
     _finetune_option("--optimizer", str, "Keras optimizer name."),
-    _finetune_option("--momentum", FLOAT, "SGD momentum."),
+    _finetune_option("--momentum", FLOAT, "SGD momentum (regression: 0.9 unless given)."),
     _finetune_option("--lr-decay", FLOAT, "Learning rate factor per epoch."),
     _finetune_option("--dropout", FLOAT, "Dropout after each hidden layer, in training."),
     _finetune_option("--input-dropout", FLOAT, "Dropout on the input, in training."),
@@ -453,6 +455,9 @@ def finetune(
     """Fine-tune the pretrained stack with labels; saves classifier.keras."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    if settings["task"] == "regression":
+        for name, value in config.REGRESSION_DEFAULTS.items():
+            settings[name] = settings[name] if _given(ctx, name) else value
     spec = _spec(config.FinetuneSpec, FINETUNE_FLAGS, **settings)
     given = {name: value for name, value in settings.items() if _given(ctx, name)}
     ctx.meta["job"] = ("finetune", run_dir)

@@ -205,7 +205,7 @@ class EarlyStopping(keras.callbacks.Callback):
     use one instance per run.
     """
 
-    def __init__(self, patience, monitor="val_accuracy", mode="auto"):
+    def __init__(self, patience, monitor="val_accuracy", mode="auto", tie_monitor=None):
         super().__init__()
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
@@ -214,28 +214,43 @@ class EarlyStopping(keras.callbacks.Callback):
         self.patience = patience
         self.monitor = monitor
         self.mode = mode
+        # A loss that breaks ties of `monitor` (lower wins): on a small validation set the
+        # accuracy may reach its best early and stay there while the model still improves.
+        self.tie_monitor = tie_monitor
         self.best = None
+        self.best_tie = None
         self.best_epoch = None
         self.wait = 0
         self.best_weights = None
 
     def get_state(self):
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        state = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        return state | ({"tie": self.best_tie} if self.tie_monitor else {})
 
     def set_state(self, state):
         self.best = None if state["best"] is None else float(state["best"])
         self.best_epoch = None if state["best_epoch"] is None else int(state["best_epoch"])
         self.wait = int(state["wait"])
+        tie = state.get("tie")  # absent from states saved before ties were broken
+        self.best_tie = None if tie is None else float(tie)
+
+    def _improves(self, current, tie):
+        if self.best is None:
+            return True
+        if current != self.best:
+            return current < self.best if self.mode == "min" else current > self.best
+        return tie is not None and self.best_tie is not None and tie < self.best_tie
 
     def on_epoch_end(self, epoch, logs=None):
-        current = (logs or {}).get(self.monitor)
+        logs = logs or {}
+        current = logs.get(self.monitor)
         if current is None:
             return
         current = float(current)
-        if self.best is None or (
-            current < self.best if self.mode == "min" else current > self.best
-        ):
-            self.best, self.best_epoch, self.wait = current, epoch, 0
+        tie = logs.get(self.tie_monitor) if self.tie_monitor else None
+        tie = None if tie is None else float(tie)
+        if self._improves(current, tie):
+            self.best, self.best_tie, self.best_epoch, self.wait = current, tie, epoch, 0
             self.best_weights = [np.array(w) for w in self.model.get_weights()]
             return
         self.wait += 1

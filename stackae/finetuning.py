@@ -200,7 +200,10 @@ class Finetuner(trainers.Steps, keras.Model):
 
 
 def make_early_stopping(spec=FINETUNE_DEFAULTS):
-    """The EarlyStopping of `spec`: its patience, on `val_accuracy` or (regression) `val_loss`."""
+    """The EarlyStopping of `spec`: its patience, on `val_accuracy` (ties broken by the
+    lower `val_loss`) or, for regression, on `val_loss`."""
+    if spec.task == "classification":
+        return EarlyStopping(spec.patience, monitor="val_accuracy", tie_monitor="val_loss")
     return EarlyStopping(spec.patience, monitor=MONITORS[spec.task])
 
 

@@ -669,7 +669,8 @@ def _load_arrays(path, like):
         with zipfile.ZipFile(path) as archive:
             declared = {info.filename: info.file_size for info in archive.infolist()}
         fits = declared.keys() == expected.keys() and all(
-            declared[name] <= expected[name] + 4096 for name in expected  # + the .npy header
+            declared[name] <= expected[name] + 4096
+            for name in expected  # + the .npy header
         )
         if fits:
             with np.load(path, allow_pickle=False) as saved:

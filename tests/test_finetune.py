@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+import stackae.finetuning
 from stackae import export
 from stackae.config import FinetuneSpec
 from stackae.finetuning import (
@@ -311,3 +312,19 @@ def test_finetuner_refuses_what_it_cannot_train():
     shaped = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5, noise_shape=(1, 4))])
     with pytest.raises(ValueError, match="noise_shape"):
         Finetuner(shaped)
+
+
+def test_early_stopping_breaks_accuracy_ties_by_validation_loss():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    stopper = stackae.finetuning.make_early_stopping(FinetuneSpec(patience=2))
+    stopper.set_model(model)
+    for epoch, (accuracy, loss) in enumerate([(0.9, 0.5), (0.9, 0.4), (0.9, 0.45), (0.8, 0.1)]):
+        stopper.on_epoch_end(epoch, {"val_accuracy": accuracy, "val_loss": loss})
+    assert stopper.get_state() == {"best": 0.9, "best_epoch": 1, "wait": 2, "tie": 0.4}
+    assert model.stop_training
+    again = stackae.finetuning.make_early_stopping(FinetuneSpec(patience=2))
+    again.set_state(stopper.get_state())
+    assert again.get_state() == stopper.get_state()
+    old = stackae.finetuning.make_early_stopping(FinetuneSpec(patience=2))
+    old.set_state({"best": 0.9, "best_epoch": 1, "wait": 0})  # saved before ties were broken
+    assert old.get_state()["tie"] is None
