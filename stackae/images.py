@@ -74,8 +74,9 @@ def filters_image(kernel, image_shape=None, grid=(10, 10)):
     """uint8 image of the first grid[0]*grid[1] filters of `kernel` (n_visible, n_hidden).
 
     Each hidden unit's column of weights is one tile, scaled to its own range.
-    With fewer units than cells, the grid drops empty rows, then empty columns
-    (so a grid of 1 x 10**9 asks for no more than the units' tiles).
+    With fewer units than cells, the grid drops empty rows, and columns beyond
+    ten and beyond the units (so a grid of 1 x 10**9 asks for no more than the
+    units' tiles, and a few filters still sit in a row of the usual ten).
     """
     kernel = np.asarray(kernel)
     if kernel.ndim != 2:
@@ -86,7 +87,7 @@ def filters_image(kernel, image_shape=None, grid=(10, 10)):
     rows, cols = grid
     n_tiles = min(n_hidden, rows * cols)
     rows = min(rows, math.ceil(n_tiles / cols))
-    cols = min(cols, n_tiles)
+    cols = min(cols, max(n_tiles, 10))
     return tile_images(kernel.T[:n_tiles], filter_shape(n_visible, image_shape), (rows, cols))
 
 
