@@ -72,3 +72,22 @@ def run_under(backend, script, tmp_path, *, env=None, without_tensorflow=False, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def blocked_cli(*blocked):
+    """A function: `stackae ARGS` as a command for a fresh Python where importing any of
+    `blocked` (module names) fails, as on a machine without them."""
+    code = "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+    code += "from stackae_cli.main import cli\ncli()"
+
+    def command(*args):
+        return [sys.executable, "-c", code, *map(str, args)]
+
+    return command
+
+
+def run_ok(command, env):
+    """Run `command` under `env`; its stdout (the test fails on a non-zero exit)."""
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=DEADLINE)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

@@ -3,31 +3,24 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 from stackae import runs
-from tests.processes import DEADLINE, signal_when
+from tests.processes import blocked_cli, run_ok, signal_when
 
 ARGS = ["--layers", "24,12", "--data", "mnist-sample", "--limit", "1000", "--epochs", "3"]
 ARGS += ["--corruption", "0.2,0.3", "-q"]
-# The CLI in a Python where any import of TensorFlow fails.
-CLI = 'import sys; sys.modules["tensorflow"] = None\nfrom stackae_cli.main import cli\ncli()'
 ENV = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def stackae(*args):
-    return [sys.executable, "-c", CLI, *map(str, args)]
+stackae = blocked_cli("tensorflow")
 
 
 def run_cli(*args):
-    done = subprocess.run(stackae(*args), capture_output=True, text=True, env=ENV, timeout=DEADLINE)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return run_ok(stackae(*args), ENV)
 
 
 def layers_done(out):

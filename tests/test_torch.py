@@ -22,7 +22,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from stackae import runs
-from tests.processes import DEADLINE, run_under, signal_when
+from tests.processes import DEADLINE, blocked_cli, run_ok, run_under, signal_when
 from tests.test_backends import FINETUNE, FIT_TWO_EPOCHS
 
 ROOT = Path(__file__).parent.parent
@@ -180,17 +180,13 @@ PRETRAIN = ["--layers", "24,12", "--data", "mnist-sample", "--limit", "600", "--
 PRETRAIN += ["--corruption", "0.2,0.3", "-q"]
 TUNE = ["--epochs", "4", "--patience", "3", "--dropout", "0.2", "--input-dropout", "0.1"]
 TUNE += ["--momentum", "0.5", "-q"]
-CLI = NO_TF_NO_JAX + "from stackae_cli.main import cli\ncli()"
 
 
-def stackae(*args):
-    return [sys.executable, "-c", CLI, *map(str, args)]
+stackae = blocked_cli("tensorflow", "jax")
 
 
 def run_cli(*args):
-    done = subprocess.run(stackae(*args), capture_output=True, text=True, env=ENV, timeout=DEADLINE)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return run_ok(stackae(*args), ENV)
 
 
 def manifest(out):
