@@ -10,9 +10,13 @@ Defaults for tables (they differ from the MNIST tutorial's, which the command
 line keeps): one layer of 100 units, 10% masking noise, features standardised
 (`scale="standard"`, which gives the first layer a linear decoder, the squared
 error and a learning rate of min(0.1, 1 / units): `config.default_layer_settings`),
-batches of 32, 10 pretraining epochs per layer, at most 50 fine-tuning epochs
-with early stopping (patience 5) on 10% of the rows, and no XLA
-(`jit_compile=False`: compiling costs more than it saves on small tables).
+batches of 32, 10 pretraining epochs per layer, at most 30 fine-tuning epochs
+with SGD momentum 0.9 and early stopping (patience 5) on 10% of the rows, a
+fine-tuning learning rate of 0.1 (classification) or min(0.1, 1 / top units)
+(regression: a linear output on many sigmoid codes diverges at 0.1), and no XLA
+(`jit_compile=False`: compiling costs more than it saves on small tables). On
+a 1,000 x 20 table a fit takes about 2 s (transformer) to 3-7 s (classifier,
+regressor) on two shared CPU cores.
 """
 
 import os
@@ -205,7 +209,7 @@ class _StackedBase(BaseEstimator):
             random.setstate(python_state)
             np.random.set_state(numpy_state)
         stackae.pretrain(stack, x, verbose=self.verbose, jit_compile=self.jit_compile)
-        if not all(np.all(np.isfinite(w)) for w in stack.get_weights()):
+        if not all(np.all(np.isfinite(_numpy(w.value))) for w in stack.weights):
             raise _diverged("pretraining", "learning_rate")
         return stack
 
@@ -249,10 +253,15 @@ def _outputs(function, x):
 
     x = np.asarray(x, dtype=np.float32)
     chunks = [
-        keras.ops.convert_to_numpy(function(keras.ops.convert_to_tensor(x[i : i + PREDICT_BATCH])))
+        _numpy(function(keras.ops.convert_to_tensor(x[i : i + PREDICT_BATCH])))
         for i in range(0, len(x), PREDICT_BATCH)
     ]
     return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+
+
+def _numpy(tensor):
+    # A TensorFlow tensor's own .numpy(): ops.convert_to_numpy trips a NumPy 2 DeprecationWarning.
+    return tensor.numpy() if hasattr(tensor, "numpy") else np.asarray(tensor)
 
 
 class StackedDenoisingAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _StackedBase):
@@ -361,11 +370,11 @@ class _SupervisedBase(_StackedBase):
         contraction=0.0,
         activation=None,
         decoder_activation=None,
-        finetune_epochs=50,
+        finetune_epochs=30,
         finetune_batch_size=32,
         finetune_learning_rate=None,
         finetune_optimizer="sgd",
-        momentum=0.0,
+        momentum=0.9,
         lr_decay=1.0,
         dropout=0.0,
         input_dropout=0.0,
