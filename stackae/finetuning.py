@@ -207,7 +207,7 @@ def make_early_stopping(spec=FINETUNE_DEFAULTS):
     return EarlyStopping(spec.patience, monitor=MONITORS[spec.task])
 
 
-def compile_classifier(model, spec=FINETUNE_DEFAULTS, optimizer=None):
+def compile_classifier(model, spec=FINETUNE_DEFAULTS, optimizer=None, jit_compile=None):
     """Compile a classifier for `evaluate`: sparse cross-entropy and accuracy.
 
     `optimizer` defaults to a fresh one from `spec`; `make_finetuner` passes
@@ -217,12 +217,12 @@ def compile_classifier(model, spec=FINETUNE_DEFAULTS, optimizer=None):
         optimizer=optimizer or spec.make_optimizer(),
         loss="sparse_categorical_crossentropy",
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=compat.jit_compile(),
+        jit_compile=compat.jit_compile() if jit_compile is None else jit_compile,
     )
     return model
 
 
-def compile_regressor(model, spec=FINETUNE_DEFAULTS, optimizer=None):
+def compile_regressor(model, spec=FINETUNE_DEFAULTS, optimizer=None, jit_compile=None):
     """Compile a regressor for `evaluate`: squared error, RMSE and MAE in the targets' units."""
     model.compile(
         optimizer=optimizer or spec.make_optimizer(),
@@ -231,24 +231,25 @@ def compile_regressor(model, spec=FINETUNE_DEFAULTS, optimizer=None):
             keras.metrics.RootMeanSquaredError(name="rmse"),
             keras.metrics.MeanAbsoluteError(name="mae"),
         ],
-        jit_compile=compat.jit_compile(),
+        jit_compile=compat.jit_compile() if jit_compile is None else jit_compile,
     )
     return model
 
 
-def make_finetuner(model, spec=FINETUNE_DEFAULTS, seed=None):
+def make_finetuner(model, spec=FINETUNE_DEFAULTS, seed=None, jit_compile=None):
     """The compiled `Finetuner` of `model` with `spec`'s optimizer and task, ready to `fit`.
 
     To resume, make it with the seed of the interrupted run and restore its
     weights and optimizer state with `load_weights` before passing it to
     `finetune(..., finetuner=...)`. `model` is compiled with the same optimizer
     (`compile_classifier`, or `compile_regressor` for regression), so its
-    `optimizer` and `evaluate` reflect training.
+    `optimizer` and `evaluate` reflect training. `jit_compile` goes to both
+    compiles (None: XLA where it runs; False saves its compile time on small data).
     """
     finetuner = Finetuner(model, seed=seed, task=spec.task)
-    finetuner.compile(optimizer=spec.make_optimizer())
+    finetuner.compile(optimizer=spec.make_optimizer(), jit_compile=jit_compile)
     compile_model = compile_classifier if spec.task == "classification" else compile_regressor
-    compile_model(model, spec, optimizer=finetuner.optimizer)
+    compile_model(model, spec, optimizer=finetuner.optimizer, jit_compile=jit_compile)
     return finetuner
 
 

@@ -106,6 +106,7 @@ def pretrain(
     initial_epoch=0,
     on_layer_end=None,
     group=None,
+    jit_compile=None,
 ):
     """Greedy layer-wise pretraining: layer k learns from the clean codes of layers < k.
 
@@ -123,6 +124,9 @@ def pretrain(
         group: batches per training step (`data.training_dataset`); None: 16 on
             one device, 1 under a multi-replica strategy. Results do not
             depend on it, only the speed does.
+        jit_compile: passed to each layer's `AutoEncoder.compile` (None: XLA
+            where it runs). False saves XLA's compile time, which dominates on
+            small data; the noise is drawn by another generator then.
     Returns one Keras History per trained layer.
     """
     from stackae.autoencoder import DEFAULT_GROUP
@@ -141,7 +145,7 @@ def pretrain(
         spec = stack.specs[k]
         check_batch(len(inputs), spec.batch_size, f"layer {k + 1} training data")
         autoencoder = stack.autoencoder(k)
-        autoencoder.compile(optimizer=spec.make_optimizer())
+        autoencoder.compile(optimizer=spec.make_optimizer(), jit_compile=jit_compile)
         first_epoch = initial_epoch if k == start_layer else 0
         autoencoder.build((None, inputs.shape[-1]))
         train, order = training_dataset(

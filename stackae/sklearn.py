@@ -1,0 +1,594 @@
+"""scikit-learn estimators over stackae: an SdA transformer, a classifier and a regressor.
+
+`pip install "stackae[sklearn]"`. The estimators train with the library's own
+calls (`Stack`, `pretrain`, `export`, `finetune`), so they follow the same
+settings and seeds as the command line; the per-feature scaling is part of the
+estimator, so raw features go in (NumPy arrays or DataFrames). Keras and its
+backend load on the first `fit` or unpickling, not on import.
+
+Defaults for tables (they differ from the MNIST tutorial's, which the command
+line keeps): one layer of 100 units, 10% masking noise, features standardised
+(`scale="standard"`, which gives the first layer a linear decoder, the squared
+error and a learning rate of min(0.1, 1 / units): `config.default_layer_settings`),
+batches of 32, 10 pretraining epochs per layer, at most 30 fine-tuning epochs
+with SGD momentum 0.9 and early stopping (patience 5) on 10% of the rows, a
+fine-tuning learning rate of 0.1 (classification) or min(0.1, 1 / top units)
+(regression: a linear output on many sigmoid codes diverges at 0.1), and no XLA
+(`jit_compile=False`: compiling costs more than it saves on small tables). On
+a 1,000 x 20 table a fit takes about 2 s (transformer) to 3-7 s (classifier,
+regressor) on two shared CPU cores.
+"""
+
+import os
+import random
+import tempfile
+
+import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    RegressorMixin,
+    TransformerMixin,
+)
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from stackae.config import PREDICT_BATCH, SCALE_KINDS
+
+# LayerSpec fields an estimator takes as parameters; None: stackae's default for the scaling.
+_LAYER_SETTINGS = (
+    "corruption",
+    "noise",
+    "loss",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "optimizer",
+    "l2",
+    "sparsity",
+    "sparsity_target",
+    "contraction",
+    "activation",
+    "decoder_activation",
+)
+_FLOATS = (np.float64, np.float32)
+
+
+class _SavedModel:
+    """A Keras model as the bytes of its `.keras` file: how the estimators pickle one."""
+
+    def __init__(self, model):
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.keras")
+            model.save(path)
+            with open(path, "rb") as f:
+                self.data = f.read()
+
+    def load(self):
+        import keras
+
+        _start_backend()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.keras")
+            with open(path, "wb") as f:
+                f.write(self.data)
+            return keras.saving.load_model(path, compile=False)
+
+
+def _start_backend():
+    """Keras and its backend, started quietly once (`stackae.backend.start`)."""
+    global _started
+    if not _started:
+        from stackae import backend
+
+        backend.start()
+        _started = True
+
+
+_started = False
+
+
+class _StackedBase(BaseEstimator):
+    """What the three estimators share: parameters, checks, scaling, pretraining, pickling."""
+
+    # Fitted attributes holding Keras models: pickled as `.keras` bytes.
+    _KERAS_ATTRIBUTES = ("stack_", "model_")
+
+    def __init__(
+        self,
+        layers=(100,),
+        *,
+        corruption=0.1,
+        noise="masking",
+        loss=None,
+        epochs=10,
+        batch_size=32,
+        learning_rate=None,
+        optimizer="sgd",
+        l2=0.0,
+        sparsity=0.0,
+        sparsity_target=0.05,
+        contraction=0.0,
+        activation=None,
+        decoder_activation=None,
+        scale="standard",
+        jit_compile=False,
+        random_state=None,
+        verbose=0,
+    ):
+        self.layers = layers
+        self.corruption = corruption
+        self.noise = noise
+        self.loss = loss
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.optimizer = optimizer
+        self.l2 = l2
+        self.sparsity = sparsity
+        self.sparsity_target = sparsity_target
+        self.contraction = contraction
+        self.activation = activation
+        self.decoder_activation = decoder_activation
+        self.scale = scale
+        self.jit_compile = jit_compile
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = False
+        return tags
+
+    # ------------------------------------------------------------ fitting
+
+    def _sizes(self):
+        layers = (self.layers,) if isinstance(self.layers, int | np.integer) else self.layers
+        try:
+            return tuple(int(u) if isinstance(u, np.integer) else u for u in layers)
+        except TypeError:
+            raise ValueError(
+                f"`layers` must be a sequence of positive integers. Received: layers={layers!r}"
+            ) from None
+
+    def _specs(self, n_rows):
+        """The LayerSpecs: stackae's defaults for the scaling, under the settings given."""
+        from stackae.config import default_layer_settings, layer_specs
+
+        if self.scale not in SCALE_KINDS:
+            raise ValueError(
+                f"`scale` must be one of {SCALE_KINDS}. Received: scale={self.scale!r}"
+            )
+        sizes = self._sizes()
+        settings = default_layer_settings(self.scale, sizes)
+        given = {name: getattr(self, name) for name in _LAYER_SETTINGS}
+        settings.update({name: value for name, value in given.items() if value is not None})
+        # A batch larger than the data is clipped: small tables train too.
+        batch = settings["batch_size"]
+        if isinstance(batch, int) and not isinstance(batch, bool) and batch > n_rows:
+            settings["batch_size"] = n_rows
+        return layer_specs(sizes, **settings)
+
+    def _seed(self):
+        """The int seed of this fit: `random_state` itself when it is an int."""
+        state = self.random_state
+        if isinstance(state, int | np.integer) and not isinstance(state, bool) and state >= 0:
+            return int(state)
+        return int(check_random_state(state).randint(0, 2**31 - 1))
+
+    def _fit_scaler(self, X):
+        from stackae.data.scaling import Scaler
+
+        self.scaler_ = Scaler.fit(self.scale, X)
+        return self.scaler_.transform(X)
+
+    def _pretrain(self, x, specs, seed):
+        """A Stack of `specs`, initialised from `seed`, pretrained greedily on scaled rows `x`."""
+        import keras
+
+        import stackae
+
+        if specs[0].loss == "cross-entropy" and (x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                "The cross-entropy needs features in [0, 1]; use scale='minmax' or 'standard', "
+                f"or loss='squared-error'. Received: scale={self.scale!r} and values in "
+                f"[{x.min():g}, {x.max():g}]"
+            )
+        # The initial weights follow from the seed, as in `workflows.new_run`; Python's and
+        # NumPy's global random states are the caller's, so they are put back.
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            keras.utils.set_random_seed(seed)
+            stack = stackae.Stack(specs, seed=seed)
+            stack.build((None, x.shape[1]))
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+        stackae.pretrain(stack, x, verbose=self.verbose, jit_compile=self.jit_compile)
+        if not all(np.all(np.isfinite(_numpy(w.value))) for w in stack.weights):
+            raise _diverged("pretraining", "learning_rate")
+        return stack
+
+    def _check_X(self, X, reset):
+        return validate_data(self, X, reset=reset, dtype=_FLOATS)
+
+    # ------------------------------------------------------------ pickling
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        for name in self._KERAS_ATTRIBUTES:
+            if state.get(name) is not None:
+                state[name] = _SavedModel(state[name])
+        state.pop("encoder_", None)  # made again from stack_
+        return state
+
+    def __setstate__(self, state):
+        state = {
+            name: value.load() if isinstance(value, _SavedModel) else value
+            for name, value in state.items()
+        }
+        super().__setstate__(state)
+        if getattr(self, "stack_", None) is not None and hasattr(self, "scaler_"):
+            self._make_encoder()
+
+    def _make_encoder(self):
+        from stackae import export
+
+        self.encoder_ = export.encoder(self.stack_, scaler=self.scaler_)
+
+
+def _diverged(phase, parameter):
+    from stackae.errors import TrainingDiverged
+
+    return TrainingDiverged(f"{phase}: the cost became NaN or infinite; lower `{parameter}`")
+
+
+def _outputs(function, x):
+    """`function` (a Keras model or a function of tensors) on float32 rows, in chunks, as NumPy."""
+    import keras
+
+    x = np.asarray(x, dtype=np.float32)
+    chunks = [
+        _numpy(function(keras.ops.convert_to_tensor(x[i : i + PREDICT_BATCH])))
+        for i in range(0, len(x), PREDICT_BATCH)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+
+
+def _numpy(tensor):
+    # A TensorFlow tensor's own .numpy(): ops.convert_to_numpy trips a NumPy 2 DeprecationWarning.
+    return tensor.numpy() if hasattr(tensor, "numpy") else np.asarray(tensor)
+
+
+class StackedDenoisingAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _StackedBase):
+    """A stacked denoising autoencoder as a scikit-learn transformer: raw features -> top codes.
+
+    `fit(X)` standardises the features (`scale`), then pretrains each layer
+    greedily as a denoising autoencoder on the clean codes of the layers below
+    (`stackae.pretrain`). `transform` returns the top layer's codes,
+    `inverse_transform` decodes codes back down every layer to features in
+    their raw units, and `score_samples` scores each row by how well the stack
+    reconstructs it.
+
+    Parameters are `stackae.LayerSpec`'s (each one value, or one per layer);
+    `loss`, `learning_rate`, `activation` and `decoder_activation` left None
+    take stackae's defaults for the scaling (`config.default_layer_settings`:
+    with standardised features a linear first decoder with the squared error).
+    `layers`: the sizes of the layers, bottom up. `scale`: "standard",
+    "minmax", "none" or "global" (`stackae.data.scaling.Scaler`), fitted on
+    the rows given to `fit`. A `batch_size` larger than the data is clipped.
+    `jit_compile`: XLA for the training programs (faster steps on large data,
+    seconds of compiling). `random_state`: an int gives the same weights, noise
+    and batch order every fit (it is the stack's seed, as `--seed`); note that
+    it re-seeds Keras's global generator (`keras.utils.set_random_seed`).
+
+    Attributes: `stack_` (the pretrained `stackae.Stack`, on scaled rows),
+    `encoder_` (`stackae.export.encoder` with the scaling: raw features in),
+    `scaler_`, `n_features_in_`, `feature_names_in_` (DataFrames).
+    """
+
+    def fit(self, X, y=None):
+        """Fit the scaler on X and pretrain the stack on the scaled rows. Returns self."""
+        X = self._check_X(X, reset=True)
+        _start_backend()
+        specs = self._specs(len(X))
+        x = self._fit_scaler(X)
+        self.stack_ = self._pretrain(x, specs, self._seed())
+        self._make_encoder()
+        return self
+
+    @property
+    def _n_features_out(self):
+        return self.stack_.sizes[-1]
+
+    def transform(self, X):
+        """The top layer's codes of raw rows X, (n_rows, layers[-1]), in X's float dtype."""
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        return _outputs(self.encoder_, X).astype(X.dtype, copy=False)
+
+    def inverse_transform(self, X):
+        """Rows decoded from top-layer codes X, through every tied decoder, in raw feature units."""
+        check_is_fitted(self)
+        codes = check_array(X, dtype=_FLOATS)
+        width = self._n_features_out
+        if codes.shape[1] != width:
+            raise ValueError(
+                f"X has {codes.shape[1]} features, but {type(self).__name__} "
+                f"decodes codes of {width} features"
+            )
+        scaled = _outputs(self.stack_.decode, codes).astype(np.float64)
+        raw = scaled * self.scaler_.scale + self.scaler_.offset
+        return raw.astype(codes.dtype, copy=False)
+
+    def score_samples(self, X):
+        """Minus each row's reconstruction error: higher is more normal, lower more anomalous.
+
+        The error is the mean over features of the squared difference between
+        the row and its reconstruction (encoded up every layer, decoded back
+        down, no noise), both in scaled units, so every feature counts alike
+        whatever its raw units. Rank rows by it, or threshold it, to find
+        anomalies (scikit-learn's convention, as `IsolationForest`'s).
+        """
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        x = self.scaler_.transform(X)
+        stack = self.stack_
+        reconstruction = _outputs(lambda t: stack.decode(stack.encode(t)), x)
+        error = np.mean(np.square(x.astype(np.float64) - reconstruction), axis=1)
+        return -error
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+class _SupervisedBase(_StackedBase):
+    """Pretraining, then fine-tuning of an exported classifier or regressor (`stackae.finetune`)."""
+
+    _TASK = None
+
+    def __init__(
+        self,
+        layers=(100,),
+        *,
+        corruption=0.1,
+        noise="masking",
+        loss=None,
+        epochs=10,
+        batch_size=32,
+        learning_rate=None,
+        optimizer="sgd",
+        l2=0.0,
+        sparsity=0.0,
+        sparsity_target=0.05,
+        contraction=0.0,
+        activation=None,
+        decoder_activation=None,
+        finetune_epochs=30,
+        finetune_batch_size=32,
+        finetune_learning_rate=None,
+        finetune_optimizer="sgd",
+        momentum=0.9,
+        lr_decay=1.0,
+        dropout=0.0,
+        input_dropout=0.0,
+        patience=5,
+        validation_fraction=0.1,
+        scale="standard",
+        jit_compile=False,
+        random_state=None,
+        verbose=0,
+    ):
+        super().__init__(
+            layers,
+            corruption=corruption,
+            noise=noise,
+            loss=loss,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            optimizer=optimizer,
+            l2=l2,
+            sparsity=sparsity,
+            sparsity_target=sparsity_target,
+            contraction=contraction,
+            activation=activation,
+            decoder_activation=decoder_activation,
+            scale=scale,
+            jit_compile=jit_compile,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.finetune_epochs = finetune_epochs
+        self.finetune_batch_size = finetune_batch_size
+        self.finetune_learning_rate = finetune_learning_rate
+        self.finetune_optimizer = finetune_optimizer
+        self.momentum = momentum
+        self.lr_decay = lr_decay
+        self.dropout = dropout
+        self.input_dropout = input_dropout
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+
+    def _finetune_spec(self, n_rows):
+        from stackae.config import FINETUNE_DEFAULTS, FinetuneSpec, is_int
+
+        batch = self.finetune_batch_size
+        learning_rate = self.finetune_learning_rate
+        if learning_rate is None:
+            learning_rate = FINETUNE_DEFAULTS.learning_rate
+            if self._TASK == "regression":
+                # The squared error of a linear layer over `units` sigmoid codes has a
+                # curvature of about units / 2 along the mean code, as the first layer's
+                # (`config.default_layer_settings`): SGD at 0.1 diverges above ~40 units.
+                learning_rate = min(learning_rate, 1.0 / self._sizes()[-1])
+        return FinetuneSpec(
+            epochs=self.finetune_epochs,
+            batch_size=min(batch, n_rows) if is_int(batch) else batch,
+            learning_rate=learning_rate,
+            optimizer=self.finetune_optimizer,
+            patience=self.patience,
+            momentum=self.momentum,
+            lr_decay=self.lr_decay,
+            dropout=self.dropout,
+            input_dropout=self.input_dropout,
+            task=self._TASK,
+        )
+
+    def _split(self, n_rows, seed, stratify=None):
+        """(train rows, validation rows or None): `validation_fraction` of the rows, drawn."""
+        from stackae.config import is_number
+
+        fraction = self.validation_fraction
+        if not (is_number(fraction) and 0 <= fraction < 1):
+            raise ValueError(
+                "`validation_fraction` must be in [0, 1). "
+                f"Received: validation_fraction={fraction!r}"
+            )
+        rows = np.arange(n_rows)
+        n_valid = int(round(fraction * n_rows))
+        if n_valid < 1 or n_rows - n_valid < 1:  # too few rows to hold any out: no early stopping
+            return rows, None
+        if stratify is not None:
+            counts = np.bincount(stratify)
+            if counts[counts > 0].min() < 2 or not (
+                np.count_nonzero(counts) <= n_valid <= n_rows - np.count_nonzero(counts)
+            ):
+                stratify = None
+        return train_test_split(rows, test_size=n_valid, random_state=seed, stratify=stratify)
+
+    def _fit_supervised(self, X, y, n_outputs, stratify=None):
+        """Scale, split, pretrain, export the model for the task, fine-tune it; `y` as trained."""
+        from stackae import export
+        from stackae.finetuning import finetune, make_early_stopping, make_finetuner
+
+        _start_backend()
+        seed = self._seed()
+        train, valid = self._split(len(X), seed, stratify)
+        specs = self._specs(len(train))
+        spec = self._finetune_spec(len(train))
+        x = self._fit_scaler(X)
+        stack = self._pretrain(x[train], specs, seed)
+        if self._TASK == "regression":
+            from stackae.data.scaling import Scaler
+
+            # As `workflows.finetune_run`: targets standardised on the training rows.
+            target_scaler = Scaler.fit("standard", y[train].reshape(len(train), -1))
+            model = export.regressor(
+                stack,
+                n_outputs,
+                dropout=spec.dropout,
+                input_dropout=spec.input_dropout,
+                target_scaler=target_scaler,
+            )
+        else:
+            model = export.classifier(
+                stack, n_outputs, dropout=spec.dropout, input_dropout=spec.input_dropout
+            )
+        finetuner = make_finetuner(model, spec, seed=seed, jit_compile=self.jit_compile)
+        stopper = make_early_stopping(spec) if valid is not None else None
+        history = finetune(
+            model,
+            (x[train], y[train]),
+            None if valid is None else (x[valid], y[valid]),
+            spec,
+            verbose=self.verbose,
+            finetuner=finetuner,
+            early_stopping=stopper,
+        )
+        if not np.all(np.isfinite(history.history.get("loss", [0.0]))):
+            raise _diverged("fine-tuning", "finetune_learning_rate")
+        self.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}
+        self.n_iter_ = len(history.history.get("loss", []))
+        self.best_epoch_ = None if stopper is None else stopper.best_epoch
+        # Raw features in: the fitted scaling goes first.
+        self.model_ = export.with_scaling(model, self.scaler_)
+        return self
+
+    def _outputs(self, X):
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        return _outputs(self.model_, X).astype(np.float64)
+
+
+class SdAClassifier(ClassifierMixin, _SupervisedBase):
+    """A stacked denoising autoencoder, pretrained then fine-tuned as a softmax classifier.
+
+    `fit(X, y)` standardises the features, holds out `validation_fraction` of
+    the rows (stratified where every class allows) for early stopping on the
+    validation accuracy (`patience` epochs), pretrains the stack on the other
+    rows (`stackae.pretrain`), and fine-tunes `stackae.export.classifier` on
+    them (`stackae.finetune`), keeping the best epoch's weights.
+    `validation_fraction=0` trains for `finetune_epochs` without stopping.
+
+    Pretraining parameters are `StackedDenoisingAutoencoder`'s; fine-tuning
+    ones are `stackae.FinetuneSpec`'s, prefixed `finetune_` where a name is
+    shared (`finetune_epochs`, `finetune_batch_size`, `finetune_learning_rate`,
+    `finetune_optimizer`).
+
+    Attributes: `classes_`, `model_` (a plain Keras model: raw features in,
+    class probabilities out), `scaler_`, `n_iter_` (fine-tuning epochs run),
+    `best_epoch_`, `history_`, `n_features_in_`, `feature_names_in_`.
+    """
+
+    _TASK = "classification"
+
+    def fit(self, X, y):
+        """Pretrain and fine-tune on rows X with class labels y. Returns self."""
+        X, y = validate_data(self, X, y, dtype=_FLOATS)
+        check_classification_targets(y)
+        self.classes_, labels = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                "SdAClassifier needs samples of at least 2 classes in the data. "
+                f"Received: one class, {self.classes_[0]!r}"
+            )
+        return self._fit_supervised(X, labels.astype(np.int64), len(self.classes_), labels)
+
+    def predict_proba(self, X):
+        """Class probabilities (n_rows, n_classes), columns in the order of `classes_`."""
+        probabilities = self._outputs(X)
+        return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+    def predict(self, X):
+        """The most probable class of each row."""
+        probabilities = self.predict_proba(X)
+        return self.classes_[np.argmax(probabilities, axis=1)]
+
+
+class SdARegressor(RegressorMixin, _SupervisedBase):
+    """A stacked denoising autoencoder, pretrained then fine-tuned as a linear regressor.
+
+    As `SdAClassifier`, with `stackae.export.regressor`: targets (one or
+    several outputs) are standardised on the training rows inside the model,
+    the loss is their squared error, and early stopping watches the
+    validation loss. `predict` returns targets in their own units.
+    """
+
+    _TASK = "regression"
+
+    def fit(self, X, y):
+        """Pretrain and fine-tune on rows X with real targets y, (n,) or (n, n_outputs)."""
+        X, y = validate_data(self, X, y, dtype=_FLOATS, multi_output=True, y_numeric=True)
+        y = np.asarray(y, dtype=np.float32)
+        self._single_output = y.ndim == 1
+        n_outputs = 1 if y.ndim == 1 else y.shape[1]
+        return self._fit_supervised(X, y, n_outputs)
+
+    def predict(self, X):
+        predictions = self._outputs(X)
+        return predictions.ravel() if self._single_output else predictions
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+__all__ = ["SdAClassifier", "SdARegressor", "StackedDenoisingAutoencoder"]
