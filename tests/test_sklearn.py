@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import check_estimator
 
 from stackae.sklearn import SdAClassifier, SdARegressor, StackedDenoisingAutoencoder
 
@@ -25,20 +25,24 @@ TINY = {"layers": (8,), "epochs": 1, "batch_size": 16, "random_state": 0}
 TINY_SUPERVISED = {**TINY, "finetune_epochs": 2, "momentum": 0.9, "validation_fraction": 0.0}
 
 
-def expected_failures(estimator):
-    return {}
-
-
-@parametrize_with_checks(
+@pytest.mark.parametrize(
+    "estimator",
     [
         StackedDenoisingAutoencoder(**TINY),
         SdAClassifier(**TINY_SUPERVISED),
         SdARegressor(**TINY_SUPERVISED),
     ],
-    expected_failed_checks=expected_failures,
+    ids=lambda estimator: type(estimator).__name__,
 )
-def test_scikit_learn_checks(estimator, check):
-    check(estimator)
+def test_scikit_learn_checks(estimator):
+    results = check_estimator(estimator, on_fail=None)
+    failed = {r["check_name"]: str(r["exception"]) for r in results if r["status"] == "failed"}
+    assert not failed
+    # scikit-learn skips its array-API check unless SCIPY_ARRAY_API is set and an array-API
+    # library is installed; stackae takes NumPy arrays. Every other check ran and passed.
+    skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
+    assert skipped <= {"check_array_api_input"}, skipped
+    assert len(results) > 40
 
 
 # ---------------------------------------------------------------- the transformer
