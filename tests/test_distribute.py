@@ -57,6 +57,7 @@ def stack_weights(run):
     return [keras.ops.convert_to_numpy(w) for w in model.weights]
 
 
+@pytest.mark.slow
 def test_two_worker_cluster_matches_one_process(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     scratch = Path(tempfile.gettempdir())

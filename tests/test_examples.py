@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
@@ -57,6 +58,7 @@ def test_mnist_da_runs_and_writes_filters(tmp_path):
             assert image.size == (289, 289)
 
 
+@pytest.mark.slow
 def test_mnist_sda_runs_and_prints_the_table(tmp_path):
     npz = tiny_mnist(tmp_path / "mnist.npz", 400, seed=1)
     out = tmp_path / "out"

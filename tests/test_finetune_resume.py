@@ -93,6 +93,7 @@ def test_killed_twice_then_resumed_ends_like_an_uninterrupted_run(
     assert not [p for p in out.iterdir() if p.name.startswith("finetune_")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_names_the_finetune_resume(pretrained, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(pretrained, out)

@@ -44,6 +44,7 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_under_jax_ends_with_the_same_weights(uninterrupted, tmp_path):
     out = tmp_path / "run"
     for layer, epochs in ((0, 1), (1, 1)):

@@ -85,6 +85,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(uninterrupted, tmp_pa
         np.testing.assert_allclose(a["history"]["loss"], b["history"]["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigint_leaves_a_resumable_run(tmp_path):
     out = tmp_path / "run"
     code, err = start_and_stop(out, 0, 1, signal.SIGINT)
@@ -281,6 +282,7 @@ def test_manifest_reader_fuzz_random_bytes(tmp_path_factory, blob):
     os.remove(folder / "manifest.json")
 
 
+@pytest.mark.slow
 def test_sigterm_is_like_ctrl_c_and_resumes_exactly(uninterrupted, tmp_path):
     out = tmp_path / "run"
     code, err = start_and_stop(out, 0, 2, signal.SIGTERM)

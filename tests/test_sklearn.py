@@ -29,8 +29,9 @@ TINY_SUPERVISED = {**TINY, "finetune_epochs": 2, "momentum": 0.9, "validation_fr
     "estimator",
     [
         StackedDenoisingAutoencoder(**TINY),
-        SdAClassifier(**TINY_SUPERVISED),
-        SdARegressor(**TINY_SUPERVISED),
+        # Each supervised estimator's checks take ~40 s (dozens of fits): -m slow.
+        pytest.param(SdAClassifier(**TINY_SUPERVISED), marks=pytest.mark.slow),
+        pytest.param(SdARegressor(**TINY_SUPERVISED), marks=pytest.mark.slow),
     ],
     ids=lambda estimator: type(estimator).__name__,
 )
@@ -155,6 +156,7 @@ def test_regressor_beats_the_mean_predictor_by_a_wide_margin(table):
     assert 1 <= model.n_iter_ <= 30 and model.best_epoch_ is not None
 
 
+@pytest.mark.slow
 def test_pipeline_grid_search_on_digits_picks_a_configuration_and_scores_it():
     digits = load_digits()
     x_train, x_test, y_train, y_test = train_test_split(

@@ -251,6 +251,7 @@ def finetune_epochs(run):
         return None
 
 
+@pytest.mark.slow
 def test_regression_killed_then_resumed_ends_with_the_uninterrupted_weights(regression, tmp_path):
     pretrained, tuned = regression
     run = tmp_path / "run"

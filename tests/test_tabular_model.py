@@ -399,6 +399,7 @@ def test_regression_cost_is_the_squared_error_of_scaled_targets(regression_data)
     assert restored.task == "regression" and restored.target_scale == pytest.approx([scale])
 
 
+@pytest.mark.slow
 def test_regression_beats_the_mean_predictor(regression_data):
     (train, valid, test), scaler, target_scaler = regression_data
     keras.utils.set_random_seed(3)
@@ -511,6 +512,7 @@ def test_regression_targets_are_checked_in_one_line(regression_data):
         finetune(model, (train[0], bad), spec=REGRESSION, verbose=0)
 
 
+@pytest.mark.slow
 def test_regression_under_jax(tmp_path):
     script = """
     import json

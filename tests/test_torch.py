@@ -250,6 +250,7 @@ def test_every_verb_runs_under_torch_without_tensorflow_or_jax(uninterrupted, tm
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_under_torch_ends_with_the_same_weights(uninterrupted, tmp_path):
     out = tmp_path / "run"
 
