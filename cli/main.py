@@ -4,6 +4,7 @@ import datetime
 import math
 import os
 import signal
+import sys
 from importlib.metadata import version
 
 import click
@@ -122,6 +123,9 @@ class StackaeGroup(click.Group):
             raise exception from None
         except BadOption as err:
             raise click.UsageError(_one_line(err)) from None
+        except BrokenPipeError:  # `stackae evaluate RUN | head`: the reader has had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except (StackaeError, OSError) as err:
             raise click.ClickException(_one_line(err)) from None
         finally:
