@@ -480,8 +480,10 @@ def finetune_job(
         data_record = record.data
     else:
         loaded = load_run_data(run, data, **options)
-        data_record = None
-        if data is not None:
+        data_record = None  # the run's own data, as recorded
+        if data is not None or any(value is not None for value in options.values()):
+            # Other data, or other options: recorded with the fine-tuning, so that
+            # --resume and evaluate read the same rows.
             data_record = run.data_record(loaded, load_data_options(run, options))
     with strategy_scope(chosen):
         return finetune_run(

@@ -392,3 +392,12 @@ def test_best_weights_declaring_gigabytes_are_refused_before_inflating(tmp_path,
     monkeypatch.setattr(np, "load", no_inflating)
     with pytest.raises(runs.CheckpointError, match="do not fit"):
         workflows._load_arrays(path, [np.zeros((3, 3), "float32")])
+
+
+def test_finetune_with_other_data_options_records_them_for_resume_and_evaluate(fixtures):
+    run = fixtures / "finetuned"
+    result = invoke("finetune", run, "--overwrite", "--limit", "200", "--epochs", "1", "-q")
+    assert result.exit_code == 0, result.output
+    record = manifest(run)["finetune"]
+    assert record["data"]["options"]["limit"] == 200
+    assert "on 200 rows" in invoke("evaluate", run).output  # the rows fine-tuning used
