@@ -8,7 +8,7 @@ import numpy as np
 
 from stackae import stopping
 from stackae.errors import TrainingDiverged
-from stackae.files import load_weights
+from stackae.files import check_space, load_weights
 
 
 def _updates(model):
@@ -23,6 +23,13 @@ def restore_checkpoint(model, path):
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     load_weights(model, path)
+
+
+def checkpoint_bytes(model):
+    """About what a weights-and-optimizer checkpoint of `model` takes on disk."""
+    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
+    data = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    return data + 4096 * len(variables) + (1 << 16)  # HDF5's headers per dataset, and slack
 
 
 class StopOnRequest(keras.callbacks.Callback):
@@ -95,6 +102,7 @@ class LayerCheckpoint(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        check_space(self.run.path, checkpoint_bytes(self.model), f"layer {self.k + 1}'s checkpoint")
         self.run.record_epoch(
             self.k,
             epoch,
@@ -142,6 +150,7 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
             def save_best(path):
                 np.savez(path, *weights)
 
+        check_space(self.run.path, checkpoint_bytes(self.model), "the fine-tuning checkpoint")
         self.run.record_finetune_epoch(
             epoch,
             logs or {},

@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,24 @@ def atomic_write(path, write, suffix=""):
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def check_space(folder, needed, what):
+    """RunError (one line) unless `folder`'s file system has `needed` bytes free.
+
+    HDF5 (Keras's weights files) cannot be stopped cleanly by a full disk: h5py
+    objects left behind fail again when collected, and the process can crash.
+    So a checkpoint is written only when there is room for it.
+    """
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < needed:
+        raise RunError(
+            f"{folder}: no room for {what} (about {needed / 2**20:.1f} MB needed, "
+            f"{free / 2**20:.1f} MB free); the last good checkpoint is kept"
+        )
 
 
 def atomic_write_text(path, text):

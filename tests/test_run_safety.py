@@ -401,3 +401,21 @@ def test_finetune_with_other_data_options_records_them_for_resume_and_evaluate(f
     record = manifest(run)["finetune"]
     assert record["data"]["options"]["limit"] == 200
     assert "on 200 rows" in invoke("evaluate", run).output  # the rows fine-tuning used
+
+
+def test_a_disk_too_full_for_a_checkpoint_is_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+    import collections
+
+    import stackae.files
+
+    out = tmp_path / "run"
+    args = ["--layers", "16", "--data", "mnist-sample", "--limit", "200", "--epochs", "2", "-q"]
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(stackae.files.shutil, "disk_usage", lambda path: usage(1, 1, 1000))
+    line = one_line(invoke("pretrain", *args, "--out", out), 1)
+    assert "no room for layer 1's checkpoint" in line
+    assert not [p for p in out.iterdir() if p.name.endswith(".h5")]  # nothing half-written
+    monkeypatch.undo()
+    result = invoke("pretrain", "--resume", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert manifest(out)["status"] == "pretrained"
