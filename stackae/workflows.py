@@ -65,10 +65,8 @@ def load_run_data(run, source=None, record=None, **given):
     from stackae.data import check_width, load
 
     record = record or run.data
-    recorded = dataclasses.asdict(record.options)
-    options = {name: recorded[name] for name in DATA_OPTIONS}
-    changed = {k: v for k, v in given.items() if v is not None and v != options.get(k)}
-    options.update(changed)
+    used = _options_used(record, given)
+    changed = used != dataclasses.asdict(record.options)
     scaler = run_scaler(run)
     if scaler is None and source is not None and run.data.options.scale != "none":
         scaler = load_run_data(run).scaler  # format 1 kept no scaler: fit it as the run did
@@ -78,13 +76,20 @@ def load_run_data(run, source=None, record=None, **given):
     data = load(
         run.resolve_data_path(record) or record.name if source is None else source,
         loss=run.specs[0].loss,
-        split_seed=recorded["split_seed"],
+        split_seed=used["split_seed"],
         scaler=scaler,
         split=split,
-        **options,
+        **{name: used[name] for name in DATA_OPTIONS},
     )
     check_width(data.train.x, run.data.n_features, f"{data.name}")
     return data
+
+
+def _options_used(record, given):
+    """The data options a job reads with: `record`'s, replaced by those `given` (not None)."""
+    options = dataclasses.asdict(record.options)
+    options.update({name: value for name, value in given.items() if value is not None})
+    return options
 
 
 def _tail_split(record):
@@ -195,13 +200,15 @@ def _check_memory(sizes):
         )
 
 
-def new_run(out, data, specs, *, seed=DEFAULT_SEED, overwrite=False, data_options=None):
+def new_run(
+    out, data, specs, *, seed=DEFAULT_SEED, overwrite=False, data_options=None, tensorboard=False
+):
     """Check, then create the run directory with its manifest and the untrained stack."""
     import keras
 
     from stackae.stack import Stack
 
-    check_pretraining(specs, data)
+    check_pretraining(specs, data, tensorboard)
     keras.utils.set_random_seed(seed)  # the initial weights of every layer follow from the seed
     stack = Stack(specs, seed=seed)
     stack.build((None, data.n_features))
@@ -396,10 +403,15 @@ def pretrain_job(
             else:
                 specs = specs or [LayerSpec()]
                 loaded, recorded = load_data(data, loss=specs[0].loss, **options)
-                check_pretraining(specs, loaded, tensorboard)
                 stopping.check()
                 run, stack = new_run(
-                    where, loaded, specs, seed=seed, overwrite=overwrite, data_options=recorded
+                    where,
+                    loaded,
+                    specs,
+                    seed=seed,
+                    overwrite=overwrite,
+                    data_options=recorded,
+                    tensorboard=tensorboard,
                 )
             if on_data is not None:
                 on_data(loaded)
@@ -484,18 +496,11 @@ def finetune_job(
         if data is not None or any(value is not None for value in options.values()):
             # Other data, or other options: recorded with the fine-tuning, so that
             # --resume and evaluate read the same rows.
-            data_record = run.data_record(loaded, load_data_options(run, options))
+            data_record = run.data_record(loaded, _options_used(run.data, options))
     with strategy_scope(chosen):
         return finetune_run(
             run, loaded, spec, resume=resume, verbose=verbose, data_record=data_record
         )
-
-
-def load_data_options(run, given):
-    """The data options a job used: the recorded ones, replaced by those given."""
-    options = dataclasses.asdict(run.data.options)
-    options.update({k: v for k, v in given.items() if v is not None})
-    return options
 
 
 def finetune_run(
@@ -521,6 +526,7 @@ def finetune_run(
         restore_checkpoint,
     )
     from stackae.data import check_batch, check_width
+    from stackae.data.scaling import Scaler
     from stackae.finetuning import (
         error_rate,
         finetune,
@@ -558,7 +564,8 @@ def finetune_run(
             n_outputs,
             dropout=spec.dropout,
             input_dropout=spec.input_dropout,
-            target_scaler=_target_scaler(train[1]),
+            # Standardised targets: their mean and spread (1 where constant).
+            target_scaler=Scaler.fit("standard", train[1].reshape(len(train[1]), -1)),
         )
     else:
         model = export.classifier(
@@ -653,13 +660,6 @@ def targets(split, name):
     return split.x, y
 
 
-def _target_scaler(y):
-    """Mean and standard deviation of each target (1 where a target is constant)."""
-    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-    scale = y.std(axis=0)
-    return y.mean(axis=0), np.where(scale > 0, scale, 1.0)
-
-
 def _load_arrays(path, like):
     """The arrays of an .npz of weights this run wrote (in order), shaped as `like`.
 
@@ -730,6 +730,11 @@ def evaluate_run(run, data):
     return result
 
 
+def _check_layer(layer, n_layers):
+    if not 1 <= layer <= n_layers:
+        raise RunError(f"--layer must be between 1 and {n_layers}; got {layer}")
+
+
 def encode_run(run, x, layer=None):
     """Codes of `x` after `layer` layers (all by default), as a float32 array."""
     from stackae.data import check_width
@@ -737,8 +742,7 @@ def encode_run(run, x, layer=None):
     stack = load_stack(run)
     check_width(x, run.data.n_features, "data")
     depth = len(stack.specs) if layer is None else layer
-    if not 1 <= depth <= len(stack.specs):
-        raise RunError(f"--layer must be between 1 and {len(stack.specs)}; got {depth}")
+    _check_layer(depth, len(stack.specs))
     return stack.codes(x, depth)
 
 
@@ -754,8 +758,8 @@ def encode_job(run, data, out_path, layer=None, overwrite=False, *, limit=None, 
         backend.start(verbose=not quiet_backend)
     if not hasattr(data, "train"):
         data = load_run_data(run, data, limit=limit, valid_size=0, test_size=0)
-    if layer is not None and not 1 <= layer <= run.n_layers:
-        raise RunError(f"--layer must be between 1 and {run.n_layers}; got {layer}")
+    if layer is not None:
+        _check_layer(layer, run.n_layers)  # before any row is read
     arrays = {}
     for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test)):
         if split is not None:
@@ -792,14 +796,13 @@ def filters_run(run, layer=1, out_path=None, grid=(10, 10), overwrite=False):
 
     from stackae.images import filters_image
 
-    if not isinstance(run, Run):
+    opened = not isinstance(run, Run)
+    if opened:
         run = open_run(run)
-        if not 1 <= layer <= run.n_layers:
-            raise RunError(f"--layer must be between 1 and {run.n_layers}; got {layer}")
+    _check_layer(layer, run.n_layers)  # load_stack checks the stack has the run's layers
+    if opened:
         backend.start()
     stack = load_stack(run)
-    if not 1 <= layer <= len(stack.specs):
-        raise RunError(f"--layer must be between 1 and {len(stack.specs)}; got {layer}")
     kernel = keras.ops.convert_to_numpy(stack.encoder_layers[layer - 1].kernel)
     shape = run.data.image_shape if layer == 1 else None
     image = filters_image(kernel, shape, grid)
