@@ -59,27 +59,6 @@ class DataRecord:
     target_kind: str = "classes"  # "classes" or "values" (regression targets)
     n_outputs: int | None = None
 
-    # The options as attributes: what workflows read.
-    @property
-    def limit(self):
-        return self.options.limit
-
-    @property
-    def valid_size(self):
-        return self.options.valid_size
-
-    @property
-    def test_size(self):
-        return self.options.test_size
-
-    @property
-    def label_column(self):
-        return self.options.label_column
-
-    @property
-    def scale(self):
-        return self.options.scale
-
 
 @dataclasses.dataclass
 class LayerProgress:
@@ -110,6 +89,31 @@ class FinetuneProgress:
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     backend: str | None = None
     data: DataRecord | None = None  # the data fine-tuning read, when not the run's own
+
+    def check(self, files, require):
+        """The rules that tie the record's fields together (`require(ok, what)` refuses)."""
+        require(self.n_classes is None or self.n_classes >= 2, "finetune n_classes")
+        require(self.n_outputs is None or self.n_outputs >= 1, "finetune n_outputs")
+        require(0 <= self.epochs_done <= self.spec.epochs, "finetune epochs_done")
+        require(math.isfinite(self.seconds), "finetune seconds")
+        for key in ("valid_error", "test_error"):
+            value = getattr(self, key)
+            require(value is None or 0 <= value <= 1, f"finetune {key}")
+        for key in ("checkpoint", "best_checkpoint"):
+            name = getattr(self, key)
+            require(name is None or name in files, f"finetune {key}")
+        if self.stopper is not None:
+            best_epoch, wait = self.stopper.get("best_epoch"), self.stopper.get("wait")
+            require(
+                set(self.stopper) >= {"best", "best_epoch", "wait"}
+                and (
+                    best_epoch is None
+                    or (is_int(best_epoch) and 0 <= best_epoch < self.spec.epochs)
+                )
+                and is_int(wait)
+                and 0 <= wait <= self.spec.epochs,
+                "finetune stopper",
+            )
 
 
 @dataclasses.dataclass
@@ -228,38 +232,14 @@ class Manifest:
             self.finetune.check(self.files, require)
 
 
-def _finetune_check(self, files, require):
-    require(self.n_classes is None or self.n_classes >= 2, "finetune n_classes")
-    require(self.n_outputs is None or self.n_outputs >= 1, "finetune n_outputs")
-    require(0 <= self.epochs_done <= self.spec.epochs, "finetune epochs_done")
-    require(math.isfinite(self.seconds), "finetune seconds")
-    for key in ("valid_error", "test_error"):
-        value = getattr(self, key)
-        require(value is None or 0 <= value <= 1, f"finetune {key}")
-    for key in ("checkpoint", "best_checkpoint"):
-        name = getattr(self, key)
-        require(name is None or name in files, f"finetune {key}")
-    if self.stopper is not None:
-        best_epoch, wait = self.stopper.get("best_epoch"), self.stopper.get("wait")
-        require(
-            set(self.stopper) >= {"best", "best_epoch", "wait"}
-            and (best_epoch is None or (is_int(best_epoch) and 0 <= best_epoch < self.spec.epochs))
-            and is_int(wait)
-            and 0 <= wait <= self.spec.epochs,
-            "finetune stopper",
-        )
-
-
-FinetuneProgress.check = _finetune_check
-
-
 def _upgrade(raw):
     """Format 1 -> the fields of today, with the meaning they had then."""
     if raw.get("format") != 1:
         return raw
     raw = dict(raw)
-    data = dict(raw.get("data") or {}) if isinstance(raw.get("data"), dict) else raw.get("data")
+    data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("options"), dict):
+        data = dict(data)
         options = dict(data["options"])
         if isinstance(options.get("scale"), bool):
             # Format 1's --scale: one min and max over every value of every split.

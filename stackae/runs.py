@@ -19,6 +19,8 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
+
 from stackae import locks
 from stackae.errors import CheckpointError, RunError, first_line
 from stackae.files import atomic_write, atomic_write_text, load_model, sha256
@@ -59,7 +61,6 @@ def release_locks():
 def versions():
     """Versions of everything that shaped a run's numbers, the Keras backend included."""
     import keras
-    import numpy
 
     from stackae import __version__
 
@@ -68,7 +69,7 @@ def versions():
         "stackae": __version__,
         "keras": keras.__version__,
         "backend": backend,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
         "python": platform.python_version(),
     }
     module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
@@ -109,8 +110,6 @@ class Run:
         """
         path = Path(path)
         old = cls._replaceable(path, overwrite)
-        import numpy
-
         manifest = Manifest(
             format=FORMAT,
             tool="stackae",
@@ -132,8 +131,8 @@ class Run:
             old._remove_own_files(keep={MANIFEST})
         split = getattr(data, "split", None)
         if split is not None:
-            arrays = {name: numpy.asarray(rows, "int64") for name, rows in split.items()}
-            run.write(SPLIT, lambda tmp: numpy.savez(tmp, **arrays), suffix=".npz")
+            arrays = {name: np.asarray(rows, "int64") for name, rows in split.items()}
+            run.write(SPLIT, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
             run.manifest.data.split = SPLIT
             run.save()
         return run
@@ -240,11 +239,6 @@ class Run:
     def data(self):
         return self.manifest.data
 
-    @property
-    def data_source(self):
-        """What to pass to `stackae.data.load` to read this run's data again."""
-        return self.resolve_data_path(self.data) or self.data.name
-
     def resolve_data_path(self, record):
         """A data record's file path, a relative one taken from the run directory."""
         path = record.path
@@ -264,11 +258,9 @@ class Run:
         """The recorded split ({split: row indices}) of a file without its own, or None."""
         if self.data.split is None:
             return None
-        import numpy
-
         path = self.checked_file(self.data.split)
         try:
-            with numpy.load(path, allow_pickle=False) as saved:
+            with np.load(path, allow_pickle=False) as saved:
                 return {name: saved[name] for name in saved.files}
         except Exception as err:  # numpy raises many kinds for a damaged archive
             raise RunError(f"{path}: damaged split file ({first_line(err)})") from None

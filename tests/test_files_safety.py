@@ -330,7 +330,8 @@ def test_manifest_fuzz_every_accepted_value_is_usable(finished_manifest, path, v
         return
     # Accepted: every view a verb reads works on it.
     run = runs.Run("/nonexistent", parsed)
-    run.specs, run.data, run.data_source, run.summary_rows(), run.finetune, run.versions
+    run.specs, run.data, run.resolve_data_path(run.data), run.summary_rows(), run.finetune
+    assert isinstance(run.versions, dict)
     for k in range(run.n_layers):
         run.layer(k)
 
