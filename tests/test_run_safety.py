@@ -216,7 +216,14 @@ def test_the_hint_is_shell_quoted(fixtures, tmp_path):
 # 6, 7. Resume refuses other data and another backend.
 @pytest.mark.parametrize(
     "extra",
-    [["--data", "mnist"], ["--limit", "100"], ["--valid-size", "5"], ["--scale"]],
+    [
+        ["--data", "mnist"],
+        ["--limit", "100"],
+        ["--valid-size", "5"],
+        ["--test-size", "5"],
+        ["--label-column", "y"],
+        ["--scale"],
+    ],
 )
 def test_pretrain_resume_refuses_other_data(fixtures, extra):
     run = fixtures / "pretrain_interrupted"
@@ -334,6 +341,17 @@ def test_best_weights_of_the_wrong_shape_are_refused_before_training(fixtures):
 
 
 # 11. Smaller items.
+@pytest.mark.parametrize(
+    "option, value",
+    [("--valid-size", "1.5"), ("--test-size", "-3"), ("--corruption", "nan"), ("--lr", "inf")],
+)
+def test_sizes_and_numbers_the_options_cannot_take_exit_2(tmp_path, option, value):
+    out = tmp_path / "run"
+    line = one_line(invoke("pretrain", "--layers", "4", option, value, "--out", out), 2)
+    assert option in line and value in line
+    assert not out.exists()
+
+
 def test_reconstruct_refuses_nan_corruption(fixtures):
     result = invoke("reconstruct", fixtures / "finetuned", "--corruption", "nan")
     assert result.exit_code == 2
