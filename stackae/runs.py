@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -40,12 +41,31 @@ from stackae.manifest import (
 STACK = "stack.keras"
 ENCODER = "encoder.keras"
 CLASSIFIER = "classifier.keras"
+REGRESSOR = "regressor.keras"
 HISTORY = "history.csv"
 SPLIT = "split.npz"
 NAMED_SOURCES = ("mnist", "mnist-sample", "fashion-mnist")
 
-__all__ = ["CLASSIFIER", "ENCODER", "FORMAT", "HISTORY", "LOCK", "MANIFEST", "STACK", "STATUSES"]
+__all__ = [
+    "CLASSIFIER",
+    "REGRESSOR",
+    "ENCODER",
+    "FORMAT",
+    "HISTORY",
+    "LOCK",
+    "MANIFEST",
+    "STACK",
+    "STATUSES",
+]
 __all__ += ["Run", "first_line", "load_model", "release_locks", "validate_manifest", "versions"]
+
+
+# Every name a run writes: only such a file (or folder) is ever removed by the run.
+OWN_NAMES = re.compile(
+    r"(stack|encoder|classifier|regressor)\.keras|split\.npz|history\.csv|reconstructions\.png"
+    r"|filters_layer_[0-9]+\.png|tensorboard|layer_[0-9]+_epoch_[0-9]+\.weights\.h5"
+    r"|finetune_epoch_[0-9]+\.weights\.h5|finetune_best_[0-9]+\.npz"
+)
 
 
 def validate_manifest(raw, file=MANIFEST):
@@ -110,6 +130,17 @@ class Run:
         """
         path = Path(path)
         old = cls._replaceable(path, overwrite)
+        if old is not None:  # a user's file where the new run writes is refused first
+            old.claim(
+                STACK,
+                ENCODER,
+                SPLIT,
+                *(
+                    f"layer_{k + 1}_epoch_{epoch}.weights.h5"
+                    for k, spec in enumerate(specs)
+                    for epoch in range(1, spec.epochs + 1)
+                ),
+            )
         manifest = Manifest(
             format=FORMAT,
             tool="stackae",
@@ -159,9 +190,10 @@ class Run:
         try:
             return cls.open(path, verify=False)
         except RunError as err:
-            raise RunError(
-                f"{path}: not a stackae run directory ({err}); refusing to overwrite it"
-            ) from None
+            text = first_line(err)
+            if "not a stackae run directory" not in text:  # said once, not twice
+                text = f"{path}: not a stackae run directory ({text})"
+            raise RunError(f"{text}; refusing to overwrite it") from None
 
     @classmethod
     def open(cls, path, write=False, verify=True):
@@ -388,6 +420,15 @@ class Run:
         record = self.manifest.finetune
         return record.data if record is not None and record.data is not None else self.data
 
+    @property
+    def model_file(self):
+        """The fine-tuned model's file name: regressor.keras, or classifier.keras.
+
+        Runs made before regressors had a name of their own saved them as
+        classifier.keras too; either is read.
+        """
+        return REGRESSOR if REGRESSOR in self.manifest.files else CLASSIFIER
+
     def data_record(self, data, options):
         """A DataRecord of loaded `data` and its options (as `create` records the run's)."""
         return _data_record(data, options)
@@ -405,6 +446,41 @@ class Run:
     def owns(self, name):
         """True for a file this run wrote (recorded with a checksum, or as an output)."""
         return name in self.manifest.files or name in self.manifest.outputs
+
+    def claim(self, *names):
+        """RunError (one line) if a file the run did not write is at one of `names`.
+
+        The run writes over (and later removes) only files it recorded, or named
+        as pending or as an output before writing them: a user's file that
+        happens to bear a checkpoint's name is never taken for one.
+        """
+        mine = {*self.manifest.files, *self.manifest.pending, *self.manifest.outputs}
+        for name in names:
+            path = self.file(name)
+            if name not in mine and (path.exists() or path.is_symlink()):
+                raise RunError(
+                    f"{path}: a file stackae did not write is where the run must write "
+                    f"{name}; move it away and run again"
+                )
+
+    def refuse_output(self, path):
+        """RunError (one line) if writing an output to `path` would replace a file of this run.
+
+        `--overwrite` replaces a user's file, never the manifest, the lock or a
+        file the run recorded (models, checkpoints, the split).
+        """
+        path = Path(path)
+        try:
+            same_folder = path.parent.resolve() == self.path.resolve()
+        except OSError:
+            return
+        name = path.name
+        vouched = {MANIFEST, LOCK, *self.manifest.files, *self.manifest.pending}
+        if same_folder and name in vouched:
+            raise RunError(
+                f"{path}: a file of the run {self.path}; --overwrite never replaces it, "
+                "write elsewhere"
+            )
 
     def checked_file(self, name):
         """The path of recorded file `name`, after checking it is there and unchanged."""
@@ -431,6 +507,7 @@ class Run:
         return self.file(name)
 
     def _begin_write(self, name):
+        self.claim(name)
         self.manifest.files.pop(name, None)
         if name not in self.manifest.pending:
             self.manifest.pending.append(name)
@@ -456,6 +533,8 @@ class Run:
         return folder
 
     def _note_output(self, name):
+        if name != HISTORY:  # runs made before outputs were recorded wrote it unrecorded
+            self.claim(name)
         if name not in self.manifest.outputs:
             self.manifest.outputs.append(name)
             self.save()
@@ -489,10 +568,21 @@ class Run:
                 raise RunError(f"{path}: damaged (its checksum differs from {MANIFEST})")
 
     def _remove_own_files(self, keep=()):
+        """Remove what this run wrote: never a file whose name or content is not the run's.
+
+        A recorded file goes only with its recorded checksum; an output or a pending
+        file only with a name the run gives its files. An edited manifest cannot
+        make this remove a user's file or folder.
+        """
+        for name, digest in self.manifest.files.items():
+            path = self.file(name)
+            if name in keep or not OWN_NAMES.fullmatch(name) or not path.is_file():
+                continue
+            if path.is_symlink() or sha256(path) == digest:
+                _remove(path)
         # history.csv too: runs made before outputs were recorded wrote it unrecorded.
-        names = [*self.manifest.files, *self.manifest.outputs, *self.manifest.pending, HISTORY]
-        for name in names:
-            if name not in keep:
+        for name in [*self.manifest.outputs, *self.manifest.pending, HISTORY]:
+            if name not in keep and name not in self.manifest.files and OWN_NAMES.fullmatch(name):
                 _remove(self.file(name))
 
     def remove_pending(self):
@@ -500,7 +590,7 @@ class Run:
         if not self.manifest.pending:
             return
         for name in self.manifest.pending:
-            if name not in self.manifest.files:
+            if name not in self.manifest.files and OWN_NAMES.fullmatch(name):
                 _remove(self.file(name))
         self.manifest.pending.clear()
         self.save()
@@ -559,7 +649,7 @@ class Run:
         the previous result looking like this one's.
         """
         old = self.manifest.finetune
-        stale = [CLASSIFIER]
+        stale = [CLASSIFIER, REGRESSOR]
         if old is not None:
             stale += [old.checkpoint, old.best_checkpoint]
         self.manifest.finetune = FinetuneProgress(
@@ -605,8 +695,8 @@ class Run:
 
     def finish_finetune(self, model, valid_error=None, test_error=None, metrics=None):
         """Save the fine-tuned model, record the result, drop the fine-tuning checkpoints."""
-        self.save_model(model, CLASSIFIER)
         record = self.manifest.finetune
+        self.save_model(model, REGRESSOR if record.spec.task == "regression" else CLASSIFIER)
         record.finished = True
         record.valid_error, record.test_error = valid_error, test_error
         record.metrics = dict(metrics or {})
@@ -622,7 +712,8 @@ class Run:
             self.manifest.files.pop(name, None)
         self.save()
         for name in names:
-            _remove(self.file(name))
+            if OWN_NAMES.fullmatch(name):  # an edited manifest names no user's file here
+                _remove(self.file(name))
 
 
 def _read_text(file):
