@@ -24,7 +24,7 @@ import numpy as np
 
 from stackae import locks
 from stackae.errors import CheckpointError, RunError, first_line
-from stackae.files import atomic_write, atomic_write_text, load_model, sha256
+from stackae.files import atomic_write, atomic_write_text, link_problem, load_model, sha256
 from stackae.manifest import (
     FORMAT,
     LOCK,
@@ -152,7 +152,10 @@ class Run:
             layers=[LayerProgress(units=s.units) for s in specs],
         )
         manifest.check(path / MANIFEST)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise RunError(f"{path}: cannot make the run directory (permission denied)") from None
         locks.acquire(path)
         if old is not None:  # read again under the lock: another process may have changed it
             old = cls.open(path, write=True, verify=False)
@@ -176,6 +179,9 @@ class Run:
     @classmethod
     def _replaceable(cls, path, overwrite):
         """The old run that `overwrite` will replace, or None; RunError where not allowed."""
+        problem = link_problem(path)
+        if problem:
+            raise RunError(f"{path}: {problem}; give another --out")
         if path.is_symlink() and overwrite:
             raise RunError(f"{path}: is a link; refusing to replace what it points to")
         if path.exists() and not path.is_dir():
@@ -200,7 +206,8 @@ class Run:
         """The run in `path`, checked; with `write`, locked before its manifest is read."""
         path = Path(path)
         if not path.is_dir():
-            raise RunError(f"{path}: no such run directory")
+            problem = link_problem(path) or "no such run directory"
+            raise RunError(f"{path}: {problem}")
         file = path / MANIFEST
         if not file.is_file() or file.is_symlink():
             raise RunError(f"{path}: not a stackae run directory (no {MANIFEST})")

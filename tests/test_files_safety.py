@@ -430,3 +430,29 @@ def test_not_a_run_directory_is_said_once(tmp_path):
     (tmp_path / "project" / "x").write_text("x")
     line = one_line_error(invoke("pretrain", *SMALL, "--out", tmp_path / "project", "--overwrite"))
     assert line.count("not a stackae run directory") == 1, line
+
+
+# Issue 30, 21. A link loop and a folder that cannot be written get a message naming them.
+def test_a_link_loop_is_named(tmp_path, run_copy):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for args in (
+        ["pretrain", "--data", loop, "--out", tmp_path / "r", "-q"],
+        ["info", loop],
+        ["pretrain", *SMALL, "--out", loop],
+        ["encode", run_copy, "--data", loop, "--out", tmp_path / "c.npz"],
+    ):
+        line = one_line_error(invoke(*args))
+        assert f"{loop}: is a loop of symbolic links" in line, (args, line)
+
+
+def test_a_folder_that_cannot_be_written_is_named(tmp_path, run_copy, monkeypatch):
+    import tempfile
+
+    def denied(*args, **kwargs):  # as in a read-only folder (root may write anywhere)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    out = tmp_path / "codes.npz"
+    line = one_line_error(invoke("encode", run_copy, "--data", "mnist-sample", "--out", out))
+    assert line == f"Error: {out}: cannot write in {tmp_path} (permission denied)"

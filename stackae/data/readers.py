@@ -95,7 +95,9 @@ def read_path(path, label_column, limit=None, n_features=None):
     without its label column (new rows to encode need no labels).
     """
     if not os.path.exists(path):
-        raise DataError(f"{path}: no such file or folder")
+        from stackae.files import link_problem
+
+        raise DataError(f"{path}: {link_problem(path) or 'no such file or folder'}")
     check_regular(path)
     if os.path.isdir(path):
         return read_idx_folder(path)
