@@ -524,9 +524,12 @@ class Run:
         self.manifest.files[name] = sha256(self.file(name))
         self.manifest.pending.remove(name)
 
-    def write_output(self, name, writer, suffix=""):
-        """Write a file the run owns but does not vouch for (pictures, history.csv)."""
-        self._note_output(name)
+    def write_output(self, name, writer, suffix="", replace=False):
+        """Write a file the run owns but does not vouch for (pictures, history.csv).
+
+        `replace`: the user asked (--overwrite) to replace a file of theirs there.
+        """
+        self._note_output(name, replace)
         atomic_write(self.file(name), writer, suffix=suffix)
         return self.file(name)
 
@@ -539,8 +542,9 @@ class Run:
         folder.mkdir(exist_ok=True)
         return folder
 
-    def _note_output(self, name):
-        if name != HISTORY:  # runs made before outputs were recorded wrote it unrecorded
+    def _note_output(self, name, replace=False):
+        # Runs made before outputs were recorded wrote history.csv unrecorded.
+        if name != HISTORY and not replace:
             self.claim(name)
         if name not in self.manifest.outputs:
             self.manifest.outputs.append(name)

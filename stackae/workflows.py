@@ -829,7 +829,9 @@ def _write_picture(run, image, out_path, default, overwrite):
     if out_path is None:
         refuse_existing(run.file(default), overwrite, owned=run.owns(default))
         _lock_for_picture(run)
-        return run.write_output(default, lambda tmp: save_png(image, tmp), suffix=".png")
+        return run.write_output(
+            default, lambda tmp: save_png(image, tmp), suffix=".png", replace=overwrite
+        )
     refuse_existing(out_path, overwrite)
     run.refuse_output(out_path)
     return save_png(image, Path(out_path))

@@ -405,6 +405,15 @@ def test_a_users_file_named_like_a_checkpoint_is_refused_not_overwritten(run_cop
     assert tree(run_copy) == before  # refused before anything was written
 
 
+def test_a_users_picture_in_the_run_is_replaced_only_when_asked(run_copy):
+    (run_copy / "filters_layer_1.png").write_bytes(b"the user's")
+    assert "exists" in one_line_error(invoke("filters", run_copy))
+    assert (run_copy / "filters_layer_1.png").read_bytes() == b"the user's"
+    result = invoke("filters", run_copy, "--overwrite")  # asked: the picture is the run's now
+    assert result.exit_code == 0, result.output
+    assert runs.Run.open(run_copy).owns("filters_layer_1.png")
+
+
 # Issue 30, 12. An edited manifest cannot make --overwrite remove a user's file or folder.
 def test_an_edited_manifest_cannot_make_overwrite_remove_the_users_files(run_copy):
     (run_copy / "thesis").mkdir()
