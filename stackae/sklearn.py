@@ -200,9 +200,9 @@ class _StackedBase(BaseEstimator):
             )
         from stackae.data.memory import check_training
 
-        check_training(
-            len(x), [x.shape[1], *(s.units for s in specs)], [s.batch_size for s in specs]
-        )
+        sizes = [x.shape[1], *(s.units for s in specs)]
+        # The rows, as float32, are copied once by the training pipeline.
+        check_training(len(x), sizes, [s.batch_size for s in specs], 4 * x.size)
         # The initial weights follow from the seed, as in `workflows.new_run`; Python's and
         # NumPy's global random states are the caller's, so they are put back.
         python_state, numpy_state = random.getstate(), np.random.get_state()
