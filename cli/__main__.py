@@ -1,5 +1,5 @@
 """`python -m stackae_cli`, the same as the `stackae` command."""
 
-from stackae_cli.main import cli
+from stackae_cli import main
 
-cli(prog_name="stackae")
+main()

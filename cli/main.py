@@ -128,6 +128,10 @@ class StackaeGroup(click.Group):
             ctx.exit(0)
         except (StackaeError, OSError) as err:
             raise click.ClickException(_one_line(err)) from None
+        except MemoryError:  # what the estimates before each job could not foresee
+            raise click.ClickException(
+                "out of memory; use --limit, smaller --layers or a smaller --batch-size"
+            ) from None
         finally:
             workflows.runs.release_locks()
 
@@ -456,7 +460,8 @@ def finetune(
     verbose,
     **settings,
 ):
-    """Fine-tune the pretrained stack with labels; saves classifier.keras."""
+    """Fine-tune the pretrained stack with labels (or targets); saves classifier.keras
+    (regressor.keras)."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     if settings["task"] == "regression":
@@ -485,7 +490,7 @@ def finetune(
         if f"{split}_rmse" in result.metrics:
             click.echo(f"{name} {_regression_line(result.metrics, split + '_')}")
     model = "regressor" if result.spec.task == "regression" else "classifier"
-    click.echo(f"{model} saved in {os.path.join(run_dir, 'classifier.keras')}")
+    click.echo(f"{model} saved in {os.path.join(run_dir, model + '.keras')}")
 
 
 def _regression_line(metrics, prefix=""):
@@ -569,7 +574,9 @@ def encode(run_dir, data, out_path, layer, limit, scale, overwrite, verbose):
 @verbose_option
 def filters(run_dir, layer, out_path, grid, overwrite, verbose):
     """Draw each hidden unit's weights as a tile, like the tutorial's filters picture."""
-    path = workflows.filters_run(run_dir, layer, out_path, grid, overwrite)
+    path = workflows.filters_run(
+        run_dir, layer, out_path, grid, overwrite, quiet_backend=not verbose
+    )
     click.echo(f"wrote {path}")
 
 
@@ -615,6 +622,7 @@ def reconstruct(
         corruption,
         overwrite,
         data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale),
+        quiet_backend=not verbose,
     )
     click.echo(f"wrote {path}")
 

@@ -1,6 +1,7 @@
 """Files: atomic replacement with the umask's mode, never clobbering a user's file, Keras files."""
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -27,7 +28,10 @@ def atomic_write(path, write, suffix=""):
     if not path.parent.is_dir():
         raise RunError(f"{path}: the folder {path.parent} does not exist")
     # A short name: the file's own name plus a prefix could pass the 255-byte limit.
-    fd, tmp = tempfile.mkstemp(prefix=".stackae-", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".stackae-", suffix=f".tmp{suffix}", dir=path.parent)
+    except PermissionError:
+        raise RunError(f"{path}: cannot write in {path.parent} (permission denied)") from None
     os.close(fd)
     try:
         write(tmp)
@@ -41,6 +45,19 @@ def atomic_write(path, write, suffix=""):
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def link_problem(path):
+    """What is wrong with `path` when it is a link that leads nowhere, else None."""
+    path = os.fspath(path)
+    if not os.path.islink(path) or os.path.exists(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+    return "is a link to nothing (a broken link)"
 
 
 def check_space(folder, needed, what):

@@ -22,7 +22,12 @@ def acquire(folder):
     key = str(folder.resolve())
     if key in _HELD:
         return
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~umask())
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~umask())
+    except PermissionError:
+        raise RunError(
+            f"{folder}: cannot take the run's lock (permission denied: the folder is read-only)"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

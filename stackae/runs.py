@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from stackae import locks
 from stackae.errors import CheckpointError, RunError, first_line
-from stackae.files import atomic_write, atomic_write_text, load_model, sha256
+from stackae.files import atomic_write, atomic_write_text, link_problem, load_model, sha256
 from stackae.manifest import (
     FORMAT,
     LOCK,
@@ -40,12 +41,31 @@ from stackae.manifest import (
 STACK = "stack.keras"
 ENCODER = "encoder.keras"
 CLASSIFIER = "classifier.keras"
+REGRESSOR = "regressor.keras"
 HISTORY = "history.csv"
 SPLIT = "split.npz"
 NAMED_SOURCES = ("mnist", "mnist-sample", "fashion-mnist")
 
-__all__ = ["CLASSIFIER", "ENCODER", "FORMAT", "HISTORY", "LOCK", "MANIFEST", "STACK", "STATUSES"]
+__all__ = [
+    "CLASSIFIER",
+    "REGRESSOR",
+    "ENCODER",
+    "FORMAT",
+    "HISTORY",
+    "LOCK",
+    "MANIFEST",
+    "STACK",
+    "STATUSES",
+]
 __all__ += ["Run", "first_line", "load_model", "release_locks", "validate_manifest", "versions"]
+
+
+# Every name a run writes: only such a file (or folder) is ever removed by the run.
+OWN_NAMES = re.compile(
+    r"(stack|encoder|classifier|regressor)\.keras|split\.npz|history\.csv|reconstructions\.png"
+    r"|filters_layer_[0-9]+\.png|tensorboard|layer_[0-9]+_epoch_[0-9]+\.weights\.h5"
+    r"|finetune_epoch_[0-9]+\.weights\.h5|finetune_best_[0-9]+\.npz"
+)
 
 
 def validate_manifest(raw, file=MANIFEST):
@@ -110,6 +130,17 @@ class Run:
         """
         path = Path(path)
         old = cls._replaceable(path, overwrite)
+        if old is not None:  # a user's file where the new run writes is refused first
+            old.claim(
+                STACK,
+                ENCODER,
+                SPLIT,
+                *(
+                    f"layer_{k + 1}_epoch_{epoch}.weights.h5"
+                    for k, spec in enumerate(specs)
+                    for epoch in range(1, spec.epochs + 1)
+                ),
+            )
         manifest = Manifest(
             format=FORMAT,
             tool="stackae",
@@ -121,7 +152,10 @@ class Run:
             layers=[LayerProgress(units=s.units) for s in specs],
         )
         manifest.check(path / MANIFEST)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise RunError(f"{path}: cannot make the run directory (permission denied)") from None
         locks.acquire(path)
         if old is not None:  # read again under the lock: another process may have changed it
             old = cls.open(path, write=True, verify=False)
@@ -145,6 +179,9 @@ class Run:
     @classmethod
     def _replaceable(cls, path, overwrite):
         """The old run that `overwrite` will replace, or None; RunError where not allowed."""
+        problem = link_problem(path)
+        if problem:
+            raise RunError(f"{path}: {problem}; give another --out")
         if path.is_symlink() and overwrite:
             raise RunError(f"{path}: is a link; refusing to replace what it points to")
         if path.exists() and not path.is_dir():
@@ -159,16 +196,18 @@ class Run:
         try:
             return cls.open(path, verify=False)
         except RunError as err:
-            raise RunError(
-                f"{path}: not a stackae run directory ({err}); refusing to overwrite it"
-            ) from None
+            text = first_line(err)
+            if "not a stackae run directory" not in text:  # said once, not twice
+                text = f"{path}: not a stackae run directory ({text})"
+            raise RunError(f"{text}; refusing to overwrite it") from None
 
     @classmethod
     def open(cls, path, write=False, verify=True):
         """The run in `path`, checked; with `write`, locked before its manifest is read."""
         path = Path(path)
         if not path.is_dir():
-            raise RunError(f"{path}: no such run directory")
+            problem = link_problem(path) or "no such run directory"
+            raise RunError(f"{path}: {problem}")
         file = path / MANIFEST
         if not file.is_file() or file.is_symlink():
             raise RunError(f"{path}: not a stackae run directory (no {MANIFEST})")
@@ -388,6 +427,15 @@ class Run:
         record = self.manifest.finetune
         return record.data if record is not None and record.data is not None else self.data
 
+    @property
+    def model_file(self):
+        """The fine-tuned model's file name: regressor.keras, or classifier.keras.
+
+        Runs made before regressors had a name of their own saved them as
+        classifier.keras too; either is read.
+        """
+        return REGRESSOR if REGRESSOR in self.manifest.files else CLASSIFIER
+
     def data_record(self, data, options):
         """A DataRecord of loaded `data` and its options (as `create` records the run's)."""
         return _data_record(data, options)
@@ -405,6 +453,41 @@ class Run:
     def owns(self, name):
         """True for a file this run wrote (recorded with a checksum, or as an output)."""
         return name in self.manifest.files or name in self.manifest.outputs
+
+    def claim(self, *names):
+        """RunError (one line) if a file the run did not write is at one of `names`.
+
+        The run writes over (and later removes) only files it recorded, or named
+        as pending or as an output before writing them: a user's file that
+        happens to bear a checkpoint's name is never taken for one.
+        """
+        mine = {*self.manifest.files, *self.manifest.pending, *self.manifest.outputs}
+        for name in names:
+            path = self.file(name)
+            if name not in mine and (path.exists() or path.is_symlink()):
+                raise RunError(
+                    f"{path}: a file stackae did not write is where the run must write "
+                    f"{name}; move it away and run again"
+                )
+
+    def refuse_output(self, path):
+        """RunError (one line) if writing an output to `path` would replace a file of this run.
+
+        `--overwrite` replaces a user's file, never the manifest, the lock or a
+        file the run recorded (models, checkpoints, the split).
+        """
+        path = Path(path)
+        try:
+            same_folder = path.parent.resolve() == self.path.resolve()
+        except OSError:
+            return
+        name = path.name
+        vouched = {MANIFEST, LOCK, *self.manifest.files, *self.manifest.pending}
+        if same_folder and name in vouched:
+            raise RunError(
+                f"{path}: a file of the run {self.path}; --overwrite never replaces it, "
+                "write elsewhere"
+            )
 
     def checked_file(self, name):
         """The path of recorded file `name`, after checking it is there and unchanged."""
@@ -431,6 +514,7 @@ class Run:
         return self.file(name)
 
     def _begin_write(self, name):
+        self.claim(name)
         self.manifest.files.pop(name, None)
         if name not in self.manifest.pending:
             self.manifest.pending.append(name)
@@ -440,9 +524,12 @@ class Run:
         self.manifest.files[name] = sha256(self.file(name))
         self.manifest.pending.remove(name)
 
-    def write_output(self, name, writer, suffix=""):
-        """Write a file the run owns but does not vouch for (pictures, history.csv)."""
-        self._note_output(name)
+    def write_output(self, name, writer, suffix="", replace=False):
+        """Write a file the run owns but does not vouch for (pictures, history.csv).
+
+        `replace`: the user asked (--overwrite) to replace a file of theirs there.
+        """
+        self._note_output(name, replace)
         atomic_write(self.file(name), writer, suffix=suffix)
         return self.file(name)
 
@@ -455,7 +542,10 @@ class Run:
         folder.mkdir(exist_ok=True)
         return folder
 
-    def _note_output(self, name):
+    def _note_output(self, name, replace=False):
+        # Runs made before outputs were recorded wrote history.csv unrecorded.
+        if name != HISTORY and not replace:
+            self.claim(name)
         if name not in self.manifest.outputs:
             self.manifest.outputs.append(name)
             self.save()
@@ -489,10 +579,21 @@ class Run:
                 raise RunError(f"{path}: damaged (its checksum differs from {MANIFEST})")
 
     def _remove_own_files(self, keep=()):
+        """Remove what this run wrote: never a file whose name or content is not the run's.
+
+        A recorded file goes only with its recorded checksum; an output or a pending
+        file only with a name the run gives its files. An edited manifest cannot
+        make this remove a user's file or folder.
+        """
+        for name, digest in self.manifest.files.items():
+            path = self.file(name)
+            if name in keep or not OWN_NAMES.fullmatch(name) or not path.is_file():
+                continue
+            if path.is_symlink() or sha256(path) == digest:
+                _remove(path)
         # history.csv too: runs made before outputs were recorded wrote it unrecorded.
-        names = [*self.manifest.files, *self.manifest.outputs, *self.manifest.pending, HISTORY]
-        for name in names:
-            if name not in keep:
+        for name in [*self.manifest.outputs, *self.manifest.pending, HISTORY]:
+            if name not in keep and name not in self.manifest.files and OWN_NAMES.fullmatch(name):
                 _remove(self.file(name))
 
     def remove_pending(self):
@@ -500,7 +601,7 @@ class Run:
         if not self.manifest.pending:
             return
         for name in self.manifest.pending:
-            if name not in self.manifest.files:
+            if name not in self.manifest.files and OWN_NAMES.fullmatch(name):
                 _remove(self.file(name))
         self.manifest.pending.clear()
         self.save()
@@ -559,7 +660,7 @@ class Run:
         the previous result looking like this one's.
         """
         old = self.manifest.finetune
-        stale = [CLASSIFIER]
+        stale = [CLASSIFIER, REGRESSOR]
         if old is not None:
             stale += [old.checkpoint, old.best_checkpoint]
         self.manifest.finetune = FinetuneProgress(
@@ -605,8 +706,8 @@ class Run:
 
     def finish_finetune(self, model, valid_error=None, test_error=None, metrics=None):
         """Save the fine-tuned model, record the result, drop the fine-tuning checkpoints."""
-        self.save_model(model, CLASSIFIER)
         record = self.manifest.finetune
+        self.save_model(model, REGRESSOR if record.spec.task == "regression" else CLASSIFIER)
         record.finished = True
         record.valid_error, record.test_error = valid_error, test_error
         record.metrics = dict(metrics or {})
@@ -622,7 +723,8 @@ class Run:
             self.manifest.files.pop(name, None)
         self.save()
         for name in names:
-            _remove(self.file(name))
+            if OWN_NAMES.fullmatch(name):  # an edited manifest names no user's file here
+                _remove(self.file(name))
 
 
 def _read_text(file):

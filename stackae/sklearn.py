@@ -198,6 +198,11 @@ class _StackedBase(BaseEstimator):
                 f"or loss='squared-error'. Received: scale={self.scale!r} and values in "
                 f"[{x.min():g}, {x.max():g}]"
             )
+        from stackae.data.memory import check_training
+
+        sizes = [x.shape[1], *(s.units for s in specs)]
+        # The rows, as float32, are copied once by the training pipeline.
+        check_training(len(x), sizes, [s.batch_size for s in specs], 4 * x.size)
         # The initial weights follow from the seed, as in `workflows.new_run`; Python's and
         # NumPy's global random states are the caller's, so they are put back.
         python_state, numpy_state = random.getstate(), np.random.get_state()

@@ -5,7 +5,11 @@ including inside a garbage-collection callback (JAX registers one whenever it
 is imported), where it is printed as "Exception ignored" and lost. So the
 handler only records the request; `check()` (called between batches by the
 `StopOnRequest` callback and between a job's phases) raises `StopRequested`
-in ordinary code. A second signal of either kind stops at once.
+in ordinary code. A second signal of either kind stops at once. A job that
+changes no run (evaluate, encode, pictures: their outputs are written
+atomically) has nothing to keep whole, so inside `at_once` the first signal
+raises where it lands too; it is recorded first, so a raise that some library
+swallows is raised again by the job's next `check()`.
 """
 
 import contextlib
@@ -14,6 +18,7 @@ import threading
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # what shells report: 128 + signal
 _requested = []  # the signal numbers received since `honour_signals` began
+_at_once = []  # non-empty inside `at_once`
 
 
 class StopRequested(BaseException):
@@ -32,6 +37,19 @@ def _request(signum, frame):
     if _requested:  # asked twice: stop now, wherever we are
         raise StopRequested(signum)
     _requested.append(signum)
+    if _at_once:
+        raise StopRequested(signum)
+
+
+@contextlib.contextmanager
+def at_once():
+    """Inside, a stop request raises StopRequested where it lands (a job that writes no run)."""
+    _at_once.append(True)
+    try:
+        check()
+        yield
+    finally:
+        _at_once.pop()
 
 
 @contextlib.contextmanager

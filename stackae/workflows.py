@@ -9,7 +9,6 @@ line is a thin shell over these functions, and `stackae --help` stays instant.
 
 import contextlib
 import dataclasses
-import os
 import shlex
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from stackae.errors import (
     BackendError,
     BadOption,
     CheckpointError,
+    DataError,
     OptionConflict,
     RunError,
     first_line,
@@ -165,12 +165,19 @@ def _conflicts(found, what):
 
 def check_pretraining(specs, data, tensorboard=False):
     """Everything that can refuse a new pretraining before anything is written."""
-    from stackae.data import check_batch
+    from stackae.data import check_batch, memory
 
     for k, spec in enumerate(specs):
         check_optimizer(spec)
         check_batch(len(data.train.x), spec.batch_size, f"{data.name}: layer {k + 1}")
-    _check_memory([data.n_features, *(spec.units for spec in specs)])
+    held = [s.x for s in (data.train, data.valid) if s is not None]
+    memory.check_training(
+        len(data.train.x),
+        [data.n_features, *(spec.units for spec in specs)],
+        [spec.batch_size for spec in specs],
+        # Rows held in memory are copied once by the training pipeline; a memmap streams.
+        sum(x.nbytes for x in held if type(x) is np.ndarray),
+    )
     if tensorboard:
         _check_tensorboard()
 
@@ -181,23 +188,6 @@ def check_optimizer(spec):
         spec.make_optimizer()
     except ValueError as err:
         raise BadOption(f"--optimizer: {first_line(err)}") from None
-
-
-def _check_memory(sizes):
-    """Refuse a stack whose training cannot fit in memory, before Keras tries to allocate it."""
-    largest = max(a * b for a, b in zip(sizes, sizes[1:]))
-    # A layer in training holds its kernel, its gradient, an optimizer slot and a copy.
-    need = 4 * 4 * largest
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return
-    if need > have:
-        shown = "-".join(str(n) for n in sizes)
-        raise RunError(
-            f"layers {shown}: training needs about {need / 2**30:.1f} GiB for weights alone; "
-            f"this machine has {have / 2**30:.1f} GiB"
-        )
 
 
 def new_run(
@@ -244,6 +234,15 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
     run.remove_pending()
     if point is not None:
         start, first_epoch, checkpoint = point
+        run.claim(  # a user's file where a checkpoint goes is refused before training
+            runs.STACK,
+            runs.ENCODER,
+            *(
+                run.layer_checkpoint(k, epoch)
+                for k in range(start, run.n_layers)
+                for epoch in range(1, run.specs[k].epochs + 1)
+            ),
+        )
         if tensorboard:
             _check_tensorboard()
         n_layers = run.n_layers
@@ -442,6 +441,28 @@ def labelled(split, name, n_classes):
     return split.x, split.y
 
 
+# A softmax over more classes than this is refused when most of them never occur.
+MANY_CLASSES = 1000
+
+
+def check_classes(data, n_classes):
+    """DataError (one line) for labels that are no small set of classes 0..K-1.
+
+    The classifier has one output per class from 0 to the largest label: labels
+    0 and 1000000000 would make a billion-class softmax for two classes.
+    """
+    found = [s.y for s in (data.train, data.valid, data.test) if s is not None and s.y is not None]
+    if not found or n_classes is None or n_classes <= MANY_CLASSES:
+        return
+    distinct = len(np.unique(np.concatenate([np.asarray(y).reshape(-1) for y in found])))
+    if n_classes > 2 * distinct:
+        raise DataError(
+            f"{data.name}: labels run from 0 to {n_classes - 1}, {n_classes} classes of which "
+            f"only {distinct} occur: not a small set of classes; number the classes 0 to "
+            f"{distinct - 1}, or fine-tune a quantity with --task regression"
+        )
+
+
 def finetune_job(
     run_dir,
     spec=None,
@@ -550,6 +571,8 @@ def finetune_run(
         valid = targets(data.valid, "validation data") if data.valid is not None else None
     else:
         n_classes = record.n_classes if resume else (data.n_classes or run.data.n_classes)
+        if not resume:
+            check_classes(data, n_classes)
         n_outputs = None
         train = labelled(data.train, "training data", n_classes)
         valid = (
@@ -557,6 +580,14 @@ def finetune_run(
         )
     check_batch(len(train[0]), spec.batch_size, "training data")
     check_optimizer(spec)
+    run.claim(  # a user's file where a checkpoint goes is refused before training
+        runs.REGRESSOR if regression else runs.CLASSIFIER,
+        *(
+            f"finetune_{kind}_{epoch}.{ext}"
+            for epoch in range(1, spec.epochs + 1)
+            for kind, ext in (("epoch", "weights.h5"), ("best", "npz"))
+        ),
+    )
     keras.utils.set_random_seed(run.seed)
     if regression:
         model = export.regressor(
@@ -688,12 +719,18 @@ def _load_arrays(path, like):
 
 
 def evaluate_job(run_dir, data=None, *, data_options=None, quiet_backend=True):
-    """Open the run, start the backend, evaluate on its test split (or the data given)."""
-    run = open_run(run_dir)
-    backend.start(verbose=not quiet_backend)
-    record = run.finetune_data if data is None else run.data
-    loaded = load_run_data(run, data, record=record, **(data_options or {}))
-    return evaluate_run(run, loaded)
+    """Open the run, start the backend, evaluate on its test split (or the data given).
+
+    It changes nothing, so a stop request (Ctrl-C, SIGTERM) stops it where it lands.
+    """
+    with stopping.at_once():
+        run = open_run(run_dir)
+        backend.start(verbose=not quiet_backend)
+        stopping.check()
+        record = run.finetune_data if data is None else run.data
+        loaded = load_run_data(run, data, record=record, **(data_options or {}))
+        stopping.check()
+        return evaluate_run(run, loaded)
 
 
 def evaluate_run(run, data):
@@ -716,10 +753,10 @@ def evaluate_run(run, data):
         if k + 1 < len(stack.encoder_layers):
             codes = layer_codes(layer, codes)  # one layer up, not again from the input
     record = run.finetune
-    if runs.CLASSIFIER in run.files and record is not None and record.finished:
+    if run.model_file in run.files and record is not None and record.finished:
         if split.y is not None:
             # The saved model takes raw features; these rows are scaled already.
-            model = export.on_scaled_rows(run.load_model(runs.CLASSIFIER))
+            model = export.on_scaled_rows(run.load_model(run.model_file))
             if record.spec.task == "regression":
                 result["regression"] = regression_metrics(model, *targets(split, "evaluation data"))
             else:
@@ -751,11 +788,20 @@ def encode_job(run, data, out_path, layer=None, overwrite=False, *, limit=None, 
 
     `run` is a Run or a run directory, `data` a loaded Data or a source to load
     with the run's recorded options (every row: no validation or test split).
+    A stop request (Ctrl-C, SIGTERM) stops it where it lands: the file is written
+    atomically, whole or not at all.
     """
+    with stopping.at_once():
+        return _encode_job(run, data, out_path, layer, overwrite, limit, quiet_backend)
+
+
+def _encode_job(run, data, out_path, layer, overwrite, limit, quiet_backend):
     refuse_existing(out_path, overwrite)
     if not isinstance(run, Run):
         run = open_run(run)
+        run.refuse_output(out_path)
         backend.start(verbose=not quiet_backend)
+    run.refuse_output(out_path)
     if not hasattr(data, "train"):
         data = load_run_data(run, data, limit=limit, valid_size=0, test_size=0)
     if layer is not None:
@@ -766,6 +812,7 @@ def encode_job(run, data, out_path, layer=None, overwrite=False, *, limit=None, 
             arrays[name] = encode_run(run, split.x, layer)
             if split.y is not None:
                 arrays[f"y_{name}"] = split.y
+            stopping.check()
     atomic_write(out_path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
     return arrays
 
@@ -781,49 +828,97 @@ def _write_picture(run, image, out_path, default, overwrite):
 
     if out_path is None:
         refuse_existing(run.file(default), overwrite, owned=run.owns(default))
-        try:
-            run.lock()
-        except RunError as err:
-            raise RunError(f"{err}; or write the picture elsewhere with --out FILE") from None
-        return run.write_output(default, lambda tmp: save_png(image, tmp), suffix=".png")
+        _lock_for_picture(run)
+        return run.write_output(
+            default, lambda tmp: save_png(image, tmp), suffix=".png", replace=overwrite
+        )
     refuse_existing(out_path, overwrite)
+    run.refuse_output(out_path)
     return save_png(image, Path(out_path))
 
 
-def filters_run(run, layer=1, out_path=None, grid=(10, 10), overwrite=False):
+def _open_for_picture(run, out_path, default, overwrite):
+    """The run (opened if a path), its picture's target checked before the backend starts.
+
+    A picture written inside the run needs the run's lock: a busy run is refused
+    at once, not after the backend's import.
+    """
+    if isinstance(run, Run):
+        return run, False
+    run = open_run(run)
+    if out_path is None:
+        refuse_existing(run.file(default), overwrite, owned=run.owns(default))
+        _lock_for_picture(run)
+    else:
+        refuse_existing(out_path, overwrite)
+        run.refuse_output(out_path)
+    return run, True
+
+
+def _lock_for_picture(run):
+    try:
+        run.lock()
+    except RunError as err:
+        raise RunError(f"{err}; or write the picture elsewhere with --out FILE") from None
+
+
+def filters_run(run, layer=1, out_path=None, grid=(10, 10), overwrite=False, quiet_backend=True):
     """PNG of layer `layer`'s filters (one tile per hidden unit); returns its path."""
+    with stopping.at_once():
+        return _filters_run(run, layer, out_path, grid, overwrite, quiet_backend)
+
+
+def _filters_run(run, layer, out_path, grid, overwrite, quiet_backend):
+    default = f"filters_layer_{layer}.png"
+    run, opened = _open_for_picture(run, out_path, default, overwrite)
+    _check_layer(layer, run.n_layers)  # load_stack checks the stack has the run's layers
+    if opened:
+        backend.start(verbose=not quiet_backend)
+    stopping.check()
     import keras
 
     from stackae.images import filters_image
 
-    opened = not isinstance(run, Run)
-    if opened:
-        run = open_run(run)
-    _check_layer(layer, run.n_layers)  # load_stack checks the stack has the run's layers
-    if opened:
-        backend.start()
     stack = load_stack(run)
     kernel = keras.ops.convert_to_numpy(stack.encoder_layers[layer - 1].kernel)
     shape = run.data.image_shape if layer == 1 else None
     image = filters_image(kernel, shape, grid)
-    return _write_picture(run, image, out_path, f"filters_layer_{layer}.png", overwrite)
+    stopping.check()
+    return _write_picture(run, image, out_path, default, overwrite)
 
 
 def reconstruct_run(
-    run, data=None, out_path=None, n=20, corruption=None, overwrite=False, data_options=None
+    run,
+    data=None,
+    out_path=None,
+    n=20,
+    corruption=None,
+    overwrite=False,
+    data_options=None,
+    quiet_backend=True,
 ):
     """PNG of n rows: input | corrupted input | reconstruction through the whole stack."""
+    with stopping.at_once():
+        return _reconstruct_run(
+            run, data, out_path, n, corruption, overwrite, data_options, quiet_backend
+        )
+
+
+def _reconstruct_run(run, data, out_path, n, corruption, overwrite, data_options, quiet_backend):
+    default = "reconstructions.png"
+    run, opened = _open_for_picture(run, out_path, default, overwrite)
+    if opened:
+        backend.start(verbose=not quiet_backend)
+    stopping.check()
     import keras
 
     from stackae.data import check_width
     from stackae.images import reconstructions_image
     from stackae.noise import corrupt
 
-    if not isinstance(run, Run):
-        run = open_run(run)
-        backend.start()
     if not hasattr(data, "train"):
         data = load_run_data(run, data, **(data_options or {}))
+    stopping.check()
     stack = load_stack(run)
     split = data.test if data.test is not None else data.train
     check_width(split.x, run.data.n_features, "data")
@@ -838,7 +933,8 @@ def reconstruct_run(
         keras.ops.convert_to_numpy(recon),
         run.data.image_shape,
     )
-    return _write_picture(run, image, out_path, "reconstructions.png", overwrite)
+    stopping.check()
+    return _write_picture(run, image, out_path, default, overwrite)
 
 
 __all__ = [

@@ -158,3 +158,94 @@ def test_available_memory_is_known_and_bounded():
     room = memory.available()
     assert room is None or 0 <= room < 1 << 50
     assert memory.size_text(784_000_000) == "784.0 MB" and memory.size_text(800) == "800 bytes"
+
+
+# Issue 30, 14. The estimate counts more than weights, and is checked before anything is
+# written, by the command line and the estimators.
+def test_the_training_estimate_counts_activations_optimizer_state_and_codes():
+    sizes, batch = [4, 10**8], [20]
+    weights = 4 * (4 * 10**8 + 4 + 10**8)
+    found = memory.training_bytes(150, sizes, batch)
+    assert found >= 4 * weights + 4 * 20 * 10**8 * 2  # state of each weight, a batch's units
+    # A layer below the top hands the codes of every row up.
+    low = memory.training_bytes(10**6, [4, 1000, 2], [20, 20])
+    assert low >= 4 * 10**6 * 1000 > memory.training_bytes(10**6, [4, 1000], [20])
+
+
+def tiny_table(path):
+    rows = np.random.default_rng(0).random((150, 4))
+    np.savetxt(path, np.column_stack([rows, np.arange(150) % 3]), delimiter=",", fmt="%g")
+    return path
+
+
+def test_a_huge_layer_on_a_small_table_is_refused_before_a_run_is_made(tmp_path):
+    from click.testing import CliRunner
+
+    from stackae_cli.main import cli
+
+    table = tiny_table(tmp_path / "t.csv")
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", table, "--label-column", "4", "--layers", "100000000"]
+    args += ["--out", out, "-q"]
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and "GiB" in lines[0] and "activations" in lines[0], result.output
+    assert not out.exists()
+
+
+def test_the_estimators_check_memory_before_training():
+    from stackae.errors import StackaeError
+    from stackae.sklearn import StackedDenoisingAutoencoder
+
+    x = np.random.default_rng(0).random((150, 4))
+    with pytest.raises(StackaeError, match="GiB"):
+        StackedDenoisingAutoencoder(layers=(10**8,)).fit(x)
+
+
+# Issue 30, 15. Rows held in memory are copied once more by the training pipeline: that
+# copy is counted before a run is made, not found missing after.
+def test_the_training_copy_of_rows_in_memory_is_counted(monkeypatch):
+    from stackae import workflows
+    from stackae.config import LayerSpec
+    from stackae.errors import RunError
+
+    x = np.zeros((20_000, 784), np.float32)  # 62.7 MB in memory
+    loaded = data.Data(
+        name="rows",
+        origin="memory",
+        train=data.Split(x, None),
+        valid=None,
+        test=None,
+        image_shape=None,
+        n_classes=None,
+    )
+    specs = [LayerSpec(units=10, batch_size=20)]
+    without = memory.training_bytes(len(x), [784, 10], [20])
+    assert memory.training_bytes(len(x), [784, 10], [20], x.nbytes) == without + x.nbytes
+    monkeypatch.setattr(memory, "available", lambda: without + x.nbytes // 2)
+    with pytest.raises(RunError, match="the training copy of the rows"):
+        workflows.check_pretraining(specs, loaded)
+    monkeypatch.setattr(memory, "available", lambda: without + 2 * x.nbytes)
+    workflows.check_pretraining(specs, loaded)
+
+
+# Issue 30, 16. With --limit, a pickle inflating to gigabytes is refused, with its size,
+# before it is inflated: it has no index, so a few rows of it would cost all of it.
+def test_a_large_pickle_with_a_limit_is_refused_before_inflating(tmp_path, monkeypatch):
+    from stackae.data import readers, unpickle
+
+    path = tmp_path / "big.pkl.gz"
+    x = np.zeros((20_000, 784), np.uint8)  # 15.7 MB inflated, a few kB on disk
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        pickle.dump(((x, x[:, 0]), (x[:1], x[:1, 0]), (x[:1], x[:1, 0])), f, protocol=4)
+    monkeypatch.setattr(readers, "PICKLE_LIMITED_BYTES", 10 * MB)
+    inflated = []
+    real = unpickle.load_arrays
+    monkeypatch.setattr(
+        unpickle, "load_arrays", lambda *a, **k: inflated.append(1) or real(*a, **k)
+    )
+    with pytest.raises(DataError, match=r"inflates to 15\.7 MB .*\.npy or \.npz"):
+        data.load(str(path), limit=1000)
+    assert not inflated
+    assert len(data.load(str(path)).train) == 20_000  # read whole when whole is asked for

@@ -192,3 +192,63 @@ def test_importing_and_loading_data_imports_no_backend():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+# Issue 30, 13. Labels that are no small set of classes are refused before a softmax over
+# all of them is built (0 and 1000000 would make a million classes for two).
+def test_sparse_labels_are_refused_naming_the_count(tmp_path):
+    from click.testing import CliRunner
+
+    from stackae_cli.main import cli
+
+    rng = np.random.default_rng(0)
+    table = tmp_path / "t.csv"
+    labels = np.where(np.arange(200) % 2, 1_000_000, 0)
+    rows = np.column_stack([rng.random((200, 4)), labels])
+    np.savetxt(table, rows, delimiter=",", fmt="%g", header="a,b,c,d,label", comments="")
+    run = tmp_path / "run"
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args])
+
+    args = ["--data", table, "--label-column", "label", "--layers", "3", "--epochs", "1"]
+    done = invoke("pretrain", *args, "--out", run, "-q")
+    assert done.exit_code == 0, done.output
+    result = invoke("finetune", run, "--epochs", "1", "-q")
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.output
+    assert "1000001 classes" in lines[0] and "only 2 occur" in lines[0], lines[0]
+    assert "--task regression" in lines[0]
+    assert not (run / "classifier.keras").exists()
+    assert json.loads((run / "manifest.json").read_text())["status"] == "pretrained"
+
+
+# Issue 30, 17. A feature whose scaling a saved model cannot hold in float32 is refused
+# before training, in one line, by the command line and the estimators.
+def huge_feature_table(path):
+    rng = np.random.default_rng(0)
+    rows = np.column_stack([rng.random((100, 3)), rng.random(100) * 1e20, np.arange(100) % 2])
+    np.savetxt(path, rows, delimiter=",", fmt="%.17g")
+    return path, rows
+
+
+def test_a_feature_too_wide_for_float32_scaling_is_refused_before_training(tmp_path):
+    from click.testing import CliRunner
+
+    from stackae_cli.main import cli
+
+    table, rows = huge_feature_table(tmp_path / "t.csv")
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", table, "--label-column", "4", "--scale", "standard"]
+    args += ["--layers", "3", "--epochs", "1", "--out", run, "-q"]
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and "feature 3" in lines[0] and "float32" in lines[0], result.output
+    assert not run.exists()
+
+    from stackae.sklearn import SdAClassifier
+
+    with pytest.raises(ValueError, match="feature 3 .*float32"):
+        SdAClassifier(layers=(3,), scale="standard").fit(rows[:, :4], rows[:, 4].astype(int))

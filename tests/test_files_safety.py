@@ -351,3 +351,117 @@ def test_keras_safe_mode_refusal_is_one_whole_line(tmp_path):
     text = str(info.value)
     assert "\n" not in text and "Lambda" in text
     assert text.endswith("enable_unsafe_deserialization().)")  # not cut mid-sentence
+
+
+# Issue 30, 10. --overwrite of an output never replaces a file the run vouches for.
+@pytest.mark.parametrize(
+    "verb, name",
+    [
+        ("filters", "stack.keras"),
+        ("reconstruct", "classifier.keras"),
+        ("encode", "manifest.json"),
+        ("encode", "encoder.keras"),
+    ],
+)
+def test_overwrite_of_an_output_never_replaces_the_runs_own_files(run_copy, verb, name):
+    before = tree(run_copy)
+    extra = ["--data", "mnist-sample", "--limit", "5"] if verb == "encode" else []
+    line = one_line_error(invoke(verb, run_copy, *extra, "--out", run_copy / name, "--overwrite"))
+    assert name in line and "never replaces" in line
+    assert tree(run_copy) == before
+    runs.Run.open(run_copy)
+
+
+# Issue 30, 11. A user's file bearing a checkpoint's name is refused, never written over.
+@pytest.mark.parametrize(
+    "verb, name",
+    [
+        ("finetune", "finetune_epoch_1.weights.h5"),
+        ("finetune", "finetune_best_1.npz"),
+        ("finetune", "classifier.keras"),
+        ("pretrain", "layer_2_epoch_1.weights.h5"),
+        ("pretrain", "split.npz"),
+    ],
+)
+def test_a_users_file_named_like_a_checkpoint_is_refused_not_overwritten(run_copy, verb, name):
+    run = runs.Run.open(run_copy)
+    if verb == "finetune":  # a pretrained run, its classifier never written
+        path = run_copy / "classifier.keras"
+        if name != "classifier.keras":
+            path.unlink()
+        manifest = json.loads((run_copy / "manifest.json").read_text())
+        manifest["files"].pop("classifier.keras")
+        manifest["finetune"], manifest["status"] = None, "pretrained"
+        (run_copy / "manifest.json").write_text(json.dumps(manifest))
+        args = ["finetune", run_copy, "--epochs", "1", "-q"]
+    else:
+        args = ["pretrain", "--layers", "8,4", *SMALL, "--out", run_copy, "--overwrite"]
+    assert run.owns(name) is (name == "classifier.keras")
+    (run_copy / name).write_bytes(b"the user's")
+    before = tree(run_copy)
+    line = one_line_error(invoke(*args))
+    assert str(run_copy / name) in line and "did not write" in line
+    assert (run_copy / name).read_bytes() == b"the user's"
+    assert tree(run_copy) == before  # refused before anything was written
+
+
+def test_a_users_picture_in_the_run_is_replaced_only_when_asked(run_copy):
+    (run_copy / "filters_layer_1.png").write_bytes(b"the user's")
+    assert "exists" in one_line_error(invoke("filters", run_copy))
+    assert (run_copy / "filters_layer_1.png").read_bytes() == b"the user's"
+    result = invoke("filters", run_copy, "--overwrite")  # asked: the picture is the run's now
+    assert result.exit_code == 0, result.output
+    assert runs.Run.open(run_copy).owns("filters_layer_1.png")
+
+
+# Issue 30, 12. An edited manifest cannot make --overwrite remove a user's file or folder.
+def test_an_edited_manifest_cannot_make_overwrite_remove_the_users_files(run_copy):
+    (run_copy / "thesis").mkdir()
+    (run_copy / "thesis" / "chapter.tex").write_text("years of work")
+    (run_copy / "data.csv").write_text("1,2\n")
+    (run_copy / "notes.txt").write_text("mine")
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    manifest["outputs"] += ["thesis", "data.csv"]
+    manifest["pending"] = ["notes.txt"]
+    manifest["files"]["notes.txt"] = hashlib.sha256(b"mine").hexdigest()
+    (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("pretrain", "--layers", "16", *SMALL, "--out", run_copy, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "thesis" / "chapter.tex").read_text() == "years of work"
+    assert (run_copy / "data.csv").read_text() == "1,2\n"
+    assert (run_copy / "notes.txt").read_text() == "mine"
+    assert not (run_copy / "classifier.keras").exists()  # the old run's own file went
+
+
+# Issue 30, 21. A folder that is not a run is named once.
+def test_not_a_run_directory_is_said_once(tmp_path):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "x").write_text("x")
+    line = one_line_error(invoke("pretrain", *SMALL, "--out", tmp_path / "project", "--overwrite"))
+    assert line.count("not a stackae run directory") == 1, line
+
+
+# Issue 30, 21. A link loop and a folder that cannot be written get a message naming them.
+def test_a_link_loop_is_named(tmp_path, run_copy):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for args in (
+        ["pretrain", "--data", loop, "--out", tmp_path / "r", "-q"],
+        ["info", loop],
+        ["pretrain", *SMALL, "--out", loop],
+        ["encode", run_copy, "--data", loop, "--out", tmp_path / "c.npz"],
+    ):
+        line = one_line_error(invoke(*args))
+        assert f"{loop}: is a loop of symbolic links" in line, (args, line)
+
+
+def test_a_folder_that_cannot_be_written_is_named(tmp_path, run_copy, monkeypatch):
+    import tempfile
+
+    def denied(*args, **kwargs):  # as in a read-only folder (root may write anywhere)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    out = tmp_path / "codes.npz"
+    line = one_line_error(invoke("encode", run_copy, "--data", "mnist-sample", "--out", out))
+    assert line == f"Error: {out}: cannot write in {tmp_path} (permission denied)"

@@ -437,3 +437,82 @@ def test_a_disk_too_full_for_a_checkpoint_is_one_line_and_the_run_resumes(tmp_pa
     result = invoke("pretrain", "--resume", "--out", out, "-q")
     assert result.exit_code == 0, result.output
     assert manifest(out)["status"] == "pretrained"
+
+
+# Issue 30, 18. evaluate and encode stop on a signal, leaving no output.
+@pytest.mark.parametrize(
+    "verb, sig, code",
+    [("evaluate", signal.SIGINT, 130), ("encode", signal.SIGTERM, 143)],
+)
+def test_evaluate_and_encode_stop_on_a_signal_and_write_nothing(
+    fixtures, tmp_path, verb, sig, code
+):
+    out = tmp_path / "codes.npz"
+    extra = ["--data", "mnist-sample", "--out", out] if verb == "encode" else []
+    command = cli_command(verb, fixtures / "finetuned", *extra)
+    started = time.monotonic()
+    returncode, err = signal_when(
+        command, lambda: time.monotonic() - started > 2, sig, env=ENV, wait=(0, 1)
+    )
+    assert returncode == code, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
+    assert not out.exists() and not list(tmp_path.glob(".stackae-*"))
+
+
+# Issue 30, 19. A stop while the command starts (its imports) is one line, not a traceback.
+@pytest.mark.parametrize(
+    "delay, sig, code", [(0.2, signal.SIGINT, 130), (0.4, signal.SIGTERM, 143)]
+)
+def test_a_stop_while_the_command_starts_is_one_line(fixtures, delay, sig, code):
+    started = time.monotonic()
+    returncode, err = signal_when(
+        cli_command("evaluate", fixtures / "finetuned"),  # alive long after its imports
+        lambda: time.monotonic() - started > delay,
+        sig,
+        env=ENV,
+    )
+    assert returncode == code, err[-2000:]
+    assert err.strip().splitlines() == [
+        "Error: interrupted" if sig == signal.SIGINT else "Error: terminated (SIGTERM)"
+    ]
+
+
+# Issue 30, 20. filters and reconstruct are quiet without -v, and refuse a busy run at once.
+@pytest.mark.parametrize("verb", ["filters", "reconstruct"])
+def test_pictures_are_quiet_and_refuse_a_busy_run_before_the_backend(fixtures, tmp_path, verb):
+    run = fixtures / "finetuned"
+    done = subprocess.run(
+        cli_command(verb, run, "--out", tmp_path / "p.png"),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),  # no TF_CPP_MIN_LOG_LEVEL: stackae quiets the backend itself
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time; from stackae.runs import Run\nRun.open({str(run)!r}, write=True)\n"
+            "print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        script = (
+            "import sys\nfrom click.testing import CliRunner\nfrom stackae_cli.main import cli\n"
+            f"r = CliRunner().invoke(cli, [{verb!r}, {str(run)!r}])\n"
+            "print(r.exit_code, 'keras' in sys.modules, r.output.strip().splitlines()[-1])\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=DEADLINE
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    code, imported, line = done.stdout.strip().split(" ", 2)
+    assert code == "1" and imported == "False", done.stdout + done.stderr[-2000:]
+    assert f"in use by process {holder.pid}" in line

@@ -239,7 +239,7 @@ def test_regression_beats_the_mean_predictor_by_a_wide_margin(regression):
     assert metrics["test_r2"] > 0.9
     shown = ok("evaluate", tuned)
     assert f"test RMSE {metrics['test_rmse']:.6g}" in shown and f"on {len(test)} rows" in shown
-    model = keras.saving.load_model(tuned / "classifier.keras")  # raw features in, prices out
+    model = keras.saving.load_model(tuned / "regressor.keras")  # raw features in, prices out
     predicted = model.predict(x[test], verbose=0)[:, 0]
     assert_allclose(np.sqrt(np.mean(np.square(predicted - y[test]))), metrics["test_rmse"], 1e-4)
 
@@ -266,8 +266,8 @@ def test_regression_killed_then_resumed_ends_with_the_uninterrupted_weights(regr
     assert code == -signal.SIGKILL, err[-2000:]
     assert 2 <= finetune_epochs(run) < 40
     ok("finetune", run, "--resume", "-q")
-    expected = keras.saving.load_model(tuned / "classifier.keras").get_weights()
-    found = keras.saving.load_model(run / "classifier.keras").get_weights()
+    expected = keras.saving.load_model(tuned / "regressor.keras").get_weights()
+    found = keras.saving.load_model(run / "regressor.keras").get_weights()
     assert len(found) == len(expected)
     for a, b in zip(found, expected):
         assert_array_equal(a, b)
@@ -335,3 +335,18 @@ def test_csv_cells_quoted_numbers_accepted_missing_values_and_text_refused(tmp_p
         assert result.exit_code == 1, result.output
         assert result.output.strip().splitlines() == [f"Error: {edited}: {expected}"]
         assert not out.exists()
+
+
+# Issue 30, 21. A regressor is saved as regressor.keras; a run that saved it under the
+# old name, classifier.keras, is read by every verb.
+def test_a_regressor_is_named_for_what_it_is_and_the_old_name_still_reads(regression, tmp_path):
+    _, tuned = regression
+    assert (tuned / "regressor.keras").is_file() and not (tuned / "classifier.keras").exists()
+    shown = ok("evaluate", tuned)
+    old = tmp_path / "old"
+    shutil.copytree(tuned, old)
+    (old / "regressor.keras").rename(old / "classifier.keras")
+    record = manifest(old)
+    record["files"]["classifier.keras"] = record["files"].pop("regressor.keras")
+    (old / "manifest.json").write_text(json.dumps(record))
+    assert ok("evaluate", old) == shown

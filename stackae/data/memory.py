@@ -76,3 +76,50 @@ def check_fits(n_bytes, what):
             f"{what} needs {size_text(n_bytes)} of memory, more than the "
             f"{size_text(room)} available; use --limit (or save the data as .npy, which streams)"
         )
+
+
+# Bytes of one float32, and the copies of each weight training holds: the weight,
+# its gradient, two optimizer slots (Adam's moments; SGD's momentum uses one) and a copy.
+FLOAT = 4
+WEIGHT_COPIES = 5
+# Tensors of a batch in training per value of a layer's input and output: input,
+# corrupted input, hidden, reconstruction and their gradients.
+ACTIVATION_COPIES = 6
+
+
+def training_bytes(n_rows, sizes, batch_sizes, data_bytes=0):
+    """About the most bytes greedy pretraining of a stack holds at once, on top of the data.
+
+    `sizes`: the input width then each layer's units; `batch_sizes`: one per layer.
+    Layer k holds its weights with their gradients and optimizer state, a batch's
+    activations, the codes of every row it was handed (k > 0), and the codes it
+    hands up to the next layer (computed, then gathered: twice). `data_bytes`:
+    the float32 rows held in memory, which the training pipeline copies once
+    (rows streamed from disk are not copied).
+    """
+    largest = 0
+    for k, (n_in, units) in enumerate(zip(sizes, sizes[1:])):
+        weights = n_in * units + n_in + units
+        need = FLOAT * WEIGHT_COPIES * weights
+        need += FLOAT * ACTIVATION_COPIES * min(batch_sizes[k], n_rows) * (n_in + units)
+        if k > 0:
+            need += FLOAT * n_rows * n_in
+        if k + 1 < len(sizes) - 1:
+            need += 2 * FLOAT * n_rows * units
+        largest = max(largest, need)
+    return largest + data_bytes
+
+
+def check_training(n_rows, sizes, batch_sizes, data_bytes=0):
+    """RunError (one line) where pretraining this stack cannot fit in the memory left."""
+    from stackae.errors import RunError
+
+    need = training_bytes(n_rows, sizes, batch_sizes, data_bytes)
+    room = available()
+    if room is not None and need > room:
+        shown = "-".join(str(n) for n in sizes)
+        raise RunError(
+            f"layers {shown}: training on {n_rows} rows needs about {need / 2**30:.1f} GiB "
+            "(weights, optimizer state, a batch's activations, the codes each layer hands "
+            f"up, the training copy of the rows); {room / 2**30:.1f} GiB of memory is available"
+        )

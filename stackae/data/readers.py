@@ -95,7 +95,9 @@ def read_path(path, label_column, limit=None, n_features=None):
     without its label column (new rows to encode need no labels).
     """
     if not os.path.exists(path):
-        raise DataError(f"{path}: no such file or folder")
+        from stackae.files import link_problem
+
+        raise DataError(f"{path}: {link_problem(path) or 'no such file or folder'}")
     check_regular(path)
     if os.path.isdir(path):
         return read_idx_folder(path)
@@ -109,7 +111,7 @@ def read_path(path, label_column, limit=None, n_features=None):
     if lower.endswith(".parquet"):
         return _read_parquet(path, label_column, limit, n_features)
     if lower.endswith((".pkl", ".pkl.gz", ".pickle")):
-        return _read_pickle(path)
+        return _read_pickle(path, limit)
     raise DataError(
         f"{path}: unknown file type; expected .npz, .npy, .csv, .parquet, .pkl[.gz] "
         "or a folder of IDX files"
@@ -584,9 +586,13 @@ def _gzip_size(path, size):
 
 # Unpickling holds a pickle's bytes up to three times (text, bytes, array) at its peak.
 PICKLE_COPIES = 3
+# A pickle has no index: it is read whole, whatever `limit` asks. With a limit, one
+# that inflates past this is refused before it is inflated (the tutorial's inflates to
+# about 220 MB): a few rows of it must not cost gigabytes.
+PICKLE_LIMITED_BYTES = 1 << 30
 
 
-def _read_pickle(path):
+def _read_pickle(path, limit_rows=None):
     # A pickle has no index: it is read whole, whatever `limit` asks (.npy and IDX are not).
     try:
         size = os.path.getsize(path)
@@ -598,6 +604,12 @@ def _read_pickle(path):
             opener = gzip.open
         else:
             limit, message, opener = size, f"{path}: grew while it was read", open
+        if limit_rows is not None and limit > PICKLE_LIMITED_BYTES:
+            raise DataError(
+                f"{path}: a pickle is read whole whatever --limit asks, and this one inflates "
+                f"to {size_text(limit)} (about {size_text(PICKLE_COPIES * limit)} of memory); "
+                "save the data as .npy or .npz, which --limit reads in part"
+            )
         memory.check_fits(PICKLE_COPIES * limit, f"{path}: unpickling {size_text(limit)}")
         with opener(path, "rb") as f:
             stream = io.BufferedReader(_Capped(f, limit, message))

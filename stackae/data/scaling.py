@@ -21,6 +21,8 @@ from stackae.config import SCALE_KINDS
 from stackae.errors import DataError
 
 KINDS = SCALE_KINDS
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+LARGEST_SCALE = float(np.sqrt(FLOAT32_MAX))  # its square still fits in float32
 
 
 class Stats:
@@ -119,7 +121,18 @@ class Scaler:
             raise DataError(
                 f"{where}: values span more than float64 holds; {kind} scaling cannot be fitted"
             )
-        return cls(kind, offset, np.where(span > 0, span, 1.0))
+        scale = np.where(span > 0, span, 1.0)
+        # The saved models scale with keras.layers.Normalization, which holds the mean and
+        # the variance (scale ** 2) in float32: refused here, before any training.
+        bad = np.flatnonzero((scale >= LARGEST_SCALE) | (np.abs(offset) > FLOAT32_MAX))
+        if bad.size:
+            j = int(bad[0])
+            raise DataError(
+                f"{where}: feature {j} spreads over {scale[j]:.3g} around {offset[j]:.3g}, more "
+                f"than a saved model scales in float32 ({kind} scaling needs a variance under "
+                f"{FLOAT32_MAX:.3g}); divide that column by a power of ten first"
+            )
+        return cls(kind, offset, scale)
 
     def transform(self, x, clip=False):
         """Rows (any numeric dtype) -> float32 scaled rows; `clip` puts them into [0, 1]."""
