@@ -652,5 +652,8 @@ def info(run_dir):
             parts.append(f"validation error {100 * tune.valid_error:.2f} %")
         if tune.test_error is not None:
             parts.append(f"test error {100 * tune.test_error:.2f} %")
+        for split, name in (("valid", "validation"), ("test", "test")):
+            if f"{split}_rmse" in tune.metrics:
+                parts.append(f"{name} {_regression_line(tune.metrics, split + '_')}")
         label = "fine-tuned" if tune.finished else "fine-tuning (interrupted)"
         click.echo(f"{label}: " + ", ".join(parts))

@@ -215,3 +215,15 @@ def test_an_unsupported_backend_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     assert "numpy" in lines[0]
     assert not out.exists()
+
+
+def test_strategy_gpu_without_a_gpu_is_one_line(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: [])  # no GPU
+    out = tmp_path / "run"
+    result = invoke("pretrain", "--layers", "4", *SMALL, "--strategy", "gpu", "--out", out)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == "Error: strategy 'gpu' was asked for but TensorFlow sees no GPU"
+    assert "Traceback" not in result.output
