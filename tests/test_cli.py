@@ -158,8 +158,12 @@ def test_help_and_version():
     assert "stackae, version" in invoke("--version").output
     # Defaults shown come from stackae.config (the tutorial's).
     text = " ".join(invoke("pretrain", "--help").output.split())
-    assert "Global batch size per layer. [default: 20]" in text
-    assert "Learning rate per layer. [default: 0.1]" in text
+    assert "Global batch size per layer. [default: 20; x>=1]" in text
+    assert "Learning rate per layer. [default: 0.1; x>0]" in text
+    # Ranges come from the specs' tables (stackae.config), and so do the task's defaults.
+    text = " ".join(invoke("finetune", "--help").output.split())
+    assert "[default: 0.0; 0.0<=x<1.0]" in text  # --dropout
+    assert "[default: classification: 0.1; regression: 0.01]" in text  # --lr
 
 
 @pytest.mark.parametrize(
