@@ -3,6 +3,7 @@
 import datetime
 import math
 import os
+import shlex
 import signal
 import sys
 from importlib.metadata import version
@@ -10,7 +11,7 @@ from importlib.metadata import version
 import click
 
 from stackae import config, stopping, workflows
-from stackae.errors import BadOption, StackaeError
+from stackae.errors import BadOption, ParameterError, StackaeError
 
 LAYER = config.DEFAULTS
 FINETUNE = config.FINETUNE_DEFAULTS
@@ -20,7 +21,7 @@ FINETUNE = config.FINETUNE_DEFAULTS
 
 
 class Number(click.ParamType):
-    """A finite int or float; its range is the spec's to check (one place for each rule)."""
+    """A finite int or float."""
 
     def __init__(self, kind):
         self.kind = kind
@@ -38,6 +39,55 @@ class Number(click.ParamType):
         if number is None:
             self.fail(f"{value!r} is not a finite {self.name}", param, ctx)
         return number
+
+
+class _FieldNumber:
+    """A number a spec field takes (stackae.config's tables): its range shows in --help,
+    and a value out of it is refused in the library's words."""
+
+    def __init__(self, field):
+        super().__init__(field.low, field.high, field.low_open, field.high_open)
+        self.field = field
+        self.name = "integer" if field.kind is int else "number"
+
+    def parse(self, value):
+        return Number(self.field.kind).parse(value)
+
+    def range_text(self):
+        """The range as click shows it in --help: x>=1, 0<=x<1."""
+        field = self.field
+        low = None if field.low is None else f"{field.low:g}{'<' if field.low_open else '<='}"
+        high = None if field.high is None else f"{'<' if field.high_open else '<='}{field.high:g}"
+        if high is None:
+            return f"x{'>' if field.low_open else '>='}{field.low:g}"
+        return f"{low or ''}x{high}"
+
+    def convert(self, value, param, ctx):
+        number = self.parse(value)
+        if number is None:
+            self.fail(f"{value!r} is not a finite {self.name}", param, ctx)
+        try:
+            self.field.check(number)
+        except ParameterError as err:
+            self.fail(_one_line(err), param, ctx)
+        return number
+
+
+class IntField(_FieldNumber, click.IntRange):
+    pass
+
+
+class FloatField(_FieldNumber, click.FloatRange):
+    pass
+
+
+def field_type(field):
+    """The click type of a spec field: a choice, a name, or a number in the field's range."""
+    if field.choices:
+        return click.Choice(field.choices)
+    if field.kind is str:
+        return click.STRING
+    return IntField(field) if field.kind is int else FloatField(field)
 
 
 class CommaList(click.ParamType):
@@ -77,7 +127,7 @@ class Grid(click.ParamType):
 
 
 class Size(click.ParamType):
-    """A number of rows (an integer >= 0) or a fraction of them (a number in (0, 1))."""
+    """A number of rows (an integer >= 0) or a fraction of them (config.is_split_size)."""
 
     name = "ROWS|FRACTION"
 
@@ -89,13 +139,12 @@ class Size(click.ParamType):
                 number = kind(value)
             except ValueError:
                 continue
-            if (kind is int and number >= 0) or (kind is float and 0 < number < 1):
+            if config.is_split_size(number):
                 return number
-        self.fail(f"{value!r} is neither a count >= 0 nor a fraction in (0, 1)", param, ctx)
+        self.fail(f"{value!r} is neither a count >= 0 nor a fraction in [0, 1)", param, ctx)
 
 
 INT = Number(int)
-FLOAT = Number(float)
 POSITIVE_INT = click.IntRange(min=1)  # counts that belong to no spec (--limit, --n, --layer)
 
 
@@ -121,13 +170,21 @@ class StackaeGroup(click.Group):
             exception = click.ClickException(text)
             exception.exit_code = stopping.EXIT_CODES[signum]
             raise exception from None
+        except ParameterError as err:  # blamed on the option that sets the parameter
+            command = self.get_command(ctx, ctx.invoked_subcommand or "")
+            option = _option_of(command, err.param)
+            hint = None if option is not None or err.param is None else _flag(err.param)
+            text = _one_line(err, command)
+            raise click.BadParameter(text, param=option, param_hint=hint) from None
         except BadOption as err:
-            raise click.UsageError(_one_line(err)) from None
+            command = self.get_command(ctx, ctx.invoked_subcommand or "")
+            raise click.UsageError(_one_line(err, command)) from None
         except BrokenPipeError:  # `stackae evaluate RUN | head`: the reader has had enough
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except (StackaeError, OSError) as err:
-            raise click.ClickException(_one_line(err)) from None
+            command = self.get_command(ctx, ctx.invoked_subcommand or "")
+            raise click.ClickException(_one_line(err, command)) from None
         except MemoryError:  # what the estimates before each job could not foresee
             raise click.ClickException(
                 "out of memory; use --limit, smaller --layers or a smaller --batch-size"
@@ -136,24 +193,34 @@ class StackaeGroup(click.Group):
             workflows.runs.release_locks()
 
 
-def _one_line(err):
-    text = " ".join(str(err).split())
+def _option_of(command, name):
+    """The option of `command` that sets the library parameter `name`, or None."""
+    for param in getattr(command, "params", ()):
+        if isinstance(param, click.Option) and param.name == name:
+            return param
+    return None
+
+
+def _flag(name, command=None):
+    """How the command line spells the library parameter `name`: its option, e.g. --lr."""
+    option = _option_of(command, name)
+    if option is not None:
+        return max(option.opts, key=len)
+    return "--" + name.replace("_", "-")
+
+
+def _one_line(err, command=None):
+    """The message of `err`, with the parameters it names spelled as options or commands."""
+
+    def spell(param):
+        if param.job == "pretrain":
+            return f"stackae pretrain {_flag(param.name)} --out {shlex.quote(str(param.run))}"
+        if param.job is not None:
+            return f"stackae {param.job} {shlex.quote(str(param.run))} {_flag(param.name)}"
+        return _flag(param.name, command)
+
+    text = err.spelled(spell) if isinstance(err, StackaeError) else " ".join(str(err).split())
     return text or type(err).__name__
-
-
-def _bad(err, hint=None):
-    """A library ValueError about an option, as click's usage error (exit 2)."""
-    return click.BadParameter(_one_line(err), param_hint=hint)
-
-
-def _spec(make, flags, **settings):
-    """make(**settings), a spec's ValueError turned into a usage error naming the option."""
-    try:
-        return make(**settings)
-    except ValueError as err:
-        text = str(err)
-        field = text.split("`")[1] if text.count("`") >= 2 else None
-        raise _bad(err, flags.get(field)) from None
 
 
 # ---------------------------------------------------------------- shared options
@@ -210,20 +277,21 @@ data_options = _options(
     scale_option,
 )
 run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
-LAYER_FLAGS = {}  # LayerSpec field -> its option, for messages
 
 
-def _per_layer(flag, field, item, text):
-    """A comma-list option whose help shows the library's default for LayerSpec.`field`."""
-    LAYER_FLAGS[field] = flag
-    if isinstance(item, click.Choice):
-        text = f"{text} {', '.join(item.choices)}."
-    return click.option(
-        flag,
-        field,
-        type=CommaList(item),
-        help=f"{text}  [default: {getattr(LAYER, field)}]",
-    )
+def _per_layer(flag, name):
+    """A comma-list option for LayerSpec.`name`: its type, help, default and range from the
+    spec's table (config.LAYER_FIELDS)."""
+    field = config.LAYER_FIELDS[name]
+    item = field_type(field)
+    shown = f"default: {getattr(LAYER, name)}"
+    if field.choices:
+        text = f"{field.help} per layer: {', '.join(field.choices)}."
+    else:
+        text = f"{field.help} per layer."
+        if isinstance(item, _FieldNumber):
+            shown += f"; {item.range_text()}"
+    return click.option(flag, name, type=CommaList(item), help=f"{text}  [{shown}]")
 
 
 def _data_kwargs(limit, valid_size, test_size, label_column, scale):
@@ -266,31 +334,19 @@ def cli():
 )
 @data_options
 @_options(
-    _per_layer("--corruption", "corruption", FLOAT, "Noise level per layer."),
-    _per_layer("--noise", "noise", click.Choice(config.NOISE_KINDS), "Noise kind per layer:"),
-    _per_layer("--loss", "loss", click.Choice(config.LOSSES), "Reconstruction loss per layer:"),
-    _per_layer(
-        "--activation",
-        "activation",
-        click.Choice(config.ACTIVATIONS),
-        "Encoder activation per layer:",
-    ),
-    _per_layer(
-        "--decoder-activation",
-        "decoder_activation",
-        click.Choice(config.ACTIVATIONS),
-        "Decoder activation per layer:",
-    ),
-    _per_layer("--epochs", "epochs", INT, "Pretraining epochs per layer."),
-    _per_layer("--batch-size", "batch_size", INT, "Global batch size per layer."),
-    _per_layer("--lr", "learning_rate", FLOAT, "Learning rate per layer."),
-    _per_layer(
-        "--optimizer", "optimizer", click.STRING, "Keras optimizer per layer (sgd, adam, ...)."
-    ),
-    _per_layer("--l2", "l2", FLOAT, "L2 weight decay per layer."),
-    _per_layer("--sparsity", "sparsity", FLOAT, "KL sparsity weight per layer."),
-    _per_layer("--sparsity-target", "sparsity_target", FLOAT, "Target mean activation per layer."),
-    _per_layer("--contraction", "contraction", FLOAT, "Contractive penalty weight per layer."),
+    _per_layer("--corruption", "corruption"),
+    _per_layer("--noise", "noise"),
+    _per_layer("--loss", "loss"),
+    _per_layer("--activation", "activation"),
+    _per_layer("--decoder-activation", "decoder_activation"),
+    _per_layer("--epochs", "epochs"),
+    _per_layer("--batch-size", "batch_size"),
+    _per_layer("--lr", "learning_rate"),
+    _per_layer("--optimizer", "optimizer"),
+    _per_layer("--l2", "l2"),
+    _per_layer("--sparsity", "sparsity"),
+    _per_layer("--sparsity-target", "sparsity_target"),
+    _per_layer("--contraction", "contraction"),
 )
 @click.option(
     "--seed",
@@ -350,14 +406,8 @@ def pretrain(
         given |= {"seed": seed if _given(ctx, "seed") else None}
         given |= _data_kwargs(limit, valid_size, test_size, label_column, scale)
     else:
-        flags = {**LAYER_FLAGS, "layers": "--layers"}
-        # Defaults that fit the data's scaling (a linear decoder for standardised
-        # features); what the user gives goes over them.
-        fitting = _spec(
-            config.default_layer_settings, flags, scale_kind=scale or "none", layers=layers
-        )
-        settings = {k: fitting.get(k) if v is None else v for k, v in settings.items()}
-        specs = _spec(config.layer_specs, flags, layers=layers, **settings)
+        # Settings not given take the library's defaults for the data's scaling.
+        specs = config.layer_specs(layers, scale=scale, **settings)
         if data is None:
             data, note = workflows.default_source()
             click.echo(note)
@@ -401,34 +451,30 @@ def _summary(run):
         )
 
 
-FINETUNE_FLAGS = {}  # FinetuneSpec field -> its option, for messages
-
-
-def _finetune_option(flag, kind, text, name=None):
-    """An option setting the FinetuneSpec field `name` (the flag's own name by default)."""
+def _finetune_option(flag, name=None):
+    """An option setting the FinetuneSpec field `name` (the flag's own name by default): its
+    type, help, default and range from the spec's table (config.FINETUNE_FIELDS)."""
     name = name or flag[2:].replace("-", "_")
-    FINETUNE_FLAGS[name] = flag
+    field = config.FINETUNE_FIELDS[name]
+    kind, text = field_type(field), f"{field.help}."
+    if name in config.TASK_DEFAULTS["classification"]:  # None: the task's default
+        shown = "; ".join(f"{task}: {d[name]}" for task, d in config.TASK_DEFAULTS.items())
+        return click.option(flag, name, type=kind, help=f"{text}  [default: {shown}]")
     default = getattr(FINETUNE, name)
     return click.option(flag, name, type=kind, default=default, show_default=True, help=text)
 
 
 finetune_options = _options(
-    _finetune_option(
-        "--task", click.Choice(config.TASKS), "classification (labels) or regression (targets)."
-    ),
-    _finetune_option("--epochs", INT, "Most fine-tuning epochs."),
-    _finetune_option(
-        "--lr", FLOAT, "Learning rate (regression: 0.01 unless given).", "learning_rate"
-    ),
-    _finetune_option("--batch-size", INT, "Global batch size."),
-    _finetune_option(
-        "--patience", INT, "Epochs without a better validation error before stopping."
-    ),
-    _finetune_option("--optimizer", str, "Keras optimizer name."),
-    _finetune_option("--momentum", FLOAT, "SGD momentum (regression: 0.9 unless given)."),
-    _finetune_option("--lr-decay", FLOAT, "Learning rate factor per epoch."),
-    _finetune_option("--dropout", FLOAT, "Dropout after each hidden layer, in training."),
-    _finetune_option("--input-dropout", FLOAT, "Dropout on the input, in training."),
+    _finetune_option("--task"),
+    _finetune_option("--epochs"),
+    _finetune_option("--lr", "learning_rate"),
+    _finetune_option("--batch-size"),
+    _finetune_option("--patience"),
+    _finetune_option("--optimizer"),
+    _finetune_option("--momentum"),
+    _finetune_option("--lr-decay"),
+    _finetune_option("--dropout"),
+    _finetune_option("--input-dropout"),
 )
 
 
@@ -464,10 +510,7 @@ def finetune(
     (regressor.keras)."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
-    if settings["task"] == "regression":
-        for name, value in config.REGRESSION_DEFAULTS.items():
-            settings[name] = settings[name] if _given(ctx, name) else value
-    spec = _spec(config.FinetuneSpec, FINETUNE_FLAGS, **settings)
+    spec = config.FinetuneSpec(**settings)
     given = {name: value for name, value in settings.items() if _given(ctx, name)}
     ctx.meta["job"] = ("finetune", run_dir)
     result = workflows.finetune_job(
@@ -586,8 +629,9 @@ def filters(run_dir, layer, out_path, grid, overwrite, verbose):
 @click.option("--n", type=POSITIVE_INT, default=20, show_default=True, help="Number of examples.")
 @click.option(
     "--corruption",
-    type=click.FloatRange(0, 1, max_open=True),
-    help="Masking level.  [default: layer 1's]",
+    type=field_type(config.LAYER_FIELDS["corruption"]),
+    help="Noise level of layer 1's noise kind (below 1 but for Gaussian noise's stddev).  "
+    "[default: layer 1's]",
 )
 @click.option(
     "--out",
@@ -612,8 +656,6 @@ def reconstruct(
     verbose,
 ):
     """Rows of input, corrupted input and reconstruction through the whole stack."""
-    if corruption is not None and not math.isfinite(corruption):
-        raise click.BadParameter(f"{corruption} is not a number", param_hint="--corruption")
     path = workflows.reconstruct_run(
         run_dir,
         data,
@@ -660,5 +702,8 @@ def info(run_dir):
             parts.append(f"validation error {100 * tune.valid_error:.2f} %")
         if tune.test_error is not None:
             parts.append(f"test error {100 * tune.test_error:.2f} %")
+        for split, name in (("valid", "validation"), ("test", "test")):
+            if f"{split}_rmse" in tune.metrics:
+                parts.append(f"{name} {_regression_line(tune.metrics, split + '_')}")
         label = "fine-tuned" if tune.finished else "fine-tuning (interrupted)"
         click.echo(f"{label}: " + ", ".join(parts))

@@ -7,7 +7,8 @@ from keras import ops
 # registers this module while that one is half-imported (stackae/__init__.py).
 from stackae import compat, losses, trainers
 from stackae import noise as noises
-from stackae.config import LOSSES, check_noise
+from stackae.config import LAYER_FIELDS, check_noise
+from stackae.errors import ParameterError
 from stackae.layers import TiedAutoEncoderLayer
 
 # The fast path is the default: one XLA program per step, many steps per call
@@ -65,20 +66,16 @@ class AutoEncoder(trainers.Steps, keras.Model):
                 "`layer` must be a TiedAutoEncoderLayer or a positive int. "
                 f"Received: layer={layer!r}"
             )
+        # The spec's rules, checked where the spec checks them (stackae.config).
         check_noise(noise, corruption)
-        if loss not in LOSSES:
-            raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={loss!r}")
+        settings = {"loss": loss, "l2": l2, "sparsity": sparsity, "contraction": contraction}
+        settings["sparsity_target"] = sparsity_target
+        for name, value in settings.items():
+            LAYER_FIELDS[name].check(value)
         if loss == "cross-entropy" and layer.decoder_activation is not keras.activations.sigmoid:
-            raise ValueError(
+            raise ParameterError(
                 "The cross-entropy loss needs a sigmoid decoder. "
                 "Use loss='squared-error' or decoder_activation='sigmoid'."
-            )
-        for name, value in (("l2", l2), ("sparsity", sparsity), ("contraction", contraction)):
-            if value < 0:
-                raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
-        if not 0.0 < sparsity_target < 1.0:
-            raise ValueError(
-                f"`sparsity_target` must be in (0, 1). Received: sparsity_target={sparsity_target}"
             )
         self.layer = layer
         self.noise = noise

@@ -3,7 +3,7 @@
 import dataclasses
 import math
 
-from stackae.errors import first_line
+from stackae.errors import ParameterError, first_line
 
 DEFAULT_SEED = 123
 # Each noise kind and the bound its level stays below: a probability, or Gaussian's stddev.
@@ -33,8 +33,8 @@ def make_optimizer(name, learning_rate, momentum=0.0):
     try:
         return keras.optimizers.get({"class_name": name, "config": config})
     except (ValueError, TypeError) as err:
-        raise ValueError(
-            f"`optimizer` {name!r} is not a Keras optimizer ({first_line(err)})"
+        raise ParameterError(
+            f"`optimizer` {name!r} is not a Keras optimizer ({first_line(err)})", param="optimizer"
         ) from None
 
 
@@ -46,25 +46,116 @@ def is_number(value):
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_optimizer_settings(spec):
-    """The fields both specs share: a positive learning rate and an optimizer name."""
-    _require(
-        is_number(spec.learning_rate) and spec.learning_rate > 0,
-        "learning_rate",
-        spec.learning_rate,
-        "a number > 0",
-    )
-    _require(
-        isinstance(spec.optimizer, str) and spec.optimizer.strip() != "",
-        "optimizer",
-        spec.optimizer,
-        "a Keras optimizer name",
-    )
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One setting of a spec: its type, the values it takes, and what it does.
+
+    The spec checks its fields with `check`; the command line makes its option
+    types from `kind`, `low` and `high` (the range shows in `--help`), and the
+    scikit-learn estimators their `_parameter_constraints`. Rules between
+    fields (the cross-entropy needs a sigmoid decoder) stay in the spec.
+    """
+
+    name: str
+    kind: type  # int, float or str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple | None = None  # a str field's values (None: any non-empty name)
+
+    def ok(self, value):
+        if self.kind is str:
+            if not isinstance(value, str):
+                return False
+            return value in self.choices if self.choices else value.strip() != ""
+        if not (is_int(value) if self.kind is int else is_number(value)):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        high = self.high
+        return high is None or (value < high if self.high_open else value <= high)
+
+    def describe(self):
+        """What the field takes, in words: 'a positive integer', 'in [0, 1)'."""
+        if self.kind is str:
+            return f"one of {self.choices}" if self.choices else "a Keras optimizer name"
+        if self.kind is int and self.low == 1 and self.high is None:
+            return "a positive integer"
+        if self.high is None:
+            return f"a number {'>' if self.low_open else '>='} {self.low:g}"
+        return (
+            f"in {'(' if self.low_open else '['}{self.low:g}, "
+            f"{self.high:g}{')' if self.high_open else ']'}"
+        )
+
+    def check(self, value):
+        """ParameterError (one line, naming the field) unless the field takes `value`."""
+        _require(self.ok(value), self.name, value, self.describe())
+
+
+def _fields(*fields):
+    return {field.name: field for field in fields}
+
+
+def _count(name, help):
+    return Field(name, int, help, low=1)
+
+
+def _unit(name, help, low_open=False, high_open=True):
+    return Field(name, float, help, 0.0, 1.0, low_open=low_open, high_open=high_open)
+
+
+# The fields of a LayerSpec. `corruption`'s upper bound depends on the noise
+# (NOISE_LEVELS): `check_noise` checks the pair.
+LAYER_FIELDS = _fields(
+    _count("units", "Hidden units"),
+    Field("corruption", float, "Noise level", low=0.0),
+    Field("noise", str, "Noise kind", choices=NOISE_KINDS),
+    Field("loss", str, "Reconstruction loss", choices=LOSSES),
+    _count("epochs", "Pretraining epochs"),
+    _count("batch_size", "Global batch size"),
+    Field("learning_rate", float, "Learning rate", low=0.0, low_open=True),
+    Field("optimizer", str, "Keras optimizer (sgd, adam, ...)"),
+    Field("l2", float, "L2 weight decay", low=0.0),
+    Field("sparsity", float, "KL sparsity weight", low=0.0),
+    _unit("sparsity_target", "Target mean activation", low_open=True),
+    Field("contraction", float, "Contractive penalty weight", low=0.0),
+    Field("activation", str, "Encoder activation", choices=ACTIVATIONS),
+    Field("decoder_activation", str, "Decoder activation", choices=ACTIVATIONS),
+)
+# The fields of a FinetuneSpec.
+FINETUNE_FIELDS = _fields(
+    _count("epochs", "Most fine-tuning epochs"),
+    _count("batch_size", "Global batch size"),
+    Field("learning_rate", float, "Learning rate", low=0.0, low_open=True),
+    Field("optimizer", str, "Keras optimizer name"),
+    _count("patience", "Epochs without a better validation error before stopping"),
+    _unit("momentum", "SGD momentum"),
+    _unit("lr_decay", "Learning rate factor per epoch", low_open=True, high_open=False),
+    _unit("dropout", "Dropout after each hidden layer, in training"),
+    _unit("input_dropout", "Dropout on the input, in training"),
+    Field("task", str, "classification (labels) or regression (targets)", choices=TASKS),
+)
+
+
+def is_split_size(value):
+    """The one rule for a validation or test size: an int count >= 0 or a fraction in [0, 1)."""
+    if is_int(value):
+        return value >= 0
+    return is_number(value) and 0 <= value < 1
+
+
+def check_split_size(name, value):
+    """ParameterError (one line) unless `value` is None or a split size (`is_split_size`)."""
+    if value is not None:
+        _require(is_split_size(value), name, value, "an int count >= 0, a fraction in [0, 1)")
 
 
 def check_noise(noise, corruption):
     """ValueError (one line) unless `noise` is a kind and `corruption` a level it takes."""
-    _require(noise in NOISE_LEVELS, "noise", noise, f"one of {NOISE_KINDS}")
+    LAYER_FIELDS["noise"].check(noise)
     upper = NOISE_LEVELS[noise]
     _require(
         is_number(corruption) and 0 <= corruption < upper,
@@ -76,7 +167,7 @@ def check_noise(noise, corruption):
 
 def _require(ok, name, value, what):
     if not ok:
-        raise ValueError(f"`{name}` must be {what}. Received: {name}={value!r}")
+        raise ParameterError(f"`{name}` must be {what}. Received: {name}={value!r}", param=name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,26 +194,13 @@ class LayerSpec:
     decoder_activation: str = "sigmoid"
 
     def __post_init__(self):
-        for name in ("units", "epochs", "batch_size"):
-            value = getattr(self, name)
-            _require(is_int(value) and value >= 1, name, value, "a positive integer")
-        check_noise(self.noise, self.corruption)
-        _require(self.loss in LOSSES, "loss", self.loss, f"one of {LOSSES}")
-        _check_optimizer_settings(self)
-        for name in ("l2", "sparsity", "contraction"):
-            value = getattr(self, name)
-            _require(is_number(value) and value >= 0, name, value, "a number >= 0")
-        _require(
-            is_number(self.sparsity_target) and 0 < self.sparsity_target < 1,
-            "sparsity_target",
-            self.sparsity_target,
-            "in (0, 1)",
-        )
-        for name in ("activation", "decoder_activation"):
-            value = getattr(self, name)
-            _require(value in ACTIVATIONS, name, value, f"one of {ACTIVATIONS}")
+        for field in LAYER_FIELDS.values():
+            if field.name == "corruption":
+                check_noise(self.noise, self.corruption)  # the bound is the noise's
+            elif field.name != "noise":
+                field.check(getattr(self, field.name))
         if self.loss == "cross-entropy" and self.decoder_activation != "sigmoid":
-            raise ValueError(
+            raise ParameterError(
                 "The cross-entropy loss needs a sigmoid decoder (outputs in [0, 1]); "
                 "use loss='squared-error' for another decoder. "
                 f"Received: loss={self.loss!r}, decoder_activation={self.decoder_activation!r}"
@@ -133,7 +211,7 @@ class LayerSpec:
         for name in ("sparsity", "contraction"):
             value = getattr(self, name)
             if value and self.activation != "sigmoid":
-                raise ValueError(
+                raise ParameterError(
                     f"The {name} penalty needs a sigmoid encoder. "
                     f"Received: {name}={value!r}, activation={self.activation!r}"
                 )
@@ -142,26 +220,52 @@ class LayerSpec:
         return make_optimizer(self.optimizer, self.learning_rate)
 
 
-def layer_specs(layers, **settings):
+def layer_specs(layers, *, scale=None, **settings):
     """One LayerSpec per size in `layers`; each setting is one value or one per layer.
+
+    Settings not given (or None) take `default_layer_settings` for the data's
+    `scale` (a SCALE_KINDS name; None or False: "none", True: "global"), so
+    standardised features get a linear first decoder and the squared error
+    wherever a stack is made: the library, the command line, the estimators.
 
     >>> [s.corruption for s in layer_specs((1000, 1000), corruption=(0.1, 0.2))]
     [0.1, 0.2]
+    >>> layer_specs((500,), scale="standard")[0].loss
+    'squared-error'
     """
     layers = tuple(layers)
     if not layers or any(not is_int(u) or u <= 0 for u in layers):
-        raise ValueError(f"`layers` must be positive integers. Received: layers={layers}")
+        raise ParameterError(
+            f"`layers` must be positive integers. Received: layers={layers}", param="layers"
+        )
     fields = {f.name for f in dataclasses.fields(LayerSpec)} - {"units"}
     per_layer = [{"units": u} for u in layers]
-    for name, value in settings.items():
+    for name in settings:
         if name not in fields:
-            raise ValueError(f"Unknown layer setting {name!r}. Expected one of {sorted(fields)}")
+            raise ParameterError(
+                f"Unknown layer setting {name!r}. Expected one of {sorted(fields)}"
+            )
+    fitting = default_layer_settings(scale_kind(scale), layers)
+    for name, value in settings.items():
+        if value is None:
+            value = fitting.get(name)
+        fitting.pop(name, None)
         if value is None:
             continue
         values = _broadcast(name, value, len(layers))
         for spec, v in zip(per_layer, values):
             spec[name] = v
+    for name, values in fitting.items():  # defaults for the scaling of settings not passed
+        for spec, v in zip(per_layer, values):
+            spec[name] = v
     return [LayerSpec(**spec) for spec in per_layer]
+
+
+def scale_kind(scale):
+    """The SCALE_KINDS name of a data option `scale`: None or False "none", True "global"."""
+    if scale is True:
+        return "global"
+    return scale or "none"
 
 
 def _broadcast(name, value, n):
@@ -170,8 +274,9 @@ def _broadcast(name, value, n):
     if len(value) == 1:
         return list(value) * n
     if len(value) != n:
-        raise ValueError(
-            f"`{name}` has {len(value)} values for {n} layers; give one value or one per layer."
+        raise ParameterError(
+            f"`{name}` has {len(value)} values for {n} layers; give one value or one per layer.",
+            param=name,
         )
     return list(value)
 
@@ -210,7 +315,9 @@ def default_layer_settings(scale_kind, layers):
     """
     layers = tuple(layers)
     if not layers or any(not is_int(u) or u <= 0 for u in layers):
-        raise ValueError(f"`layers` must be positive integers. Received: layers={layers}")
+        raise ParameterError(
+            f"`layers` must be positive integers. Received: layers={layers}", param="layers"
+        )
     tutorial = (DEFAULTS.decoder_activation, DEFAULTS.loss, DEFAULTS.learning_rate)
     first = tutorial
     if scale_kind not in UNIT_INTERVAL_SCALINGS:
@@ -224,16 +331,30 @@ def default_layer_settings(scale_kind, layers):
     }
 
 
+# Fine-tuning settings that depend on the task, for a FinetuneSpec that leaves them None.
+# Classification: SGD at lr 0.1 without momentum, as the SdA tutorial. Regression: SGD at
+# lr 0.1 diverged on standardised targets (diabetes, 100 units, NaN by epoch 5): a linear
+# output's squared error has a curvature that grows with the units below it. Momentum 0.9
+# at lr 0.01 (an effective step of 0.1 with less noise) trained every table of
+# benchmarks/tabular.py, regression RMSE within 5 % of an MLP's (benchmarks/README.md).
+TASK_DEFAULTS = {
+    "classification": {"learning_rate": 0.1, "momentum": 0.0},
+    "regression": {"learning_rate": 0.01, "momentum": 0.9},
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneSpec:
-    """Fine-tuning settings; lr 0.1 with SGD as the SdA tutorial, minibatches for speed."""
+    """Fine-tuning settings; minibatches for speed. `learning_rate` and `momentum` left
+    None take the task's defaults (TASK_DEFAULTS): lr 0.1 with plain SGD as the SdA
+    tutorial for classification, lr 0.01 with momentum 0.9 for regression."""
 
     epochs: int = 100
     batch_size: int = 20
-    learning_rate: float = 0.1
+    learning_rate: float | None = None
     optimizer: str = "sgd"
     patience: int = 10
-    momentum: float = 0.0
+    momentum: float | None = None
     lr_decay: float = 1.0  # the learning rate of epoch e is learning_rate * lr_decay**e
     dropout: float = 0.0  # after each hidden layer, during fine-tuning only
     input_dropout: float = 0.0  # on the input, likewise
@@ -241,24 +362,17 @@ class FinetuneSpec:
     task: str = "classification"
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            _require(is_int(value) and value >= 1, name, value, "a positive integer")
-        _check_optimizer_settings(self)
-        for name in ("momentum", "dropout", "input_dropout"):
-            value = getattr(self, name)
-            _require(is_number(value) and 0 <= value < 1, name, value, "in [0, 1)")
-        _require(
-            is_number(self.lr_decay) and 0 < self.lr_decay <= 1,
-            "lr_decay",
-            self.lr_decay,
-            "in (0, 1]",
-        )
-        _require(self.task in TASKS, "task", self.task, f"one of {TASKS}")
+        FINETUNE_FIELDS["task"].check(self.task)
+        for name, value in TASK_DEFAULTS[self.task].items():
+            if getattr(self, name) is None:  # not given: the task's default
+                object.__setattr__(self, name, value)
+        for field in FINETUNE_FIELDS.values():
+            field.check(getattr(self, field.name))
         if self.momentum and self.optimizer.lower() != "sgd":
-            raise ValueError(
+            raise ParameterError(
                 f"`momentum` is an SGD setting; the optimizer is {self.optimizer!r}. "
-                f"Received: momentum={self.momentum!r}"
+                f"Received: momentum={self.momentum!r}",
+                param="momentum",
             )
 
     def make_optimizer(self):
@@ -266,6 +380,3 @@ class FinetuneSpec:
 
 
 FINETUNE_DEFAULTS = FinetuneSpec()
-# What regression fine-tuning changes of those defaults when not given: SGD at lr 0.1
-# diverged on standardised targets (diabetes, 100 units, NaN by epoch 5; benchmarks/tabular.py).
-REGRESSION_DEFAULTS = {"learning_rate": 0.01, "momentum": 0.9}

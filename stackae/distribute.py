@@ -43,7 +43,9 @@ def get_strategy(name="auto"):
         return tf.distribute.OneDeviceStrategy("/cpu:0")
     if name == "gpu":
         if not tf.config.list_logical_devices("GPU"):
-            raise ValueError("strategy 'gpu' was asked for but TensorFlow sees no GPU")
+            from stackae.errors import BackendError
+
+            raise BackendError("strategy 'gpu' was asked for but TensorFlow sees no GPU")
         return tf.distribute.OneDeviceStrategy("/gpu:0")
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()

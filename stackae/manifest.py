@@ -13,7 +13,14 @@ import math
 import types
 import typing
 
-from stackae.config import SCALE_KINDS, FinetuneSpec, LayerSpec, is_int, is_number
+from stackae.config import (
+    SCALE_KINDS,
+    FinetuneSpec,
+    LayerSpec,
+    is_int,
+    is_number,
+    is_split_size,
+)
 from stackae.errors import DataError, RunError, first_line
 
 FORMAT = 2  # bumped when an older stackae could misread what this one writes
@@ -211,12 +218,7 @@ class Manifest:
         require(options.limit is None or 1 <= options.limit <= MAX_INT, "data limit")
         for name in ("valid_size", "test_size"):
             value = getattr(options, name)
-            require(
-                value is None
-                or (is_int(value) and 0 <= value <= MAX_INT)
-                or (not is_int(value) and 0 <= value < 1),
-                f"data {name}",
-            )
+            require(value is None or (is_split_size(value) and value <= MAX_INT), f"data {name}")
         require(options.scale in SCALE_KINDS, f"data scale is not one of {SCALE_KINDS}")
         require(0 <= options.split_seed <= MAX_INT, "data split_seed")
         require(options.split in ("random", "tail"), "data options split")

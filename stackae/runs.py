@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from stackae import locks
-from stackae.errors import CheckpointError, RunError, first_line
+from stackae.errors import CheckpointError, Param, RunError, first_line
 from stackae.files import atomic_write, atomic_write_text, link_problem, load_model, sha256
 from stackae.manifest import (
     FORMAT,
@@ -190,8 +190,11 @@ class Run:
             return None
         if not overwrite:
             raise RunError(
-                f"{path}: directory exists and is not empty; "
-                "use --resume to continue it or --overwrite to replace it"
+                f"{path}: directory exists and is not empty; use",
+                Param("resume"),
+                "to continue it or",
+                Param("overwrite"),
+                "to replace it",
             )
         try:
             return cls.open(path, verify=False)
@@ -371,8 +374,8 @@ class Run:
         """
         if not self.pretrained:
             raise RunError(
-                f"{self.path}: pretraining is not finished; "
-                f"resume it with: stackae pretrain --resume --out {self.path}"
+                f"{self.path}: pretraining is not finished; resume it with:",
+                Param("resume", job="pretrain", run=self.path),
             )
         record = self.finetune
         if resume:
@@ -381,11 +384,16 @@ class Run:
         elif record is not None and not overwrite:
             if record.finished:
                 raise RunError(
-                    f"{self.path}: already fine-tuned; use --overwrite to fine-tune it again"
+                    f"{self.path}: already fine-tuned; use",
+                    Param("overwrite"),
+                    "to fine-tune it again",
                 )
             raise RunError(
-                f"{self.path}: fine-tuning stopped after epoch {record.epochs_done}; "
-                "continue it with --resume or start again with --overwrite"
+                f"{self.path}: fine-tuning stopped after epoch {record.epochs_done}; continue it "
+                "with",
+                Param("resume"),
+                "or start again with",
+                Param("overwrite"),
             )
 
     def finetune_conflicts(self, **settings):

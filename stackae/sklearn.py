@@ -12,8 +12,9 @@ line keeps): one layer of 100 units, 10% masking noise, features standardised
 error and a learning rate of min(0.1, 1 / units): `config.default_layer_settings`),
 batches of 32, 10 pretraining epochs per layer, at most 30 fine-tuning epochs
 with SGD momentum 0.9 and early stopping (patience 5) on 10% of the rows, a
-fine-tuning learning rate of 0.1 (classification) or min(0.1, 1 / top units)
-(regression: a linear output on many sigmoid codes diverges at 0.1), and no XLA
+fine-tuning learning rate of 0.1 (classification) or 0.01 (regression: a linear
+output on many sigmoid codes diverges at 0.1), as `stackae.FinetuneSpec`'s
+(`config.TASK_DEFAULTS`), and no XLA
 (`jit_compile=False`: compiling costs more than it saves on small tables). On
 a 1,000 x 20 table a fit takes about 2 s (transformer) to 3-7 s (classifier,
 regressor) on two shared CPU cores.
@@ -22,6 +23,7 @@ regressor) on two shared CPU cores.
 import os
 import random
 import tempfile
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import (
@@ -33,10 +35,11 @@ from sklearn.base import (
 )
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from stackae.config import PREDICT_BATCH, SCALE_KINDS
+from stackae.config import FINETUNE_FIELDS, LAYER_FIELDS, PREDICT_BATCH, SCALE_KINDS
 
 # LayerSpec fields an estimator takes as parameters; None: stackae's default for the scaling.
 _LAYER_SETTINGS = (
@@ -55,6 +58,61 @@ _LAYER_SETTINGS = (
     "decoder_activation",
 )
 _FLOATS = (np.float64, np.float32)
+# Fine-tuning parameters named after the FinetuneSpec field they set ("finetune_" where a
+# pretraining parameter has the field's name).
+_FINETUNE_SETTINGS = {
+    "finetune_epochs": "epochs",
+    "finetune_batch_size": "batch_size",
+    "finetune_learning_rate": "learning_rate",
+    "finetune_optimizer": "optimizer",
+    "momentum": "momentum",
+    "lr_decay": "lr_decay",
+    "dropout": "dropout",
+    "input_dropout": "input_dropout",
+    "patience": "patience",
+}
+_CLOSED = {
+    (False, False): "both",
+    (True, False): "right",
+    (False, True): "left",
+    (True, True): "neither",
+}
+
+
+def _constraint(field):
+    """scikit-learn's constraint for a spec field (stackae.config's tables)."""
+    if field.choices:
+        return StrOptions(set(field.choices))
+    if field.kind is str:
+        return str
+    kind = Integral if field.kind is int else Real
+    closed = _CLOSED[field.low_open, field.high is None or field.high_open]
+    return Interval(kind, field.low, field.high, closed=closed)
+
+
+# Parameters whose default None means the library's default for the scaling or the task.
+_LIBRARY_DEFAULTS = {"loss", "learning_rate", "activation", "decoder_activation"}
+_LIBRARY_DEFAULTS.add("finetune_learning_rate")
+
+
+def _constraints(names, fields, per_layer=False):
+    """{parameter: constraints}: the field's, None where the library decides, and a list or
+    tuple for a per-layer parameter (each item is checked by the spec, named as here)."""
+    found = {}
+    for name, field in zip(names, fields):
+        found[name] = [_constraint(field)] + [None] * (name in _LIBRARY_DEFAULTS)
+        found[name] += [list, tuple] if per_layer else []
+    return found
+
+
+_BASE_CONSTRAINTS = {
+    "layers": [Interval(Integral, 1, None, closed="left"), list, tuple],
+    **_constraints(_LAYER_SETTINGS, [LAYER_FIELDS[name] for name in _LAYER_SETTINGS], True),
+    "scale": [StrOptions(set(SCALE_KINDS))],
+    "jit_compile": ["boolean"],
+    "random_state": ["random_state"],
+    "verbose": ["verbose", StrOptions({"auto"})],
+}
 
 
 class _SavedModel:
@@ -96,6 +154,8 @@ class _StackedBase(BaseEstimator):
 
     # Fitted attributes holding Keras models: pickled as `.keras` bytes.
     _KERAS_ATTRIBUTES = ("stack_", "model_")
+    # Checked by `fit` (scikit-learn's `_validate_params`), from the specs' tables.
+    _parameter_constraints = _BASE_CONSTRAINTS
 
     def __init__(
         self,
@@ -157,21 +217,14 @@ class _StackedBase(BaseEstimator):
 
     def _specs(self, n_rows):
         """The LayerSpecs: stackae's defaults for the scaling, under the settings given."""
-        from stackae.config import default_layer_settings, layer_specs
+        from stackae.config import layer_specs
 
-        if self.scale not in SCALE_KINDS:
-            raise ValueError(
-                f"`scale` must be one of {SCALE_KINDS}. Received: scale={self.scale!r}"
-            )
-        sizes = self._sizes()
-        settings = default_layer_settings(self.scale, sizes)
-        given = {name: getattr(self, name) for name in _LAYER_SETTINGS}
-        settings.update({name: value for name, value in given.items() if value is not None})
+        settings = {name: getattr(self, name) for name in _LAYER_SETTINGS}
         # A batch larger than the data is clipped: small tables train too.
         batch = settings["batch_size"]
         if isinstance(batch, int) and not isinstance(batch, bool) and batch > n_rows:
             settings["batch_size"] = n_rows
-        return layer_specs(sizes, **settings)
+        return layer_specs(self._sizes(), scale=self.scale, **settings)
 
     def _seed(self):
         """The int seed of this fit: `random_state` itself when it is an int."""
@@ -298,6 +351,7 @@ class StackedDenoisingAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMi
 
     def fit(self, X, y=None):
         """Fit the scaler on X and pretrain the stack on the scaled rows. Returns self."""
+        self._validate_params()
         X = self._check_X(X, reset=True)
         _start_backend()
         specs = self._specs(len(X))
@@ -357,6 +411,13 @@ class _SupervisedBase(_StackedBase):
     """Pretraining, then fine-tuning of an exported classifier or regressor (`stackae.finetune`)."""
 
     _TASK = None
+    _parameter_constraints = {
+        **_BASE_CONSTRAINTS,
+        **_constraints(
+            _FINETUNE_SETTINGS, [FINETUNE_FIELDS[f] for f in _FINETUNE_SETTINGS.values()]
+        ),
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],  # config.is_split_size's
+    }
 
     def __init__(
         self,
@@ -422,21 +483,13 @@ class _SupervisedBase(_StackedBase):
         self.validation_fraction = validation_fraction
 
     def _finetune_spec(self, n_rows):
-        from stackae.config import FINETUNE_DEFAULTS, FinetuneSpec, is_int
+        from stackae.config import FinetuneSpec, is_int
 
         batch = self.finetune_batch_size
-        learning_rate = self.finetune_learning_rate
-        if learning_rate is None:
-            learning_rate = FINETUNE_DEFAULTS.learning_rate
-            if self._TASK == "regression":
-                # The squared error of a linear layer over `units` sigmoid codes has a
-                # curvature of about units / 2 along the mean code, as the first layer's
-                # (`config.default_layer_settings`): SGD at 0.1 diverges above ~40 units.
-                learning_rate = min(learning_rate, 1.0 / self._sizes()[-1])
         return FinetuneSpec(
             epochs=self.finetune_epochs,
             batch_size=min(batch, n_rows) if is_int(batch) else batch,
-            learning_rate=learning_rate,
+            learning_rate=self.finetune_learning_rate,  # None: the task's (config.TASK_DEFAULTS)
             optimizer=self.finetune_optimizer,
             patience=self.patience,
             momentum=self.momentum,
@@ -448,14 +501,7 @@ class _SupervisedBase(_StackedBase):
 
     def _split(self, n_rows, seed, stratify=None):
         """(train rows, validation rows or None): `validation_fraction` of the rows, drawn."""
-        from stackae.config import is_number
-
         fraction = self.validation_fraction
-        if not (is_number(fraction) and 0 <= fraction < 1):
-            raise ValueError(
-                "`validation_fraction` must be in [0, 1). "
-                f"Received: validation_fraction={fraction!r}"
-            )
         rows = np.arange(n_rows)
         n_valid = int(round(fraction * n_rows))
         if n_valid < 1 or n_rows - n_valid < 1:  # too few rows to hold any out: no early stopping
@@ -546,6 +592,7 @@ class SdAClassifier(ClassifierMixin, _SupervisedBase):
 
     def fit(self, X, y):
         """Pretrain and fine-tune on rows X with class labels y. Returns self."""
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=_FLOATS)
         check_classification_targets(y)
         self.classes_, labels = np.unique(y, return_inverse=True)
@@ -580,6 +627,7 @@ class SdARegressor(RegressorMixin, _SupervisedBase):
 
     def fit(self, X, y):
         """Pretrain and fine-tune on rows X with real targets y, (n,) or (n, n_outputs)."""
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=_FLOATS, multi_output=True, y_numeric=True)
         y = np.asarray(y, dtype=np.float32)
         self._single_output = y.ndim == 1

@@ -18,13 +18,21 @@ from pathlib import Path
 import numpy as np
 
 from stackae import backend, runs, stopping
-from stackae.config import DEFAULT_SEED, FINETUNE_DEFAULTS, PREDICT_BATCH, LayerSpec
+from stackae.config import (
+    DEFAULT_SEED,
+    FINETUNE_DEFAULTS,
+    PREDICT_BATCH,
+    LayerSpec,
+    check_noise,
+    layer_specs,
+)
 from stackae.errors import (
     BackendError,
-    BadOption,
     CheckpointError,
     DataError,
     OptionConflict,
+    Param,
+    ParameterError,
     RunError,
     first_line,
 )
@@ -155,8 +163,8 @@ def _check_backend_matches(recorded, what):
 def _conflicts(found, what):
     if found:
         raise OptionConflict(
-            f"--resume continues the recorded {what}; these options differ from it: "
-            + "; ".join(found)
+            Param("resume"),
+            f"continues the recorded {what}; these options differ from it: " + "; ".join(found),
         )
 
 
@@ -183,11 +191,8 @@ def check_pretraining(specs, data, tensorboard=False):
 
 
 def check_optimizer(spec):
-    """BadOption (a usage error) for an optimizer name Keras does not know."""
-    try:
-        spec.make_optimizer()
-    except ValueError as err:
-        raise BadOption(f"--optimizer: {first_line(err)}") from None
+    """ParameterError (a usage error) for an optimizer name Keras does not know."""
+    spec.make_optimizer()
 
 
 def new_run(
@@ -315,10 +320,13 @@ def _check_tensorboard():
 
     if keras.backend.backend() != "tensorflow":
         raise BackendError(
-            f"--tensorboard needs the TensorFlow backend; this is {keras.backend.backend()}"
+            Param("tensorboard"),
+            f"needs the TensorFlow backend; this is {keras.backend.backend()}",
         )
     if importlib.util.find_spec("tensorboard") is None:
-        raise BackendError("--tensorboard needs the tensorboard package: pip install tensorboard")
+        raise BackendError(
+            Param("tensorboard"), "needs the tensorboard package: pip install tensorboard"
+        )
 
 
 @contextlib.contextmanager
@@ -400,7 +408,9 @@ def pretrain_job(
                 stack = load_stack(run)
                 loaded = load_run_data(run)
             else:
-                specs = specs or [LayerSpec()]
+                # The defaults for the data's scaling (a linear first decoder for
+                # standardised features), as the command line and the estimators.
+                specs = specs or layer_specs((LayerSpec().units,), scale=options.get("scale"))
                 loaded, recorded = load_data(data, loss=specs[0].loss, **options)
                 stopping.check()
                 run, stack = new_run(
@@ -769,7 +779,9 @@ def evaluate_run(run, data):
 
 def _check_layer(layer, n_layers):
     if not 1 <= layer <= n_layers:
-        raise RunError(f"--layer must be between 1 and {n_layers}; got {layer}")
+        raise ParameterError(
+            f"`layer` must be between 1 and {n_layers}. Received: layer={layer}", param="layer"
+        )
 
 
 def encode_run(run, x, layer=None):
@@ -916,6 +928,8 @@ def _reconstruct_run(run, data, out_path, n, corruption, overwrite, data_options
     from stackae.images import reconstructions_image
     from stackae.noise import corrupt
 
+    if corruption is not None:  # a level layer 1's noise takes (Gaussian's may pass 1)
+        check_noise(run.specs[0].noise, corruption)
     if not hasattr(data, "train"):
         data = load_run_data(run, data, **(data_options or {}))
     stopping.check()

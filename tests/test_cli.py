@@ -158,8 +158,12 @@ def test_help_and_version():
     assert "stackae, version" in invoke("--version").output
     # Defaults shown come from stackae.config (the tutorial's).
     text = " ".join(invoke("pretrain", "--help").output.split())
-    assert "Global batch size per layer. [default: 20]" in text
-    assert "Learning rate per layer. [default: 0.1]" in text
+    assert "Global batch size per layer. [default: 20; x>=1]" in text
+    assert "Learning rate per layer. [default: 0.1; x>0]" in text
+    # Ranges come from the specs' tables (stackae.config), and so do the task's defaults.
+    text = " ".join(invoke("finetune", "--help").output.split())
+    assert "[default: 0.0; 0.0<=x<1.0]" in text  # --dropout
+    assert "[default: classification: 0.1; regression: 0.01]" in text  # --lr
 
 
 @pytest.mark.parametrize(
@@ -215,3 +219,15 @@ def test_an_unsupported_backend_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     assert "numpy" in lines[0]
     assert not out.exists()
+
+
+def test_strategy_gpu_without_a_gpu_is_one_line(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: [])  # no GPU
+    out = tmp_path / "run"
+    result = invoke("pretrain", "--layers", "4", *SMALL, "--strategy", "gpu", "--out", out)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == "Error: strategy 'gpu' was asked for but TensorFlow sees no GPU"
+    assert "Traceback" not in result.output

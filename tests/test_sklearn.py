@@ -130,7 +130,7 @@ def test_dataframes_keep_feature_names_and_bad_input_gets_scikit_learns_errors(t
         sda.fit(x[:0])
     with pytest.raises(ValueError, match="`layers` must be positive integers"):
         StackedDenoisingAutoencoder((4, 0)).fit(x)
-    with pytest.raises(ValueError, match="`scale` must be one of"):
+    with pytest.raises(ValueError, match="'scale' parameter of StackedDenoisingAutoencoder"):
         StackedDenoisingAutoencoder(scale="robust").fit(x)
     with pytest.raises(ValueError, match="cross-entropy needs features in \\[0, 1\\]"):
         StackedDenoisingAutoencoder(scale="none").fit(x)

@@ -238,7 +238,14 @@ def test_regression_beats_the_mean_predictor_by_a_wide_margin(regression):
     assert metrics["test_rmse"] < 0.3 * mean_rmse, (metrics, mean_rmse)
     assert metrics["test_r2"] > 0.9
     shown = ok("evaluate", tuned)
-    assert f"test RMSE {metrics['test_rmse']:.6g}" in shown and f"on {len(test)} rows" in shown
+    # Evaluated again, from the saved model: the recorded RMSE to float32 rounding.
+    shown_rmse = float(shown.split("test RMSE ")[1].split(",")[0])
+    assert shown_rmse == pytest.approx(metrics["test_rmse"], rel=1e-4)
+    assert f"on {len(test)} rows" in shown
+    info = ok("info", tuned)  # the recorded metrics, as `finetune` printed them
+    assert f"validation RMSE {metrics['valid_rmse']:.6g}" in info
+    assert f"test RMSE {metrics['test_rmse']:.6g}, MAE {metrics['test_mae']:.6g}" in info
+    assert f"R^2 {metrics['test_r2']:.4f}" in info
     model = keras.saving.load_model(tuned / "regressor.keras")  # raw features in, prices out
     predicted = model.predict(x[test], verbose=0)[:, 0]
     assert_allclose(np.sqrt(np.mean(np.square(predicted - y[test]))), metrics["test_rmse"], 1e-4)

@@ -9,6 +9,7 @@ import numbers
 
 import numpy as np
 
+from stackae.config import check_split_size
 from stackae.errors import DataError
 
 NAMES = ("train", "valid", "test")
@@ -18,22 +19,11 @@ DEFAULT_TEST_FRACTION = 0.1
 
 
 def check_size(name, value):
-    """A size is None, an int count >= 0 or a float fraction in [0, 1)."""
-    if value is None:
-        return
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and (
-            (isinstance(value, numbers.Integral) and value >= 0)
-            or (not isinstance(value, numbers.Integral) and 0 <= value < 1)
-        )
-    )
-    if not ok:
-        raise ValueError(
-            f"`{name}` must be an int count >= 0, a fraction in [0, 1) or None. "
-            f"Received: {name}={value!r}"
-        )
+    """A size is None, an int count >= 0 or a float fraction in [0, 1) (the one rule:
+    stackae.config.is_split_size); NumPy scalars are taken as Python numbers."""
+    if isinstance(value, np.generic) and not isinstance(value, np.bool_):
+        value = value.item()
+    check_split_size(name, value)
 
 
 def count(size, n_rows):
