@@ -33,6 +33,7 @@ from stackae.manifest import (
     DataOptions,
     DataRecord,
     FinetuneProgress,
+    Fingerprint,
     LayerProgress,
     Manifest,
 )
@@ -671,6 +672,9 @@ def _data_record(data, options):
         scaler=scaler.to_dict() if scaler is not None and scaler.kind != "none" else None,
         target_kind=getattr(data, "target_kind", None) or "classes",
         n_outputs=getattr(data, "n_outputs", None),
+        columns=getattr(data, "columns", None),
+        label_name=getattr(data, "label_name", None),
+        fingerprint=Fingerprint(**found) if (found := getattr(data, "fingerprint", None)) else None,
     )
 
 
