@@ -74,9 +74,8 @@ class DataRecord:
     split: str | None = None  # the run's file of recorded split indices
     target_kind: str = "classes"  # "classes" or "values" (regression targets)
     n_outputs: int | None = None
-    # Format 3: a table's feature names (matched by name in later files) and label column's.
+    # Format 3: a table's feature names, matched by name in the files later verbs read.
     columns: list[str] | None = None
-    label_name: str | None = None
     fingerprint: Fingerprint | None = None  # None: not recorded (a named source, format 2)
 
 

@@ -673,7 +673,6 @@ def _data_record(data, options):
         target_kind=getattr(data, "target_kind", None) or "classes",
         n_outputs=getattr(data, "n_outputs", None),
         columns=getattr(data, "columns", None),
-        label_name=getattr(data, "label_name", None),
         fingerprint=Fingerprint(**found) if (found := getattr(data, "fingerprint", None)) else None,
     )
 

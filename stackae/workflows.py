@@ -98,8 +98,6 @@ def load_run_data(run, source=None, record=None, *, changed_ok=False, **given):
     path = run.resolve_data_path(record)
     if own and path is not None and not changed_ok:
         check_fingerprint(path, record.fingerprint)
-    if given.get("label_column") is None and record.label_name is not None:
-        used["label_column"] = record.label_name  # by name: the file's columns may move
     if not own and given.get("label_column") is None and not _is_table(source):
         used["label_column"] = None  # a run's label column names a table's column
     data = load(
@@ -917,7 +915,7 @@ def load_rows(run, source, *, limit=None, header=None):
     scaler = run_scaler(run)
     if scaler is None and run.data.options.scale != "none":
         scaler = load_run_data(run).scaler  # format 1 kept no scaler: fit it as the run did
-    label = run.data.label_name or run.data.options.label_column
+    label = run.data.options.label_column
     data = load(
         source,
         loss=run.specs[0].loss,

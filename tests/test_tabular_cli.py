@@ -403,7 +403,7 @@ def test_columns_are_matched_by_name_in_every_verb(tuned, tmp_path):
     record = manifest(run)["data"]
     assert manifest(run)["format"] == 3
     assert record["columns"] == [f"f{j}" for j in range(N_FEATURES)]
-    assert record["label_name"] == "label" and record["options"]["header"] is True
+    assert record["options"]["header"] is True
     x, _, labels = table()
     order = [3, 0, 4, 2, 1]
     moved = tmp_path / "moved.csv"
@@ -469,3 +469,37 @@ def test_a_runs_limit_is_not_applied_to_other_files(tmp_path):
     assert "train (50, 8)" in ok(
         "encode", run, "--data", other, "--limit", "50", "--out", tmp_path / "b.npz"
     )
+    # A file without a header: its first row is data, and the guess is said.
+    bare = tmp_path / "bare.csv"
+    np.savetxt(bare, x, delimiter=",")
+    shown = ok("encode", run, "--data", bare, "--out", tmp_path / "c.npz")
+    assert "train (240, 8)" in shown and "line 1 read as data" in shown
+    # Read as names, its first row names none of the run's features.
+    line = one_error(
+        invoke("encode", run, "--data", bare, "--header", "--out", tmp_path / "d.npz"), 1
+    )
+    assert "no column 'f0', one of the run's 5 features" in line
+
+
+def test_test_size_for_a_source_with_its_own_test_split_is_refused(tmp_path):
+    out = tmp_path / "run"
+    line = one_error(
+        invoke(
+            "pretrain",
+            "--data",
+            "mnist-sample",
+            "--test-size",
+            "0.2",
+            "--limit",
+            "100",
+            "--layers",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            out,
+        ),
+        2,
+    )
+    assert "--test-size: mnist-sample has a test split of its own" in line
+    assert not out.exists()

@@ -66,10 +66,9 @@ class Raw:
     image_shape: tuple | None = None
     n_classes: int | None = None
     own_split: bool = False
-    # A table's feature names (its label column left out) and its label column's name,
-    # when the table names its columns; whether a CSV's first line was read as a header.
+    # A table's feature names (its label column left out) when the table names its
+    # columns; whether a CSV's first line was read as a header.
     columns: list | None = None
-    label_name: str | None = None
     header: bool | None = None
 
 
@@ -459,11 +458,13 @@ def _label_index(path, label_column, header, width, n_features=None):
 
 
 def _pick(where, names, width, label_column, n_features=None, columns=None):
-    """(feature indices, label index or None, feature names or None, label name or None).
+    """(feature indices, label index or None, feature names or None).
 
     `names`: the table's column names (None: unnamed, matched by position).
     `columns`: the feature names a run recorded; a named table must hold each
-    of them (in any order) and nothing else but its label column.
+    of them (in any order) and nothing else but its label column: the column
+    `label_column` names, or, for a label column given by index, the one
+    column that is not a feature (the index is the run's file's, not this one's).
     """
     if names is not None:
         seen = {}
@@ -475,15 +476,12 @@ def _pick(where, names, width, label_column, n_features=None, columns=None):
                 )
             seen[name] = j
     if names is not None and columns is not None:
-        label = None
+        label = None  # rows to encode need no labels
+        others = [j for j, name in enumerate(names) if name not in columns]
         if isinstance(label_column, str) and label_column in seen:
             label = seen[label_column]
-        elif label_column is not None and str(label_column) not in columns:
-            # An index, given by the user for this file.
-            try:
-                label = _label_index(where, label_column, names, width)
-            except DataError:
-                label = None  # rows to encode need no labels
+        elif _is_index(label_column) and len(others) == 1:
+            label = others[0]
         missing = [name for name in columns if name not in seen]
         if missing:
             raise DataError(
@@ -496,20 +494,23 @@ def _pick(where, names, width, label_column, n_features=None, columns=None):
                 f"{where}: column {extra[0]!r} is neither one of the run's features "
                 f"{list(columns)} nor its label column"
             )
-        features = [seen[name] for name in columns]
-        return features, label, list(columns), None if label is None else names[label]
+        return [seen[name] for name in columns], label, list(columns)
     label = _label_index(where, label_column, names, width, n_features)
     features = [j for j in range(width) if j != label]
-    if names is None:
-        return features, label, None, None
-    return features, label, [names[j] for j in features], None if label is None else names[label]
+    return features, label, None if names is None else [names[j] for j in features]
+
+
+def _is_index(label_column):
+    if isinstance(label_column, int | np.integer):
+        return True
+    return isinstance(label_column, str) and label_column.strip().lstrip("-").isdigit()
 
 
 def _split_label(path, table, pick):
-    features, label, names, label_name = pick
+    features, label, names = pick
     x = table if features == list(range(table.shape[1])) else table[:, features]
     y = None if label is None else table[:, label]
-    return Raw({"train": (x, y)}, path, columns=names, label_name=label_name)
+    return Raw({"train": (x, y)}, path, columns=names)
 
 
 def read_columns(where, columns, label_column, limit=None, n_features=None, recorded=None):

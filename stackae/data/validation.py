@@ -49,9 +49,8 @@ class Data:
     target_kind: str | None = None
     # Classes for "classes", target columns for "values", None without targets.
     n_outputs: int | None = None
-    # A table's feature names and label column's name, when it names its columns.
+    # A table's feature names (its label column left out), when it names its columns.
     columns: list | None = None
-    label_name: str | None = None
     # Whether a CSV's first line was read as a header (None: not a CSV).
     header: bool | None = None
     # `readers.fingerprint` of the file read (None: a named source or rows in memory).
@@ -469,7 +468,6 @@ def assemble(
         target_kind=targets,
         n_outputs=n_outputs,
         columns=raw.columns,
-        label_name=raw.label_name,
         header=raw.header,
     )
 
