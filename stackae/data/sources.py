@@ -55,7 +55,8 @@ def load(
             data uses its first `limit` rows before splitting them. Only those
             rows are read where the format allows (not from a pickle).
         label_column: name or index of the label column of a table (CSV,
-            Parquet, DataFrame). A file already as wide as a recorded
+            Parquet, DataFrame); refused for other sources, whose labels are
+            arrays of their own. A file already as wide as a recorded
             `scaler` is read without it (new rows to encode need no labels).
         scale: "none", "minmax" (per feature into [0, 1]), "standard" (zero
             mean, unit variance), both fitted on the training split, or
