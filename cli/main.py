@@ -107,6 +107,8 @@ class StackaeGroup(click.Group):
     """The one place where expected failures become one line and a stop request a hint."""
 
     def invoke(self, ctx):
+        notes = _Notes()
+        logging.getLogger("stackae.data").addHandler(notes)
         try:
             with stopping.honour_signals():
                 return super().invoke(ctx)
@@ -130,6 +132,7 @@ class StackaeGroup(click.Group):
         except (StackaeError, OSError) as err:
             raise click.ClickException(_one_line(err)) from None
         finally:
+            logging.getLogger("stackae.data").removeHandler(notes)
             workflows.runs.release_locks()
 
 
@@ -251,11 +254,6 @@ class _Notes(logging.Handler):
 
     def emit(self, record):
         click.echo(self.format(record), err=True)
-
-
-_notes = logging.getLogger("stackae.data")
-_notes.addHandler(_Notes())
-_notes.propagate = False
 
 
 def _given(ctx, name):
