@@ -1,6 +1,7 @@
 """The `stackae` command: a thin click shell over stackae.workflows."""
 
 import datetime
+import logging
 import math
 import os
 import shlex
@@ -155,6 +156,8 @@ class StackaeGroup(click.Group):
     """The one place where expected failures become one line and a stop request a hint."""
 
     def invoke(self, ctx):
+        notes = _Notes()
+        logging.getLogger("stackae.data").addHandler(notes)
         try:
             with stopping.honour_signals():
                 return super().invoke(ctx)
@@ -190,6 +193,7 @@ class StackaeGroup(click.Group):
                 "out of memory; use --limit, smaller --layers or a smaller --batch-size"
             ) from None
         finally:
+            logging.getLogger("stackae.data").removeHandler(notes)
             workflows.runs.release_locks()
 
 
@@ -276,6 +280,18 @@ data_options = _options(
     click.option("--label-column", help="Table column (name or index) holding the labels."),
     scale_option,
 )
+header_option = click.option(
+    "--header/--no-header",
+    default=None,
+    help="Whether a CSV's first line names its columns.  [default: it does when a cell of it "
+    "is not a number, empty or NA; a line of numbers only is data, and a line on stderr says so]",
+)
+changed_ok_option = click.option(
+    "--data-changed-ok",
+    is_flag=True,
+    help="Read the run's data file even if it changed since the run read it "
+    "(its rows and split may no longer be the run's).",
+)
 run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
 
 
@@ -294,14 +310,22 @@ def _per_layer(flag, name):
     return click.option(flag, name, type=CommaList(item), help=f"{text}  [{shown}]")
 
 
-def _data_kwargs(limit, valid_size, test_size, label_column, scale):
+def _data_kwargs(limit, valid_size, test_size, label_column, scale, header=None):
     return {
         "limit": limit,
         "valid_size": valid_size,
         "test_size": test_size,
         "label_column": label_column,
         "scale": scale,
+        "header": header,
     }
+
+
+class _Notes(logging.Handler):
+    """What the data layer decided on a guess, one line each on stderr."""
+
+    def emit(self, record):
+        click.echo(self.format(record), err=True)
 
 
 def _given(ctx, name):
@@ -333,6 +357,7 @@ def cli():
     help="Hidden layer sizes, bottom first, e.g. 1000,1000,1000.",
 )
 @data_options
+@header_option
 @_options(
     _per_layer("--corruption", "corruption"),
     _per_layer("--noise", "noise"),
@@ -371,6 +396,7 @@ def cli():
     is_flag=True,
     help="Write TensorBoard logs (scalars, filter images) into the run.",
 )
+@changed_ok_option
 @strategy_option
 @quiet_option
 @verbose_option
@@ -384,11 +410,13 @@ def pretrain(
     test_size,
     label_column,
     scale,
+    header,
     seed,
     out,
     resume,
     overwrite,
     tensorboard,
+    data_changed_ok,
     strategy,
     quiet,
     verbose,
@@ -404,7 +432,7 @@ def pretrain(
         given = {name: value for name, value in settings.items() if value is not None}
         given |= {"layers": layers if _given(ctx, "layers") else None}
         given |= {"seed": seed if _given(ctx, "seed") else None}
-        given |= _data_kwargs(limit, valid_size, test_size, label_column, scale)
+        given |= _data_kwargs(limit, valid_size, test_size, label_column, scale, header)
     else:
         # Settings not given take the library's defaults for the data's scaling.
         specs = config.layer_specs(layers, scale=scale, **settings)
@@ -424,7 +452,7 @@ def pretrain(
         data=data,
         data_options={}
         if resume
-        else _data_kwargs(limit, valid_size, test_size, label_column, scale),
+        else _data_kwargs(limit, valid_size, test_size, label_column, scale, header),
         seed=seed,
         resume=resume,
         overwrite=overwrite,
@@ -434,6 +462,7 @@ def pretrain(
         verbose=0 if quiet else "auto",
         quiet_backend=not verbose,
         on_data=on_data,
+        data_changed_ok=data_changed_ok,
     )
     if run is None:  # a worker that is not the chief: the chief reports
         return
@@ -481,6 +510,8 @@ finetune_options = _options(
 @cli.command()
 @run_argument
 @data_options
+@header_option
+@changed_ok_option
 @finetune_options
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted fine-tuning from its last epoch."
@@ -499,6 +530,8 @@ def finetune(
     test_size,
     label_column,
     scale,
+    header,
+    data_changed_ok,
     resume,
     overwrite,
     strategy,
@@ -517,13 +550,14 @@ def finetune(
         run_dir,
         spec,
         data=data,
-        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale),
+        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale, header),
         given=given,
         resume=resume,
         overwrite=overwrite,
         strategy=strategy,
         verbose=0 if quiet else "auto",
         quiet_backend=not verbose,
+        data_changed_ok=data_changed_ok,
     )
     if result.valid_error is not None:
         click.echo(f"validation error {100 * result.valid_error:.2f} %")
@@ -541,24 +575,48 @@ def _regression_line(metrics, prefix=""):
     return f"RMSE {rmse:.6g}, MAE {mae:.6g}, R^2 {r2:.4f}"
 
 
+# How evaluate names the rows of each split; figures of other rows than the test split say so.
+SPLIT_FIGURES = {
+    "test": ("test", ""),
+    "valid": ("validation", " (the data has no test split)"),
+    "train": ("training", " (the data has no test or validation split: not a test figure)"),
+}
+
+
 @cli.command()
 @run_argument
 @data_options
+@header_option
+@changed_ok_option
 @verbose_option
-def evaluate(run_dir, data, limit, valid_size, test_size, label_column, scale, verbose):
+def evaluate(
+    run_dir,
+    data,
+    limit,
+    valid_size,
+    test_size,
+    label_column,
+    scale,
+    header,
+    data_changed_ok,
+    verbose,
+):
     """Test error and confusion counts of the classifier, reconstruction cost of each layer."""
     result = workflows.evaluate_job(
         run_dir,
         data,
-        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale),
+        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale, header),
         quiet_backend=not verbose,
+        data_changed_ok=data_changed_ok,
     )
+    name, why = SPLIT_FIGURES[result["split"]]
+    click.echo(f"evaluated on the {name} split: {result['rows']} rows{why}")
     for k, cost in enumerate(result["reconstruction"]):
         click.echo(f"layer {k + 1} reconstruction cost {cost:.4f}")
     if "regression" in result:
-        click.echo(f"test {_regression_line(result['regression'])} on {result['rows']} rows")
+        click.echo(f"{name} {_regression_line(result['regression'])} on {result['rows']} rows")
     elif "error" in result:
-        click.echo(f"test error {100 * result['error']:.2f} % on {result['rows']} rows")
+        click.echo(f"{name} error {100 * result['error']:.2f} % on {result['rows']} rows")
         confusion = result["confusion"]
         click.echo("confusion (rows: true class, columns: predicted):")
         click.echo("      " + " ".join(f"{j:>5}" for j in range(len(confusion))))
@@ -581,7 +639,10 @@ def evaluate(run_dir, data, limit, valid_size, test_size, label_column, scale, v
     help="Where to write the codes (.npz).",
 )
 @click.option("--layer", type=POSITIVE_INT, help="Codes after this layer.  [default: the top]")
-@click.option("--limit", type=POSITIVE_INT, help="Encode only the first N rows.")
+@click.option(
+    "--limit", type=POSITIVE_INT, help="Encode only the first N rows.  [default: every row]"
+)
+@header_option
 @click.option(
     "--scale",
     is_flag=True,
@@ -590,10 +651,17 @@ def evaluate(run_dir, data, limit, valid_size, test_size, label_column, scale, v
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @verbose_option
-def encode(run_dir, data, out_path, layer, limit, scale, overwrite, verbose):
+def encode(run_dir, data, out_path, layer, limit, header, scale, overwrite, verbose):
     """Write the codes of your data (top layer, or --layer k) to an .npz file."""
     arrays = workflows.encode_job(
-        run_dir, data, out_path, layer, overwrite, limit=limit, quiet_backend=not verbose
+        run_dir,
+        data,
+        out_path,
+        layer,
+        overwrite,
+        limit=limit,
+        header=header,
+        quiet_backend=not verbose,
     )
     shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if not k.startswith("y_"))
     click.echo(f"wrote {out_path}: {shapes}")
@@ -626,6 +694,8 @@ def filters(run_dir, layer, out_path, grid, overwrite, verbose):
 @cli.command()
 @run_argument
 @data_options
+@header_option
+@changed_ok_option
 @click.option("--n", type=POSITIVE_INT, default=20, show_default=True, help="Number of examples.")
 @click.option(
     "--corruption",
@@ -649,6 +719,8 @@ def reconstruct(
     test_size,
     label_column,
     scale,
+    header,
+    data_changed_ok,
     n,
     corruption,
     out_path,
@@ -663,8 +735,9 @@ def reconstruct(
         n,
         corruption,
         overwrite,
-        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale),
+        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale, header),
         quiet_backend=not verbose,
+        data_changed_ok=data_changed_ok,
     )
     click.echo(f"wrote {path}")
 

@@ -14,7 +14,8 @@ class Param:
         self.name, self.value, self.job, self.run = name, value, job, run
 
     def __str__(self):
-        keyword = f"{self.name}={self.value!r}"
+        # value None: the parameter itself is named, not a value to give it
+        keyword = self.name if self.value is None else f"{self.name}={self.value!r}"
         if self.job is None:
             return keyword
         return f"{self.job}_job({str(self.run)!r}, {keyword})"

@@ -5,7 +5,10 @@ fields agree with each other) and fills the fields an older manifest lacks
 with the meaning they had when it was written. The promise: a run written by
 any earlier released stackae is read; a field it lacks means what it meant
 then (format 1, stackae 0.1.0: sigmoid layers, classification, `scale: true`
-as one global min-max). Imports no backend.
+as one global min-max; format 2, stackae 0.2: no column names, header decision or
+fingerprint recorded, so columns match by position and the file is not checked).
+Later formats add fields only as optional ones with such a default, so that
+the next field is one more line here. Imports no backend.
 """
 
 import dataclasses
@@ -23,7 +26,7 @@ from stackae.config import (
 )
 from stackae.errors import DataError, RunError, first_line
 
-FORMAT = 2  # bumped when an older stackae could misread what this one writes
+FORMAT = 3  # bumped when an older stackae could misread what this one writes
 MANIFEST = "manifest.json"
 LOCK = ".stackae.lock"
 MAX_INT = 2**63 - 1  # seeds feed stateless RNGs as int64 pairs
@@ -47,6 +50,19 @@ class DataOptions:
     # "random": a seeded split recorded in the run; "tail": format 1's validation rows
     # from the end of a file without splits of its own, and no test split.
     split: str = "random"
+    # Whether a CSV's first line was read as its column names (None: not a CSV, or format 2,
+    # which decided by its rule each time).
+    header: bool | None = None
+
+
+@dataclasses.dataclass
+class Fingerprint:
+    """stackae.data.readers.fingerprint of a data file: later verbs refuse a changed file."""
+
+    size: int
+    sha256: str
+    sampled: bool = False  # hashed by sampled blocks (a large file), not whole
+    mtime_ns: int | None = None  # kept to tell, not compared
 
 
 @dataclasses.dataclass
@@ -65,6 +81,9 @@ class DataRecord:
     split: str | None = None  # the run's file of recorded split indices
     target_kind: str = "classes"  # "classes" or "values" (regression targets)
     n_outputs: int | None = None
+    # Format 3: a table's feature names, matched by name in the files later verbs read.
+    columns: list[str] | None = None
+    fingerprint: Fingerprint | None = None  # None: not recorded (a named source, format 2)
 
 
 @dataclasses.dataclass
@@ -223,6 +242,18 @@ class Manifest:
         require(0 <= options.split_seed <= MAX_INT, "data split_seed")
         require(options.split in ("random", "tail"), "data options split")
         require(data.split is None or data.split in self.files, "data split file")
+        require(
+            data.columns is None
+            or (
+                len(data.columns) == data.n_features and len(set(data.columns)) == len(data.columns)
+            ),
+            "data columns are not the data's distinct feature names",
+        )
+        found = data.fingerprint
+        require(
+            found is None or (found.size >= 0 and len(found.sha256) == 64),
+            "data fingerprint",
+        )
         if data.scaler is not None:  # a scaler edited into nonsense is refused by every verb
             from stackae.data.scaling import Scaler  # NumPy only: `info` starts no backend
 

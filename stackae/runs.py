@@ -34,6 +34,7 @@ from stackae.manifest import (
     DataOptions,
     DataRecord,
     FinetuneProgress,
+    Fingerprint,
     LayerProgress,
     Manifest,
 )
@@ -781,6 +782,8 @@ def _data_record(data, options):
         scaler=scaler.to_dict() if scaler is not None and scaler.kind != "none" else None,
         target_kind=getattr(data, "target_kind", None) or "classes",
         n_outputs=getattr(data, "n_outputs", None),
+        columns=getattr(data, "columns", None),
+        fingerprint=Fingerprint(**found) if (found := getattr(data, "fingerprint", None)) else None,
     )
 
 

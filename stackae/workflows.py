@@ -9,6 +9,7 @@ line is a thin shell over these functions, and `stackae --help` stays instant.
 
 import contextlib
 import dataclasses
+import os
 import shlex
 import shutil
 import tempfile
@@ -41,7 +42,14 @@ from stackae.runs import Run
 
 # ---------------------------------------------------------------- data
 
-DATA_OPTIONS = ("limit", "valid_size", "test_size", "label_column", "scale")
+DATA_OPTIONS = ("limit", "valid_size", "test_size", "label_column", "scale", "header")
+# Options that describe the run's own file, never another: a new file is read whole,
+# and its own first line decides its header.
+FILE_OPTIONS = ("limit", "header")
+# Options that choose the rows of each split.
+SPLIT_OPTIONS = ("limit", "valid_size", "test_size", "label_column")
+TABLES = (".csv", ".parquet")
+CHANGED_HINT = (Param("data_changed_ok"), "reads it as it is now")
 
 
 def default_source():
@@ -59,43 +67,149 @@ def load_data(source=None, *, loss, split_seed=DEFAULT_SEED, **options):
     scale = options["scale"]
     options["scale"] = "global" if scale is True else (scale or "none")
     data = load(source, loss=loss, split_seed=split_seed, **options)
+    if options["test_size"] is not None and data.split is None:
+        raise ParameterError(
+            f"{data.name} has a test split of its own;",
+            Param("test_size", None),
+            "applies to files without one",
+            param="test_size",
+        )
+    options["header"] = data.header
     return data, {**options, "split_seed": split_seed}
 
 
-def load_run_data(run, source=None, record=None, **given):
+def load_run_data(run, source=None, record=None, *, changed_ok=False, **given):
     """The data a run's job reads, scaled by the run's recorded scaler.
 
-    Without `source`: the data `record` names (the run's by default) with its
-    recorded options and split. With `source` (other rows to encode or
-    evaluate): that data, read with the recorded options where none are
-    given. Either way the run's width is checked.
+    Without `source` (or with the run's own file): the data `record` names
+    (the run's by default) with its recorded options and split; a split option
+    given that differs from a recorded split, or a file whose fingerprint
+    changed (unless `changed_ok`), is refused. With `source` (other rows to
+    encode or evaluate): that data, read whole unless `limit` is given, split
+    with the recorded sizes where none are given. Either way the run's width
+    is checked, its features matched by name when both files name their
+    columns, and its own scaling applied (another `scale` is refused).
     """
     from stackae.data import check_width, load
 
     record = record or run.data
-    used = _options_used(record, given)
+    if source is not None and _is_source_of(run, record, source):
+        source = None  # the run's own file: its recorded options and split apply
+    own = source is None
+    _check_applicable(run, record, own, given)
+    used = _options_used(record, given, own)
     changed = used != dataclasses.asdict(record.options)
     scaler = run_scaler(run)
-    if scaler is None and source is not None and run.data.options.scale != "none":
+    if scaler is None and not own and run.data.options.scale != "none":
         scaler = load_run_data(run).scaler  # format 1 kept no scaler: fit it as the run did
     split = None
-    if source is None and not changed:
+    if own and not changed:
         split = run.split_indices() if record.split else _tail_split(record)
+    path = run.resolve_data_path(record)
+    if own and path is not None and not changed_ok:
+        check_fingerprint(path, record.fingerprint)
+    if not own and given.get("label_column") is None and not _is_table(source):
+        used["label_column"] = None  # a run's label column names a table's column
     data = load(
-        run.resolve_data_path(record) or record.name if source is None else source,
+        path or record.name if own else source,
         loss=run.specs[0].loss,
         split_seed=used["split_seed"],
         scaler=scaler,
         split=split,
+        columns=run.data.columns,
         **{name: used[name] for name in DATA_OPTIONS},
     )
     check_width(data.train.x, run.data.n_features, f"{data.name}")
     return data
 
 
-def _options_used(record, given):
-    """The data options a job reads with: `record`'s, replaced by those `given` (not None)."""
+def _is_source_of(run, record, source):
+    """Whether `source` (a name or path) is the data `record` names."""
+    if not isinstance(source, str | os.PathLike):
+        return False
+    path = run.resolve_data_path(record)
+    if path is None:
+        return os.fspath(source) == record.name
+    return os.path.abspath(source) == os.path.abspath(path)
+
+
+def _is_table(source):
+    """A CSV or Parquet path, or a DataFrame: what a label column can name a column of."""
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source).lower().endswith(TABLES)
+    return hasattr(source, "columns")
+
+
+def _check_applicable(run, record, own, given):
+    """Refuse options that cannot apply to the run's data (ParameterError, one line).
+
+    The run's own scaling is applied to every row it reads, so another --scale
+    is refused. The run's own rows keep their recorded split: another split
+    would test on rows the run trained on. A source with its own test split
+    takes no --test-size.
+    """
+    scale = given.get("scale")
+    if scale is not None:
+        scale = "global" if scale is True else ("none" if scale is False else scale)
+        if scale != record.options.scale:
+            raise ParameterError(
+                f"{scale}: {run.path} scales its data as it recorded "
+                f"({record.options.scale}); every verb applies the run's own scaling",
+                param="scale",
+            )
+    if not own:
+        return
+    recorded = dataclasses.asdict(record.options)
+    for name in SPLIT_OPTIONS:
+        value = given.get(name)
+        if value is None or value == recorded[name] or str(value) == str(recorded[name]):
+            continue
+        if record.split is not None or record.options.split == "tail":
+            raise ParameterError(
+                f"{value}: {run.path} has a recorded split of its data "
+                f"({name} {recorded[name]}); another would test on rows it trained on. "
+                "Give other rows as",
+                Param("data", "FILE"),
+                param=name,
+            )
+        if name in ("test_size", "label_column"):
+            raise ParameterError(
+                f"{value}: {record.name} has splits and labels of its own;",
+                Param(name, None),
+                "applies to files without them",
+                param=name,
+            )
+
+
+def check_fingerprint(path, recorded, hint=CHANGED_HINT):
+    """DataError (one line) if the file at `path` is not the one a run recorded."""
+    if recorded is None or not os.path.exists(path):
+        return  # not recorded (a format 2 run), or a missing file the reader names
+    from stackae.data.readers import fingerprint
+
+    now = fingerprint(path)
+    if now["size"] != recorded.size:
+        what = f"{recorded.size} bytes then, {now['size']} now"
+    elif now["sha256"] != recorded.sha256:
+        what = "same size, other contents"
+    else:
+        return
+    raise DataError(
+        f"{path}: the file changed since the run read it ({what}): its rows are not the "
+        "run's rows, nor its split;",
+        *hint,
+    )
+
+
+def _options_used(record, given, own=True):
+    """The data options a job reads with: `record`'s, replaced by those `given` (not None).
+
+    For another file (`own` False), the options that describe the run's own
+    file (its --limit, its header) do not carry over.
+    """
     options = dataclasses.asdict(record.options)
+    if not own:
+        options.update(dict.fromkeys(FILE_OPTIONS))
     options.update({name: value for name, value in given.items() if value is not None})
     return options
 
@@ -366,6 +480,7 @@ def pretrain_job(
     quiet_backend=True,
     on_data=None,
     callbacks=(),
+    data_changed_ok=False,
 ):
     """Pretrain a new run in `out` (or `resume` the one there), under a distribution strategy.
 
@@ -377,7 +492,8 @@ def pretrain_job(
     the recorded run raise OptionConflict before anything starts; `specs`,
     `seed` and the data are the recorded ones. `on_data(Data)` is called once
     the data is loaded and checked, before training (the CLI prints a line
-    there); `callbacks` go to every layer's `fit`.
+    there); `callbacks` go to every layer's `fit`. `data_changed_ok`: resume
+    even if the run's data file changed since it was read.
     Returns the Run (on a non-chief worker, None: the chief's run is the result).
     """
     options = dict(data_options or {})
@@ -406,7 +522,7 @@ def pretrain_job(
                 if where != out:
                     run = open_run(where, write=True)
                 stack = load_stack(run)
-                loaded = load_run_data(run)
+                loaded = load_run_data(run, changed_ok=data_changed_ok)
             else:
                 # The defaults for the data's scaling (a linear first decoder for
                 # standardised features), as the command line and the estimators.
@@ -486,6 +602,7 @@ def finetune_job(
     verbose="auto",
     quiet_backend=True,
     on_start=None,
+    data_changed_ok=False,
 ):
     """Fine-tune a pretrained run with labels: the checks, the lock, the data, the training.
 
@@ -494,6 +611,7 @@ def finetune_job(
     settings and data, and `given` (the FinetuneSpec fields and data options
     a user gave explicitly) must agree with them (OptionConflict otherwise).
     `on_start(run)` is called once the run is locked and checked.
+    `data_changed_ok`: use the run's data file even if it changed since it was read.
     Returns the run's fine-tuning record.
     """
     spec = spec or FINETUNE_DEFAULTS
@@ -519,15 +637,18 @@ def finetune_job(
     check_optimizer(spec)
     if resume:
         _check_backend_matches(record.backend or run.backend, f"{run.path}'s fine-tuning")
-        loaded = load_run_data(run, record=run.finetune_data)
+        loaded = load_run_data(run, record=run.finetune_data, changed_ok=data_changed_ok)
         data_record = record.data
     else:
-        loaded = load_run_data(run, data, **options)
+        if data is not None and _is_source_of(run, run.data, data):
+            data = None  # the run's own file
+        loaded = load_run_data(run, data, changed_ok=data_changed_ok, **options)
         data_record = None  # the run's own data, as recorded
         if data is not None or any(value is not None for value in options.values()):
             # Other data, or other options: recorded with the fine-tuning, so that
             # --resume and evaluate read the same rows.
-            data_record = run.data_record(loaded, _options_used(run.data, options))
+            used = _options_used(run.data, options, own=data is None)
+            data_record = run.data_record(loaded, used | {"header": loaded.header})
     with strategy_scope(chosen):
         return finetune_run(
             run, loaded, spec, resume=resume, verbose=verbose, data_record=data_record
@@ -728,7 +849,9 @@ def _load_arrays(path, like):
 # ---------------------------------------------------------------- evaluate, encode, pictures
 
 
-def evaluate_job(run_dir, data=None, *, data_options=None, quiet_backend=True):
+def evaluate_job(
+    run_dir, data=None, *, data_options=None, quiet_backend=True, data_changed_ok=False
+):
     """Open the run, start the backend, evaluate on its test split (or the data given).
 
     It changes nothing, so a stop request (Ctrl-C, SIGTERM) stops it where it lands.
@@ -738,22 +861,30 @@ def evaluate_job(run_dir, data=None, *, data_options=None, quiet_backend=True):
         backend.start(verbose=not quiet_backend)
         stopping.check()
         record = run.finetune_data if data is None else run.data
-        loaded = load_run_data(run, data, record=record, **(data_options or {}))
+        loaded = load_run_data(
+            run, data, record=record, changed_ok=data_changed_ok, **(data_options or {})
+        )
         stopping.check()
         return evaluate_run(run, loaded)
 
 
 def evaluate_run(run, data):
-    """Test error and confusion counts of the classifier, reconstruction cost of each layer."""
+    """Test error and confusion counts of the classifier, reconstruction cost of each layer.
+
+    Computed on the test split; data without one is evaluated on its validation
+    rows, else its training rows, and `split` ("test", "valid", "train") says
+    which: a figure of rows the model trained or chose its epoch on is no test figure.
+    """
     from stackae import export
     from stackae.data import batches, check_width
     from stackae.finetuning import confusion_counts, error_rate, regression_metrics
     from stackae.stack import layer_codes
 
     stack = load_stack(run)
-    split = data.test if data.test is not None else data.valid or data.train
+    name = "test" if data.test is not None else "valid" if data.valid is not None else "train"
+    split = {"test": data.test, "valid": data.valid, "train": data.train}[name]
     check_width(split.x, run.data.n_features, "evaluation data")
-    result = {"rows": int(len(split.x)), "reconstruction": []}
+    result = {"rows": int(len(split.x)), "split": name, "reconstruction": []}
     codes = split.x
     for k, layer in enumerate(stack.encoder_layers):
         autoencoder = stack.autoencoder(k)
@@ -795,19 +926,29 @@ def encode_run(run, x, layer=None):
     return stack.codes(x, depth)
 
 
-def encode_job(run, data, out_path, layer=None, overwrite=False, *, limit=None, quiet_backend=True):
+def encode_job(
+    run,
+    data,
+    out_path,
+    layer=None,
+    overwrite=False,
+    *,
+    limit=None,
+    header=None,
+    quiet_backend=True,
+):
     """Write the codes of every split of `data` (and its labels) to an .npz; returns its arrays.
 
     `run` is a Run or a run directory, `data` a loaded Data or a source to load
-    with the run's recorded options (every row: no validation or test split).
-    A stop request (Ctrl-C, SIGTERM) stops it where it lands: the file is written
-    atomically, whole or not at all.
+    with `load_rows` (every row, or its first `limit`). A stop request (Ctrl-C,
+    SIGTERM) stops it where it lands: the file is written atomically, whole or
+    not at all.
     """
     with stopping.at_once():
-        return _encode_job(run, data, out_path, layer, overwrite, limit, quiet_backend)
+        return _encode_job(run, data, out_path, layer, overwrite, limit, header, quiet_backend)
 
 
-def _encode_job(run, data, out_path, layer, overwrite, limit, quiet_backend):
+def _encode_job(run, data, out_path, layer, overwrite, limit, header, quiet_backend):
     refuse_existing(out_path, overwrite)
     if not isinstance(run, Run):
         run = open_run(run)
@@ -815,7 +956,7 @@ def _encode_job(run, data, out_path, layer, overwrite, limit, quiet_backend):
         backend.start(verbose=not quiet_backend)
     run.refuse_output(out_path)
     if not hasattr(data, "train"):
-        data = load_run_data(run, data, limit=limit, valid_size=0, test_size=0)
+        data = load_rows(run, data, limit=limit, header=header)
     if layer is not None:
         _check_layer(layer, run.n_layers)  # before any row is read
     arrays = {}
@@ -827,6 +968,33 @@ def _encode_job(run, data, out_path, layer, overwrite, limit, quiet_backend):
             stopping.check()
     atomic_write(out_path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
     return arrays
+
+
+def load_rows(run, source, *, limit=None, header=None):
+    """Every row of `source` (its first `limit`), unsplit, scaled and matched as the run's.
+
+    The run's own --limit and split describe the run's data, not these rows:
+    a file is read whole unless `limit` is given.
+    """
+    from stackae.data import check_width, load
+
+    scaler = run_scaler(run)
+    if scaler is None and run.data.options.scale != "none":
+        scaler = load_run_data(run).scaler  # format 1 kept no scaler: fit it as the run did
+    label = run.data.options.label_column
+    data = load(
+        source,
+        loss=run.specs[0].loss,
+        limit=limit,
+        valid_size=0,
+        test_size=0,
+        label_column=label if _is_table(source) else None,
+        scaler=scaler,
+        columns=run.data.columns,
+        header=header,
+    )
+    check_width(data.train.x, run.data.n_features, f"{data.name}")
+    return data
 
 
 def _write_picture(run, image, out_path, default, overwrite):
@@ -908,15 +1076,26 @@ def reconstruct_run(
     overwrite=False,
     data_options=None,
     quiet_backend=True,
+    data_changed_ok=False,
 ):
     """PNG of n rows: input | corrupted input | reconstruction through the whole stack."""
     with stopping.at_once():
         return _reconstruct_run(
-            run, data, out_path, n, corruption, overwrite, data_options, quiet_backend
+            run,
+            data,
+            out_path,
+            n,
+            corruption,
+            overwrite,
+            data_options,
+            quiet_backend,
+            data_changed_ok,
         )
 
 
-def _reconstruct_run(run, data, out_path, n, corruption, overwrite, data_options, quiet_backend):
+def _reconstruct_run(
+    run, data, out_path, n, corruption, overwrite, data_options, quiet_backend, data_changed_ok
+):
     default = "reconstructions.png"
     run, opened = _open_for_picture(run, out_path, default, overwrite)
     if opened:
@@ -931,7 +1110,7 @@ def _reconstruct_run(run, data, out_path, n, corruption, overwrite, data_options
     if corruption is not None:  # a level layer 1's noise takes (Gaussian's may pass 1)
         check_noise(run.specs[0].noise, corruption)
     if not hasattr(data, "train"):
-        data = load_run_data(run, data, **(data_options or {}))
+        data = load_run_data(run, data, changed_ok=data_changed_ok, **(data_options or {}))
     stopping.check()
     stack = load_stack(run)
     split = data.test if data.test is not None else data.train
@@ -962,6 +1141,7 @@ __all__ = [
     "finetune_run",
     "load_data",
     "load_run_data",
+    "load_rows",
     "new_run",
     "open_run",
     "pretrain_job",

@@ -252,3 +252,188 @@ def test_a_feature_too_wide_for_float32_scaling_is_refused_before_training(tmp_p
 
     with pytest.raises(ValueError, match="feature 3 .*float32"):
         SdAClassifier(layers=(3,), scale="standard").fit(rows[:, :4], rows[:, 4].astype(int))
+
+
+# ---------------------------------------------------------------- tables read as the user meant
+# Tables are read by a rule the user can predict: a header when it names columns, the
+# columns a run recorded matched by name, and every guess said in one line.
+
+
+def table_rows(n=150, width=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, width)), np.arange(n) % 3
+
+
+def write_table(path, x, y=None, names=None, bom=False, first=None):
+    lines = [] if names is None else [",".join(names)]
+    if first is not None:
+        lines.append(first)
+    for k, row in enumerate(x):
+        cells = [repr(float(v)) for v in row] + ([] if y is None else [str(int(y[k]))])
+        lines.append(",".join(cells))
+    path.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def said(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "stackae.data"]
+
+
+def test_a_headerless_csv_keeps_its_first_row_whatever_starts_it(tmp_path, caplog):
+    x, _ = table_rows(40)
+    # A UTF-8 byte order mark before the first number: still a data row.
+    d = data.load(write_table(tmp_path / "bom.csv", x, bom=True), loss="squared-error")
+    assert sum(len(s) for s in (d.train, d.valid, d.test)) == 40 and d.header is False
+    assert any("line 1 read as data" in line for line in said(caplog))
+    # An empty first cell is a missing value in a data row, not a header.
+    x_text = "\n".join(",".join(repr(float(v)) for v in row) for row in x)
+    (tmp_path / "empty.csv").write_text("," + x_text[x_text.index(",") + 1 :] + "\n")
+    with pytest.raises(DataError, match=r"line 1: missing value in column '0'"):
+        data.load(str(tmp_path / "empty.csv"), loss="squared-error")
+    # A header with a byte order mark: its first name is read without it.
+    d = data.load(
+        write_table(tmp_path / "named.csv", x, names=["a", "b", "c", "d"], bom=True),
+        loss="squared-error",
+    )
+    assert d.columns == ["a", "b", "c", "d"] and d.header is True
+
+
+def test_a_header_of_numbers_is_data_unless_header_is_given(tmp_path, caplog):
+    x, _ = table_rows(60, width=5)
+    years = ["2019", "2020", "2021", "2022", "2023"]
+    path = write_table(tmp_path / "years.csv", x, names=years)
+    options = dict(loss="squared-error", valid_size=0, test_size=0)
+    d = data.load(path, **options)
+    # The guess (numbers only: data) is said in one line, with the way to say otherwise.
+    assert len(d.train) == 61 and d.header is False and d.columns is None
+    assert any("line 1 read as data" in line and "--header" in line for line in said(caplog))
+    d = data.load(path, header=True, **options)
+    assert len(d.train) == 60 and d.columns == years
+    np.testing.assert_array_equal(d.train.x, x.astype(np.float32))
+    with pytest.raises(DataError, match="holds text"):
+        data.load(write_table(tmp_path / "named.csv", x, names=list("abcde")), header=False)
+
+
+def test_duplicate_column_names_are_refused(tmp_path):
+    x, y = table_rows(30)
+    path = write_table(tmp_path / "dup.csv", x, y, names=["a", "b", "a", "c", "label"])
+    with pytest.raises(DataError, match=r"column name 'a' appears twice \(columns 0 and 2\)"):
+        data.load(path, label_column="label", scale="standard")
+
+
+def test_columns_are_matched_by_name_and_a_missing_or_extra_one_is_named(tmp_path):
+    x, y = table_rows(60)
+    names = ["f0", "f1", "f2", "f3"]
+    first = data.load(
+        write_table(tmp_path / "a.csv", x, y, [*names, "label"]), label_column="label"
+    )
+    assert first.columns == names
+    order = [2, 0, 3, 1]
+    moved = write_table(tmp_path / "b.csv", x[:, order], y, [*(names[j] for j in order), "label"])
+    d = data.load(moved, label_column="label", columns=names)
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(d, split).x, getattr(first, split).x)
+    # A label column the run's file gave by index: here the one column that is no feature.
+    d = data.load(moved, label_column=4, columns=names)
+    np.testing.assert_array_equal(d.test.y, first.test.y)
+    # Without the label column: features still by name, no labels.
+    d = data.load(
+        write_table(tmp_path / "c.csv", x[:, order], None, [names[j] for j in order]),
+        label_column="label",
+        columns=names,
+        valid_size=0,
+        test_size=0,
+    )
+    np.testing.assert_array_equal(d.train.x, x.astype(np.float32))
+    # A feature missing while the label column is there: never the label as that feature.
+    short = write_table(tmp_path / "d.csv", x[:, :3], y, [*names[:3], "label"])
+    with pytest.raises(DataError, match=r"no column 'f3', one of the run's 4 features"):
+        data.load(short, label_column="label", columns=names)
+    extra = write_table(tmp_path / "e.csv", np.c_[x, x[:, :1]], y, [*names, "g", "label"])
+    with pytest.raises(DataError, match=r"column 'g' is neither one of the run's features"):
+        data.load(extra, label_column="label", columns=names)
+
+
+def test_a_missing_feature_is_not_reported_as_a_missing_label_column(tmp_path):
+    x, y = table_rows(30)
+    short = write_table(tmp_path / "short.csv", x[:, :3])  # headerless: no names to match
+    with pytest.raises(DataError) as err:
+        data.load(short, label_column=4, scaler=data.Scaler.none(4))
+    assert "no label column" not in str(err.value)
+    assert "neither the run's 4 features nor those and the label column 4" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "array"])
+def test_label_column_for_arrays_is_refused_not_ignored(tmp_path, kind):
+    x, y = table_rows(30)
+    if kind == "npy":
+        np.save(tmp_path / "x.npy", np.c_[x, y])
+        source = str(tmp_path / "x.npy")
+    elif kind == "npz":
+        np.savez(tmp_path / "x.npz", x=x, y=y)
+        source = str(tmp_path / "x.npz")
+    else:
+        source = np.c_[x, y]
+    with pytest.raises(DataError, match="label.column applies to tables"):
+        data.load(source, label_column=4, scale="standard")
+
+
+def test_labels_text_or_nan_say_what_labels_must_be(tmp_path):
+    x, _ = table_rows(30)
+    lines = ["a,b,c,d,species"] + [
+        ",".join([*(repr(float(v)) for v in row), "setosa"]) for row in x
+    ]
+    (tmp_path / "text.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        data.load(str(tmp_path / "text.csv"), label_column="species", scale="standard")
+    assert "label column 'species' holds text ('setosa' in line 2)" in str(err.value)
+    assert "labels must be integer classes" in str(err.value)
+    y = (np.arange(30) % 3).astype(float)
+    y[7] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=y)
+    with pytest.raises(DataError, match=r"label missing \(NaN\) in row 7"):
+        data.load(str(tmp_path / "nan.npz"), scale="standard")
+
+
+def test_split_sizes_that_leave_no_test_split_are_said_or_refused(tmp_path, caplog):
+    x, y = table_rows(150)
+    np.savez(tmp_path / "t.npz", x=x, y=y)
+    path = str(tmp_path / "t.npz")
+    d = data.load(path, valid_size=140)
+    assert d.test is None and len(d.valid) == 140
+    assert any("no test split" in line for line in said(caplog))
+    with pytest.raises(DataError, match=r"test_size=0.1 gets no rows: valid_size=140"):
+        data.load(path, valid_size=140, test_size=0.1)
+    caplog.clear()
+    d = data.load(path, test_size=0.999)
+    assert (len(d.train), len(d.test)) == (20, 115)
+    assert any("test_size=0.999 gives 115 test rows, not 149" in line for line in said(caplog))
+
+
+def test_a_class_with_no_training_row_is_said(tmp_path, caplog):
+    x, y = table_rows(60)
+    y = y.copy()
+    y[11] = 3  # one row of class 3
+    np.savez(tmp_path / "t.npz", x=x, y=y)
+    d = data.load(str(tmp_path / "t.npz"))
+    where = "validation" if 3 in d.valid.y else "test"
+    assert 3 not in d.train.y
+    assert f"class 3 has 1 row, all in the {where} split" in " ".join(said(caplog))
+
+
+def test_fingerprints_tell_changed_contents_whole_or_sampled(tmp_path, monkeypatch):
+    from stackae.data import readers
+
+    x, y = table_rows(200)
+    path = write_table(tmp_path / "t.csv", x, y)
+    before = readers.fingerprint(path)
+    assert before["sampled"] is False and before["size"] == os.path.getsize(path)
+    lines = open(path).read().splitlines()
+    (tmp_path / "t.csv").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    after = readers.fingerprint(path)
+    assert after["size"] == before["size"] and after["sha256"] != before["sha256"]
+    monkeypatch.setattr(readers, "FINGERPRINT_WHOLE", 1000)
+    monkeypatch.setattr(readers, "FINGERPRINT_BLOCK", 100)
+    sampled = readers.fingerprint(path)
+    assert sampled["sampled"] is True and sampled["sha256"] != after["sha256"]
+    assert readers.fingerprint(path) == sampled

@@ -516,3 +516,27 @@ def test_pictures_are_quiet_and_refuse_a_busy_run_before_the_backend(fixtures, t
     code, imported, line = done.stdout.strip().split(" ", 2)
     assert code == "1" and imported == "False", done.stdout + done.stderr[-2000:]
     assert f"in use by process {holder.pid}" in line
+
+
+# Issue 30, item 5: a run's data file replaced by other rows of the same shape is refused.
+def test_resume_refuses_a_data_file_changed_since_the_run_read_it(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "swap.npz"
+    np.savez(path, x=rng.random((120, 6)), y=np.arange(120) % 2)
+    run = tmp_path / "run"
+    args = ["--data", path, "--layers", "8,4", "--epochs", "1", "--batch-size", "20", "-q"]
+    assert invoke("pretrain", *args, "--out", run).exit_code == 0
+    # As if stopped before its second layer: its manifest says so.
+    raw = manifest(run)
+    raw["status"] = "pretraining"
+    raw["layers"][1] |= {"epochs_done": 0, "finished": False, "history": {}, "seconds": 0.0}
+    (run / "manifest.json").write_text(json.dumps(raw))
+    np.savez(path, x=rng.random((120, 6)), y=np.arange(120) % 2)  # other rows, same shape
+    before = (run / "manifest.json").read_bytes()
+    line = one_line(invoke("pretrain", "--resume", "--out", run), 1)
+    assert f"{path}: the file changed since the run read it" in line
+    assert "--data-changed-ok" in line
+    assert (run / "manifest.json").read_bytes() == before
+    result = invoke("pretrain", "--resume", "--out", run, "--data-changed-ok", "-q")
+    assert result.exit_code == 0, result.output
+    assert manifest(run)["status"] == "pretrained"

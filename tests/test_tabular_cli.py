@@ -357,3 +357,171 @@ def test_a_regressor_is_named_for_what_it_is_and_the_old_name_still_reads(regres
     record["files"]["classifier.keras"] = record["files"].pop("regressor.keras")
     (old / "manifest.json").write_text(json.dumps(record))
     assert ok("evaluate", old) == shown
+
+
+# ---------------------------------------------------------------- figures named after their rows
+
+
+def one_error(result, code):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "sizes", [[], ["--test-size", "0"], ["--valid-size", "0", "--test-size", "0"]]
+)
+def test_no_printed_test_figure_is_of_training_or_validation_rows(tmp_path, sizes):
+    x, _, labels = table()
+    path = write_csv(tmp_path / "t.csv", x, labels)
+    run = tmp_path / "run"
+    ok("pretrain", *PRETRAIN, *sizes, "--data", path, "--label-column", "label", "--out", run)
+    tuned = ok("finetune", run, "--epochs", "1", "-q")
+    split = split_of(run)
+    assert ("test error" in tuned) == ("test" in split)
+    assert ("validation error" in tuned) == ("valid" in split)
+    shown = ok("evaluate", run)
+    name = "test" if "test" in split else "valid" if "valid" in split else "train"
+    rows = split[name]
+    if name == "test":  # the test rows are none of the rows trained or validated on
+        assert not set(rows) & set(split["train"]) and not set(rows) & set(split.get("valid", []))
+        assert f"on {len(rows)} rows" in shown
+    else:
+        assert not any(line.startswith("test") for line in shown.splitlines())
+        words = {"valid": "validation error", "train": "training error"}
+        figure = [line for line in shown.splitlines() if line.startswith(words[name])]
+        assert figure and figure[0].endswith(f"on {len(rows)} rows")
+        assert "(the data has no test" in shown.splitlines()[0]
+    full = {"test": "test", "valid": "validation", "train": "training"}[name]
+    assert shown.splitlines()[0].startswith(f"evaluated on the {full} split: {len(rows)} rows")
+
+
+@pytest.mark.parametrize(
+    "verb, extra, flag",
+    [
+        ("evaluate", ["--test-size", "0.5"], "--test-size 0.5"),
+        ("evaluate", ["--valid-size", "3"], "--valid-size 3"),
+        ("evaluate", ["--limit", "100"], "--limit 100"),
+        ("evaluate", ["--scale", "none"], "--scale none"),
+        ("finetune", ["--test-size", "0.5", "--overwrite"], "--test-size 0.5"),
+        ("finetune", ["--scale", "minmax", "--overwrite"], "--scale minmax"),
+        ("reconstruct", ["--test-size", "0.3"], "--test-size 0.3"),
+    ],
+)
+def test_options_that_cannot_apply_to_a_run_are_refused_in_one_line(tuned, verb, extra, flag):
+    run, path, _ = tuned
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    line = one_error(invoke(verb, run, *extra), 2)
+    assert flag in line, line
+    # Naming the run's own file is the run's data too: its split holds.
+    line = one_error(invoke(verb, run, "--data", path, *extra), 2)
+    assert flag in line, line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_columns_are_matched_by_name_in_every_verb(tuned, tmp_path):
+    run, path, _ = tuned
+    record = manifest(run)["data"]
+    assert manifest(run)["format"] == 3
+    assert record["columns"] == [f"f{j}" for j in range(N_FEATURES)]
+    assert record["options"]["header"] is True
+    x, _, labels = table()
+    order = [3, 0, 4, 2, 1]
+    moved = tmp_path / "moved.csv"
+    with open(moved, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", *(f"f{j}" for j in order)])
+        for row, label in zip(x, labels):
+            writer.writerow([label, *(repr(float(row[j])) for j in order)])
+    ok("encode", run, "--data", path, "--out", tmp_path / "a.npz")
+    ok("encode", run, "--data", moved, "--out", tmp_path / "b.npz")
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert_array_equal(a["train"], b["train"])
+        assert_array_equal(a["y_train"], b["y_train"])
+    figures = [line for line in ok("evaluate", run).splitlines() if " error " in line]
+    assert figures and figures == [
+        line for line in ok("evaluate", run, "--data", moved).splitlines() if " error " in line
+    ]
+    # One feature missing while the label column is there: refused, naming the feature.
+    short = write_csv(tmp_path / "short.csv", x[:, :4], labels)
+    line = one_error(invoke("evaluate", run, "--data", short), 1)
+    assert "no column 'f4', one of the run's 5 features" in line
+    line = one_error(invoke("encode", run, "--data", short, "--out", tmp_path / "c.npz"), 1)
+    assert "no column 'f4'" in line and not (tmp_path / "c.npz").exists()
+
+
+def test_a_data_file_changed_under_a_run_is_refused_unless_told(tmp_path):
+    x, _, labels = table()
+    path = write_csv(tmp_path / "t.csv", x, labels)
+    run = tmp_path / "run"
+    ok("pretrain", *PRETRAIN, "--data", path, "--label-column", "label", "--out", run)
+    assert manifest(run)["data"]["fingerprint"]["size"] == path.stat().st_size
+    lines = path.read_text().splitlines()
+    rows = lines[1:]
+    np.random.default_rng(0).shuffle(rows)
+    path.write_text("\n".join([lines[0], *rows]) + "\n")  # same size, rows in another order
+    before = (run / "manifest.json").read_bytes()
+    for verb in (["finetune", run, "--epochs", "1", "-q"], ["evaluate", run]):
+        line = one_error(invoke(*verb), 1)
+        assert "changed since the run read it" in line and "--data-changed-ok" in line
+    assert (run / "manifest.json").read_bytes() == before
+    ok("finetune", run, "--epochs", "1", "-q", "--data-changed-ok")
+
+
+def test_a_runs_limit_is_not_applied_to_other_files(tmp_path):
+    x, _, labels = table()
+    path = write_csv(tmp_path / "t.csv", x, labels)
+    run = tmp_path / "run"
+    ok(
+        "pretrain",
+        *PRETRAIN,
+        "--data",
+        path,
+        "--label-column",
+        "label",
+        "--limit",
+        "100",
+        "--out",
+        run,
+    )
+    other = tmp_path / "other.csv"
+    shutil.copy(path, other)
+    assert "train (240, 8)" in ok("encode", run, "--data", other, "--out", tmp_path / "a.npz")
+    assert "train (50, 8)" in ok(
+        "encode", run, "--data", other, "--limit", "50", "--out", tmp_path / "b.npz"
+    )
+    # A file without a header: its first row is data, and the guess is said.
+    bare = tmp_path / "bare.csv"
+    np.savetxt(bare, x, delimiter=",")
+    shown = ok("encode", run, "--data", bare, "--out", tmp_path / "c.npz")
+    assert "train (240, 8)" in shown and "line 1 read as data" in shown
+    # Read as names, its first row names none of the run's features.
+    line = one_error(
+        invoke("encode", run, "--data", bare, "--header", "--out", tmp_path / "d.npz"), 1
+    )
+    assert "no column 'f0', one of the run's 5 features" in line
+
+
+def test_test_size_for_a_source_with_its_own_test_split_is_refused(tmp_path):
+    out = tmp_path / "run"
+    line = one_error(
+        invoke(
+            "pretrain",
+            "--data",
+            "mnist-sample",
+            "--test-size",
+            "0.2",
+            "--limit",
+            "100",
+            "--layers",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            out,
+        ),
+        2,
+    )
+    assert "--test-size: mnist-sample has a test split of its own" in line
+    assert not out.exists()

@@ -9,7 +9,9 @@ naming the file.
 import csv
 import glob
 import gzip
+import hashlib
 import io
+import logging
 import math
 import os
 import pickle
@@ -46,6 +48,8 @@ READ_ERRORS = (
 # DEFLATE's best case is 1032 bytes out per byte in: a header declaring more is a lie.
 MAX_DEFLATE_RATIO = 1032
 READ_BYTES = 1 << 24
+# What the data layer decided on a guess (a header, a split cut short) goes here, one line each.
+log = logging.getLogger("stackae.data")
 
 
 @dataclass
@@ -62,6 +66,10 @@ class Raw:
     image_shape: tuple | None = None
     n_classes: int | None = None
     own_split: bool = False
+    # A table's feature names (its label column left out) when the table names its
+    # columns; whether a CSV's first line was read as a header.
+    columns: list | None = None
+    header: bool | None = None
 
 
 def why(err):
@@ -87,29 +95,38 @@ def check_regular(path):
             raise DataError(f"{path}: is {kind}, not a regular file")
 
 
-def read_path(path, label_column, limit=None, n_features=None):
+def read_path(path, label_column, limit=None, n_features=None, columns=None, header=None):
     """A file or a folder of IDX files, by its name; DataError if missing or unknown.
 
     `limit`: a file without splits of its own is read only up to that row.
     `n_features`: the width a run expects; a table that already has it is read
     without its label column (new rows to encode need no labels).
+    `columns`: the feature names a run recorded; a table naming its columns has
+    them matched by name (any order), a missing or an extra one refused.
+    `header`: whether a CSV's first line names its columns; None: `csv_header`'s rule.
     """
     if not os.path.exists(path):
         from stackae.files import link_problem
 
         raise DataError(f"{path}: {link_problem(path) or 'no such file or folder'}")
     check_regular(path)
+    lower = path.lower()
+    is_table = lower.endswith((".csv", ".parquet")) and not os.path.isdir(path)
+    if label_column is not None and not is_table:
+        raise DataError(
+            f"{path}: --label-column applies to tables (.csv, .parquet); "
+            "this source holds its labels in an array of their own (y, y_train, labels)"
+        )
     if os.path.isdir(path):
         return read_idx_folder(path)
-    lower = path.lower()
     if lower.endswith(".npz"):
         return read_npz_file(path)
     if lower.endswith(".npy"):
         return _read_npy(path)
     if lower.endswith(".csv"):
-        return _read_csv(path, label_column, limit, n_features)
+        return _read_csv(path, label_column, limit, n_features, columns, header)
     if lower.endswith(".parquet"):
-        return _read_parquet(path, label_column, limit, n_features)
+        return _read_parquet(path, label_column, limit, n_features, columns)
     if lower.endswith((".pkl", ".pkl.gz", ".pickle")):
         return _read_pickle(path, limit)
     raise DataError(
@@ -315,20 +332,49 @@ MISSING = {"", "na", "n/a", "nan", "null", "none", "?", "-"}
 CSV_CHUNK = 8192
 
 
-def _read_csv(path, label_column, limit, n_features):
+def csv_header(path, first, header=None):
+    """Whether a CSV's first line names its columns (a UTF-8 byte order mark is never a name).
+
+    `header` True or False is taken as given. None: the line is a header when
+    one of its cells is a name, neither empty, a number nor a missing-value
+    mark (NA, ?, ...). A line of numbers only is read as data, and since that
+    is a guess (a header of years, 2019,2020,..., looks the same) it is said
+    in one line on the "stackae.data" logger.
+    """
+    if header is not None:
+        return bool(header)
+    if any(_is_name(cell) for cell in first):
+        return True
+    log.warning(
+        "%s: line 1 read as data, not as column names (it holds only numbers); "
+        "--header reads it as names",
+        path,
+    )
+    return False
+
+
+def _is_name(cell):
+    text = cell.strip()
+    return bool(text) and not _is_number(text) and text.lower() not in MISSING
+
+
+def _read_csv(path, label_column, limit, n_features, columns=None, header=None):
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             first = next(reader, None)
             while first is not None and not any(cell.strip() for cell in first):
                 first = next(reader, None)
             if first is None:
                 raise DataError(f"{path}: the file is empty")
-            header = None if all(map(_is_number, first)) else [cell.strip() for cell in first]
+            has_header = csv_header(path, first, header)
+            names = [cell.strip() for cell in first] if has_header else None
             width = len(first)
-            names = header or [str(i) for i in range(width)]
-            label = _label_index(path, label_column, header, width, n_features)
-            chunks, rows = [], [] if header else [_numbers(path, first, reader.line_num, names)]
+            pick = _pick(path, names, width, label_column, n_features, columns)
+            shown = names or [str(i) for i in range(width)]
+            label = pick[1]
+            chunks = []
+            rows = [] if has_header else [_numbers(path, first, reader.line_num, shown, label)]
             for row in reader:
                 if limit is not None and len(chunks) * CSV_CHUNK + len(rows) >= limit:
                     break
@@ -338,7 +384,7 @@ def _read_csv(path, label_column, limit, n_features):
                     raise DataError(
                         f"{path}: line {reader.line_num} has {len(row)} columns, expected {width}"
                     )
-                rows.append(_numbers(path, row, reader.line_num, names))
+                rows.append(_numbers(path, row, reader.line_num, shown, label))
                 if len(rows) == CSV_CHUNK:
                     chunks.append(np.array(rows, np.float64))
                     rows = []
@@ -353,10 +399,12 @@ def _read_csv(path, label_column, limit, n_features):
         table = table[:limit]
     if len(table) == 0:
         raise DataError(f"{path}: no data rows")
-    return _split_label(path, table, label)
+    raw = _split_label(path, table, pick)
+    raw.header = has_header
+    return raw
 
 
-def _numbers(path, row, line, names):
+def _numbers(path, row, line, names, label=None):
     out = []
     for column, cell in enumerate(row):
         text = cell.strip()
@@ -372,6 +420,11 @@ def _numbers(path, row, line, names):
             raise DataError(f"{path}: line {line}: missing value in column {names[column]!r}")
         if value is not None:
             raise DataError(f"{path}: line {line}: infinite value in column {names[column]!r}")
+        if column == label:
+            raise DataError(
+                f"{path}: label column {names[column]!r} holds text ({text[:40]!r} in line "
+                f"{line}); labels must be integer classes: write them as 0, 1, 2, ..."
+            )
         raise DataError(
             f"{path}: column {names[column]!r} holds text, not numbers "
             f"({text[:40]!r} in line {line})"
@@ -396,30 +449,93 @@ def _label_index(path, label_column, header, width, n_features=None):
     if isinstance(label_column, int | np.integer) and -width <= label_column < width:
         return int(label_column) % width
     if isinstance(label_column, str) and label_column.strip().lstrip("-").isdigit():
-        return _label_index(path, int(label_column), header, width)
+        return _label_index(path, int(label_column), header, width, n_features)
     columns = f"columns {header}" if header else f"{width} unnamed columns"
+    if n_features is not None:
+        raise DataError(
+            f"{path}: the file has {columns}: neither the run's {n_features} features "
+            f"nor those and the label column {label_column!r}"
+        )
     raise DataError(f"{path}: no label column {label_column!r} (the file has {columns})")
 
 
-def _split_label(path, table, label):
-    if label is None:
-        return Raw({"train": (table, None)}, path)
-    return Raw({"train": (np.delete(table, label, axis=1), table[:, label])}, path)
+def _pick(where, names, width, label_column, n_features=None, columns=None):
+    """(feature indices, label index or None, feature names or None).
+
+    `names`: the table's column names (None: unnamed, matched by position).
+    `columns`: the feature names a run recorded; a named table must hold each
+    of them (in any order) and nothing else but its label column: the column
+    `label_column` names, or, for a label column given by index, the one
+    column that is not a feature (the index is the run's file's, not this one's).
+    """
+    if names is not None:
+        seen = {}
+        for j, name in enumerate(names):
+            if name in seen:
+                raise DataError(
+                    f"{where}: column name {name!r} appears twice (columns {seen[name]} and {j}); "
+                    "columns must have different names"
+                )
+            seen[name] = j
+    if names is not None and columns is not None:
+        label = None  # rows to encode need no labels
+        others = [j for j, name in enumerate(names) if name not in columns]
+        if isinstance(label_column, str) and label_column in seen:
+            label = seen[label_column]
+        elif _is_index(label_column) and len(others) == 1:
+            label = others[0]
+        missing = [name for name in columns if name not in seen]
+        if missing:
+            raise DataError(
+                f"{where}: no column {missing[0]!r}, one of the run's {len(columns)} features "
+                f"(the file has columns {names})"
+            )
+        extra = [name for j, name in enumerate(names) if name not in columns and j != label]
+        if extra:
+            raise DataError(
+                f"{where}: column {extra[0]!r} is neither one of the run's features "
+                f"{list(columns)} nor its label column"
+            )
+        return [seen[name] for name in columns], label, list(columns)
+    label = _label_index(where, label_column, names, width, n_features)
+    features = [j for j in range(width) if j != label]
+    return features, label, None if names is None else [names[j] for j in features]
 
 
-def read_columns(where, columns, label_column, limit=None, n_features=None):
-    """A table given as {name: 1-d array} (a DataFrame's, a Parquet file's) as a Raw."""
+def _is_index(label_column):
+    if isinstance(label_column, int | np.integer):
+        return True
+    return isinstance(label_column, str) and label_column.strip().lstrip("-").isdigit()
+
+
+def _split_label(path, table, pick):
+    features, label, names = pick
+    x = table if features == list(range(table.shape[1])) else table[:, features]
+    y = None if label is None else table[:, label]
+    return Raw({"train": (x, y)}, path, columns=names)
+
+
+def read_columns(where, columns, label_column, limit=None, n_features=None, recorded=None):
+    """A table given as {name: 1-d array} (a DataFrame's, a Parquet file's) as a Raw.
+
+    `recorded`: the feature names a run recorded, matched by name.
+    """
     names = [str(name) for name in columns]
     arrays = list(columns.values())
     if not arrays:
         raise DataError(f"{where}: the table has no columns")
-    label = _label_index(where, label_column, names, len(names), n_features)
+    pick = _pick(where, names, len(names), label_column, n_features, recorded)
     n_rows = len(arrays[0]) if limit is None else min(limit, len(arrays[0]))
     memory.check_fits(8 * n_rows * len(arrays), f"{where}: the table")
     table = np.empty((n_rows, len(arrays)), np.float64)
     for j, (name, values) in enumerate(zip(names, arrays, strict=True)):
         values = np.asarray(values[:n_rows])
         if values.dtype.kind not in "biuf":
+            if j == pick[1]:
+                raise DataError(
+                    f"{where}: label column {name!r} holds {values.dtype}, not numbers; "
+                    "labels must be integer classes: write them as 0, 1, 2, ..."
+                )
             raise DataError(f"{where}: column {name!r} holds {values.dtype}, not numbers")
         missing = np.flatnonzero(np.isnan(values)) if values.dtype.kind == "f" else []
         if len(missing):
@@ -427,10 +543,10 @@ def read_columns(where, columns, label_column, limit=None, n_features=None):
         table[:, j] = values
     if n_rows == 0:
         raise DataError(f"{where}: no data rows")
-    return _split_label(where, table, label)
+    return _split_label(where, table, pick)
 
 
-def _read_parquet(path, label_column, limit, n_features):
+def _read_parquet(path, label_column, limit, n_features, recorded=None):
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -442,19 +558,71 @@ def _read_parquet(path, label_column, limit, n_features):
         columns = {name: table.column(name).to_numpy() for name in table.column_names}
     except Exception as err:  # noqa: BLE001 - pyarrow's errors have no common base
         raise DataError(f"{path}: cannot read as .parquet ({why(err)})") from err
-    return read_columns(path, columns, label_column, None, n_features)
+    if len(columns) != len(table.column_names):
+        raise DataError(f"{path}: two columns have the same name; columns must differ")
+    return read_columns(path, columns, label_column, None, n_features, recorded)
 
 
-def read_frame(frame, label_column, limit=None, n_features=None):
+def read_frame(frame, label_column, limit=None, n_features=None, recorded=None):
     """A pandas DataFrame (numeric columns; the label column by name) as a Raw."""
+    names = [str(name) for name in frame.columns]
+    if len(set(names)) != len(names):
+        _pick("<DataFrame>", names, len(names), None)  # names the repeated column
     columns = {}
-    for name in frame.columns:
-        column = frame[name]
+    for j, name in enumerate(frame.columns):
+        column = frame.iloc[:, j]
         if column.hasnans and column.dtype.kind not in "f":
             row = int(np.flatnonzero(column.isna().to_numpy())[0])
             raise DataError(f"<DataFrame>: missing value in row {row}, column {str(name)!r}")
         columns[name] = column.to_numpy()
-    return read_columns("<DataFrame>", columns, label_column, limit, n_features)
+    return read_columns("<DataFrame>", columns, label_column, limit, n_features, recorded)
+
+
+# ---------------------------------------------------------------- fingerprints
+
+# Files up to this size are hashed whole; larger ones by FINGERPRINT_BLOCKS sampled blocks.
+FINGERPRINT_WHOLE = 1 << 25
+FINGERPRINT_BLOCKS = 64
+FINGERPRINT_BLOCK = 1 << 16
+
+
+def fingerprint(path):
+    """A cheap record of a data file's contents: {"size", "sha256", "sampled", "mtime_ns"}.
+
+    A file up to 32 MiB is hashed whole; a larger one by 64 blocks of 64 KiB
+    spread evenly over it (its first and last included) and its size. A folder
+    (IDX files) is the hash of its files' fingerprints. `mtime_ns` is kept to
+    tell, not compared: a copy of the same bytes is the same data.
+    """
+    try:
+        if os.path.isdir(path):
+            digest, size = hashlib.sha256(), 0
+            for name in sorted(os.listdir(path)):
+                file = os.path.join(path, name)
+                if os.path.isfile(file) and "idx" in name:
+                    found = fingerprint(file)
+                    size += found["size"]
+                    digest.update(f"{name}:{found['size']}:{found['sha256']};".encode())
+            return {"size": size, "sha256": digest.hexdigest(), "sampled": True, "mtime_ns": None}
+        info = os.stat(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            if info.st_size <= FINGERPRINT_WHOLE:
+                for chunk in iter(lambda: f.read(READ_BYTES), b""):
+                    digest.update(chunk)
+            else:
+                last = info.st_size - FINGERPRINT_BLOCK
+                for k in range(FINGERPRINT_BLOCKS):
+                    f.seek(k * last // (FINGERPRINT_BLOCKS - 1))
+                    digest.update(f.read(FINGERPRINT_BLOCK))
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({why(err)})") from err
+    return {
+        "size": int(info.st_size),
+        "sha256": digest.hexdigest(),
+        "sampled": info.st_size > FINGERPRINT_WHOLE,
+        "mtime_ns": int(info.st_mtime_ns),
+    }
 
 
 # ---------------------------------------------------------------- IDX

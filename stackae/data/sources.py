@@ -1,5 +1,6 @@
 """Named data sources (mnist, mnist-sample, fashion-mnist) and `load`, which reads any source."""
 
+import dataclasses
 import importlib.resources
 import os
 
@@ -30,6 +31,8 @@ def load(
     split_seed=DEFAULT_SEED,
     scaler=None,
     split=None,
+    columns=None,
+    header=None,
 ):
     """Load a data source as validated float32 rows, split and scaled.
 
@@ -52,7 +55,8 @@ def load(
             data uses its first `limit` rows before splitting them. Only those
             rows are read where the format allows (not from a pickle).
         label_column: name or index of the label column of a table (CSV,
-            Parquet, DataFrame). A file already as wide as a recorded
+            Parquet, DataFrame); refused for other sources, whose labels are
+            arrays of their own. A file already as wide as a recorded
             `scaler` is read without it (new rows to encode need no labels).
         scale: "none", "minmax" (per feature into [0, 1]), "standard" (zero
             mean, unit variance), both fitted on the training split, or
@@ -64,6 +68,11 @@ def load(
         scaler: a recorded `scaling.Scaler` to apply instead of fitting one.
         split: recorded split indices ({"train": ..., "valid": ..., "test":
             ...} into the rows after `limit`), to use instead of drawing them.
+        columns: the feature names a run recorded: a table that names its
+            columns has them matched by name, in any order; a missing or an
+            extra column is refused, naming it.
+        header: whether a CSV's first line names its columns; None decides
+            by `readers.csv_header`'s rule and says so when it guessed.
 
     Returns:
         A `Data`. Images (rows, h, w) or (rows, h, w, 1) are flattened to rows
@@ -76,12 +85,15 @@ def load(
     if source is None:
         source, _ = default_source()
     n_features = None if scaler is None else scaler.n_features
-    raw = _in_memory(source, label_column, limit, n_features)
+    raw = _in_memory(source, label_column, limit, n_features, columns)
+    found = None
     if raw is not None:
         name = raw.origin
     else:
         source = os.fspath(source)
         name = source.replace("_", "-") if source.replace("_", "-") in SOURCES else source
+        if name in SOURCES and label_column is not None:
+            raise DataError(f"{name}: --label-column applies to tables; {name} has its labels")
         if name == "mnist":
             raw = _read_mnist()
         elif name == "mnist-sample":
@@ -89,8 +101,9 @@ def load(
         elif name == "fashion-mnist":
             raw = _read_fashion()
         else:
-            raw = readers.read_path(source, label_column, limit, n_features)
-    return validation.assemble(
+            raw = readers.read_path(source, label_column, limit, n_features, columns, header)
+            found = readers.fingerprint(source)  # after the reader refused special files
+    data = validation.assemble(
         name,
         raw,
         DEFAULT_VALID.get(name),
@@ -103,12 +116,15 @@ def load(
         scaler=scaler,
         split=split,
     )
+    return dataclasses.replace(data, fingerprint=found)
 
 
-def _in_memory(source, label_column, limit, n_features):
+def _in_memory(source, label_column, limit, n_features, columns=None):
     """A Raw for a DataFrame, an array or an (x, y) pair; None for names and paths."""
     if type(source).__module__.split(".")[0] == "pandas" and hasattr(source, "columns"):
-        return readers.read_frame(source, label_column, limit, n_features)
+        return readers.read_frame(source, label_column, limit, n_features, columns)
+    if isinstance(source, np.ndarray | tuple) and label_column is not None:
+        raise DataError("<array>: label_column applies to tables; give the labels as (x, y)")
     if isinstance(source, np.ndarray):
         return readers.Raw({"train": (source, None)}, "<array>")
     if isinstance(source, tuple) and len(source) == 2:

@@ -5,12 +5,15 @@ A split is a dict name -> sorted int64 indices into the file's rows (after
 their streams between versions, the recorded indices do not.
 """
 
+import logging
 import numbers
 
 import numpy as np
 
 from stackae.config import check_split_size
 from stackae.errors import DataError
+
+log = logging.getLogger("stackae.data")
 
 NAMES = ("train", "valid", "test")
 # Fractions of the rows of a file without splits of its own.
@@ -38,15 +41,18 @@ def seeded(n_rows, classes, valid_size, test_size, seed, min_train, where):
 
     Counts are taken as given (DataError if they leave no training row);
     fractions give way, test first, so that at least min(n_rows, min_train)
-    rows are left to train on. With class labels `classes`, each class is
-    split in proportion: rows are shuffled, ordered by class, and every k-th
-    one taken.
+    rows are left to train on. A split so cut is said in one line on the
+    "stackae.data" logger, and a fraction the user gave cut to no row is
+    refused. A class left with no training row is said too. With class labels
+    `classes`, each class is split in proportion: rows are shuffled, ordered
+    by class, and every k-th one taken.
     """
     sizes = {
         "valid": DEFAULT_VALID_FRACTION if valid_size is None else valid_size,
         "test": DEFAULT_TEST_FRACTION if test_size is None else test_size,
     }
-    counts = {name: count(size, n_rows) for name, size in sizes.items()}
+    asked = {name: count(size, n_rows) for name, size in sizes.items()}
+    counts = dict(asked)
     excess = counts["valid"] + counts["test"] - (n_rows - min(n_rows, min_train))
     for name in ("test", "valid"):
         if excess > 0 and not isinstance(sizes[name], numbers.Integral):
@@ -54,8 +60,11 @@ def seeded(n_rows, classes, valid_size, test_size, seed, min_train, where):
             counts[name] -= cut
             excess -= cut
     if counts["valid"] + counts["test"] >= n_rows:
-        asked = ", ".join(f"{k}_size={sizes[k]}" for k in counts if counts[k])
-        raise DataError(f"{where}: {asked} leaves no training rows (the data has {n_rows})")
+        given = ", ".join(f"{k}_size={sizes[k]}" for k in counts if counts[k])
+        raise DataError(f"{where}: {given} leaves no training rows (the data has {n_rows})")
+    chosen = {"valid": valid_size is not None, "test": test_size is not None}
+    for name in ("test", "valid"):
+        _say_cut(where, name, sizes, asked, counts, n_rows, chosen[name])
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_rows)
     if classes is not None:
@@ -67,7 +76,63 @@ def seeded(n_rows, classes, valid_size, test_size, seed, min_train, where):
         if chosen.any():
             out[name] = np.sort(rest[chosen])
         rest = rest[~chosen]
-    return {"train": np.sort(rest), **out}
+    split = {"train": np.sort(rest), **out}
+    if classes is not None:
+        _say_untrained(where, np.asarray(classes), split)
+    return split
+
+
+def _say_cut(where, name, sizes, asked, counts, n_rows, chosen):
+    """Refuse a split the user sized that others left empty; say so when one shrank or is empty.
+
+    `chosen`: the user gave this split's size (else it is the default fraction).
+    """
+    size, other = sizes[name], "valid" if name == "test" else "test"
+    kind = "validation" if name == "valid" else "test"
+    if asked[name] and not counts[name] and chosen:
+        raise DataError(
+            f"{where}: {name}_size={size} gets no rows: {other}_size={sizes[other]} and the "
+            f"training rows take all {n_rows}; ask for fewer {other} rows"
+        )
+    if size and not counts[name]:
+        log.warning(
+            "%s: no %s split (%s_size=%s gives no row of %d%s); figures are of other rows",
+            where,
+            kind,
+            name,
+            size,
+            n_rows,
+            ", the rest is for training" if asked[name] else "",
+        )
+    elif counts[name] < asked[name]:
+        log.warning(
+            "%s: %s_size=%s gives %d %s rows, not %d, to leave rows to train on",
+            where,
+            name,
+            size,
+            counts[name],
+            kind,
+            asked[name],
+        )
+
+
+def _say_untrained(where, classes, split):
+    """One line for each class that has rows but none among the training rows."""
+    trained = set(np.unique(classes[split["train"]]).tolist())
+    for name in ("valid", "test"):
+        if name not in split:
+            continue
+        for value in np.unique(classes[split[name]]).tolist():
+            if value not in trained:
+                n = int(np.count_nonzero(classes == value))
+                log.warning(
+                    "%s: class %s has %d row%s, all in the %s split: the model never trains on it",
+                    where,
+                    value,
+                    n,
+                    "" if n == 1 else "s",
+                    "validation" if name == "valid" else "test",
+                )
 
 
 def _every(m, k):

@@ -49,6 +49,12 @@ class Data:
     target_kind: str | None = None
     # Classes for "classes", target columns for "values", None without targets.
     n_outputs: int | None = None
+    # A table's feature names (its label column left out), when it names its columns.
+    columns: list | None = None
+    # Whether a CSV's first line was read as a header (None: not a CSV).
+    header: bool | None = None
+    # `readers.fingerprint` of the file read (None: a named source or rows in memory).
+    fingerprint: dict | None = None
 
     @property
     def n_features(self) -> int:
@@ -73,10 +79,15 @@ def check_labels(y, n_classes, name):
     if y.dtype.kind not in "biuf":
         raise DataError(f"{name}: labels must be integers, found dtype {y.dtype}")
     if y.dtype.kind == "f":
+        missing = np.flatnonzero(np.isnan(y))
+        if missing.size:
+            raise DataError(
+                f"{name}: label missing (NaN) in row {missing[0]}; every row needs a class"
+            )
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if bad.size:
             raise DataError(
-                f"{name}: labels must be integers, found {y.flat[bad[0]]} (row {bad[0]})"
+                f"{name}: labels must be integer classes, found {y.flat[bad[0]]} (row {bad[0]})"
             )
     negative = np.flatnonzero(y < 0)
     if negative.size:
@@ -456,6 +467,8 @@ def assemble(
         split=index,
         target_kind=targets,
         n_outputs=n_outputs,
+        columns=raw.columns,
+        header=raw.header,
     )
 
 
