@@ -21,6 +21,7 @@ _EXPORTS = {
     "LayerSpec": "stackae.config",
     "Stack": "stackae.stack",
     "TiedAutoEncoderLayer": "stackae.layers",
+    "TiedConv2DAutoEncoderLayer": "stackae.conv_layer",
     "finetune": "stackae.finetuning",
     "layer_specs": "stackae.stack",
     "pretrain": "stackae.stack",
@@ -46,7 +47,7 @@ def __dir__():
 
 
 # Modules whose classes Keras must know by name to load a stackae `.keras` file.
-_SERIALIZABLE = ("stackae.layers", "stackae.autoencoder", "stackae.stack")
+_SERIALIZABLE = ("stackae.layers", "stackae.conv_layer", "stackae.autoencoder", "stackae.stack")
 _importing = set()  # watched modules whose code is running now
 
 
