@@ -8,12 +8,21 @@ SCALING = "scaling"
 TARGET_SCALING = "target_scaling"
 
 
+def copy_of(value):
+    """A new array holding `value` (a variable or tensor) for `Variable.assign`.
+
+    Under JAX, assigning a variable's own array shares its buffer, and a
+    compiled `predict` of the exported model may then delete the stack's.
+    """
+    return keras.ops.copy(keras.ops.convert_to_tensor(value))
+
+
 def _dense(units, activation, kernel, bias, name):
-    """A Dense layer holding copies of `kernel` and `bias` (assign copies the values)."""
+    """A Dense layer holding copies of `kernel` and `bias`."""
     layer = keras.layers.Dense(units, activation=activation, name=name)
     layer.build((None, kernel.shape[0]))
-    layer.kernel.assign(kernel)
-    layer.bias.assign(bias)
+    layer.kernel.assign(copy_of(kernel))
+    layer.bias.assign(copy_of(bias))
     return layer
 
 

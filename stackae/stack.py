@@ -1,6 +1,5 @@
 """Greedy layer-wise pretraining of a stack of tied-weight denoising autoencoders."""
 
-
 import keras
 import numpy as np
 

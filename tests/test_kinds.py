@@ -154,3 +154,48 @@ def test_classifier_finetunes_and_loads_without_stackae(pretrained, tmp_path):
     result = run_under("tensorflow", script, tmp_path)
     assert result["error"] < 1e-5
     assert "Conv2D" in result["layers"] and "Dropout" in result["layers"]
+
+
+BACKEND_SCRIPT = """
+import json
+import numpy as np
+import keras
+import stackae
+from stackae import export
+from stackae.kinds import Conv2DSpec
+
+rng = np.random.default_rng(0)
+x = rng.random((32, 7, 8, 2)).astype("float32")
+y = (x.mean(axis=(1, 2, 3)) > np.median(x.mean(axis=(1, 2, 3)))).astype("int64")
+conv = {"epochs": 3, "batch_size": 4, "learning_rate": 0.03}
+stack = stackae.Stack(
+    [Conv2DSpec(filters=3, kernel_size=3, strides=2, padding="same", pool_size=2, **conv),
+     stackae.LayerSpec(4, epochs=2, batch_size=4, corruption=0.3)],
+    seed=4,
+)
+histories = stackae.pretrain(stack, x, group=4, verbose=0)
+encoder = export.encoder(stack)
+codes = keras.ops.convert_to_numpy(stack.encode(x))
+gap = float(np.max(np.abs(encoder.predict(x, verbose=0) - codes)))
+model = export.classifier(stack, 2)
+spec = stackae.FinetuneSpec(epochs=2, batch_size=4)
+stackae.finetune(model, (x, y), spec=spec, seed=0, verbose=0)
+print(json.dumps({
+    "backend": keras.backend.backend(),
+    "losses": [h.history["loss"] for h in histories],
+    "gap": gap,
+    "finite": bool(np.all(np.isfinite(model.predict(x, verbose=0)))),
+}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_conv_stack_pretrains_and_finetunes_under(backend, tmp_path):
+    """Grouped steps (group, batch, height, width, channels) under each backend's trainer."""
+    env = {"JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    result = run_under(backend, BACKEND_SCRIPT, tmp_path, env=env)
+    assert result["backend"] == backend
+    conv_losses, dense_losses = result["losses"]
+    assert conv_losses[-1] < conv_losses[0]
+    assert np.all(np.isfinite(dense_losses))
+    assert result["gap"] < 1e-5 and result["finite"]

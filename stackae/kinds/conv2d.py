@@ -135,6 +135,8 @@ class Conv2DKind(LayerKind):
     def export_encoder(self, layer, index):
         import keras
 
+        from stackae.export import copy_of
+
         conv = keras.layers.Conv2D(
             layer.filters,
             layer.kernel_size,
@@ -144,8 +146,8 @@ class Conv2DKind(LayerKind):
             name=f"encoder_{index + 1}",
         )
         conv.build((None, *layer.image_shape))
-        conv.kernel.assign(layer.kernel)
-        conv.bias.assign(layer.bias)
+        conv.kernel.assign(copy_of(layer.kernel))
+        conv.bias.assign(copy_of(layer.bias))
         if layer.pool_size is None:
             return [conv]
         return [conv, keras.layers.MaxPooling2D(layer.pool_size, name=f"pool_{index + 1}")]
@@ -159,6 +161,8 @@ class Conv2DKind(LayerKind):
         dropped; the layer's own `reconstruct` keeps only the maxima.
         """
         import keras
+
+        from stackae.export import copy_of
 
         layers = []
         if layer.pool_size is not None:
@@ -181,8 +185,8 @@ class Conv2DKind(LayerKind):
             name=f"decoder_{index + 1}",
         )
         decoder.build((None, *layer.feature_shape))
-        decoder.kernel.assign(layer.kernel)  # (kh, kw, channels, filters): the same array
-        decoder.bias.assign(layer.decoder_bias)
+        decoder.kernel.assign(copy_of(layer.kernel))  # (kh, kw, channels, filters): the same array
+        decoder.bias.assign(copy_of(layer.decoder_bias))
         return [*layers, decoder]
 
     def filter_images(self, layer):
