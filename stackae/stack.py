@@ -154,7 +154,10 @@ def pretrain(
         stack: the Stack to train (its layers are trained in place).
         x: training rows, in [0, 1] for a layer with the cross-entropy (a
             sigmoid decoder); any real values for a linear decoder with the
-            squared error. valid: optional validation rows.
+            squared error. A stack whose first layer is convolutional takes
+            images (n, height, width, channels) in memory, kept in their
+            shape (grayscale images take a channel axis: `x[..., None]`).
+            valid: optional validation rows (or images).
         callbacks: a function k -> list of Keras callbacks for layer k.
         start_layer: layers below it are taken as already trained.
         initial_epoch: the epoch `start_layer` starts at (resuming: a callback

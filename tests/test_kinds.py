@@ -2,6 +2,7 @@
 fine-tunes, and its classifier loads without stackae."""
 
 import os
+import re
 import textwrap
 
 import keras
@@ -199,3 +200,18 @@ def test_conv_stack_pretrains_and_finetunes_under(backend, tmp_path):
     assert conv_losses[-1] < conv_losses[0]
     assert np.all(np.isfinite(dense_losses))
     assert result["gap"] < 1e-5 and result["finite"]
+
+
+@pytest.mark.parametrize(
+    "shape,received",
+    [((12, 81), r"\(81,\)"), ((12, 9, 9), r"\(9, 9\)")],
+)
+def test_pretraining_a_conv_stack_on_a_table_is_refused_in_one_line(shape, received):
+    stack = stackae.Stack(mixed_specs())
+    x = np.zeros(shape, "float32")
+    with pytest.raises(ValueError) as caught:
+        stackae.pretrain(stack, x, verbose=0)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "A conv2d layer needs images (height, width, channels)" in message
+    assert re.search(f"given examples of shape {received}", message)
