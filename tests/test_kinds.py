@@ -215,3 +215,23 @@ def test_pretraining_a_conv_stack_on_a_table_is_refused_in_one_line(shape, recei
     assert "\n" not in message
     assert "A conv2d layer needs images (height, width, channels)" in message
     assert re.search(f"given examples of shape {received}", message)
+
+
+def test_kinds_own_their_filter_pictures_and_estimates():
+    stack = stackae.Stack([Conv2DSpec(filters=4, kernel_size=(3, 2), pool_size=2)])
+    stack.build((None, 9, 8, 3))
+    conv = stack.layer_kinds[0]
+    pictures = conv.filter_images(stack.encoder_layers[0])
+    kernel = numpy(stack.encoder_layers[0].kernel)  # (3, 2, 3, 4)
+    assert pictures.shape == (4, 3, 2, 3)  # one colour image per filter
+    assert_allclose(pictures[1], kernel[..., 1])
+    estimates = conv.estimates(stack.specs[0], (9, 8, 3))
+    # 7 x 7 positions, each 3 * 2 * 3 multiply-adds per filter; the code is pooled to 3 x 3.
+    assert estimates == {
+        "parameters": 3 * 2 * 3 * 4 + 4 + 3,
+        "multiply_adds": 7 * 7 * 3 * 2 * 3 * 4,
+        "code_size": 3 * 3 * 4,
+    }
+    dense = kind_of(stackae.LayerSpec(5))
+    assert dense.estimates(stackae.LayerSpec(5), (12,))["multiply_adds"] == 60
+    assert dense.output_shape(stackae.LayerSpec(5), (12,)) == (5,)
