@@ -235,3 +235,16 @@ def test_kinds_own_their_filter_pictures_and_estimates():
     dense = kind_of(stackae.LayerSpec(5))
     assert dense.estimates(stackae.LayerSpec(5), (12,))["multiply_adds"] == 60
     assert dense.output_shape(stackae.LayerSpec(5), (12,)) == (5,)
+
+
+def test_a_mixed_stack_saves_and_loads(tmp_path, rng):
+    stack = stackae.Stack(mixed_specs(), seed=3)
+    stack.build((None, 9, 9, 1))
+    x = images(rng, n=4)
+    stack.save(tmp_path / "stack.keras")
+    loaded = keras.saving.load_model(tmp_path / "stack.keras")
+    assert loaded.specs == stack.specs
+    assert loaded.specs[0].kernel_size == 3 and loaded.flattens == [False, False, True]
+    assert_allclose(numpy(loaded.encode(x)), numpy(stack.encode(x)), rtol=1e-6)
+    for mine, theirs in zip(stack.weights, loaded.weights):
+        assert_allclose(numpy(theirs), numpy(mine))
