@@ -21,11 +21,12 @@ _EXPORTS = {
     "LayerSpec": "stackae.config",
     "Stack": "stackae.stack",
     "TiedAutoEncoderLayer": "stackae.layers",
+    "TiedConv2DAutoEncoderLayer": "stackae.conv_layer",
     "finetune": "stackae.finetuning",
     "layer_specs": "stackae.stack",
     "pretrain": "stackae.stack",
 }
-_SUBMODULES = ("export",)
+_SUBMODULES = ("export", "kinds")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
@@ -46,7 +47,7 @@ def __dir__():
 
 
 # Modules whose classes Keras must know by name to load a stackae `.keras` file.
-_SERIALIZABLE = ("stackae.layers", "stackae.autoencoder", "stackae.stack")
+_SERIALIZABLE = ("stackae.layers", "stackae.conv_layer", "stackae.autoencoder", "stackae.stack")
 _importing = set()  # watched modules whose code is running now
 
 

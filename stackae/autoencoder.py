@@ -1,6 +1,7 @@
 """AutoEncoder: a keras.Model that trains one TiedAutoEncoderLayer as a denoising autoencoder."""
 
 import keras
+import numpy as np
 from keras import ops
 
 # Modules, not names: any of these may be the first import, and Keras's import then
@@ -9,6 +10,7 @@ from stackae import compat, losses, trainers
 from stackae import noise as noises
 from stackae.config import LAYER_FIELDS, check_noise
 from stackae.errors import ParameterError
+from stackae.kinds import kind_of
 from stackae.layers import TiedAutoEncoderLayer
 
 # The fast path is the default: one XLA program per step, many steps per call
@@ -31,8 +33,14 @@ class AutoEncoder(trainers.Steps, keras.Model):
     tutorial's units; `penalty` (when any penalty is set) is the rest of the
     minimised objective. Calling the model returns the reconstruction.
 
+    The layer may be of any registered kind (`stackae.kinds`): with a
+    `TiedConv2DAutoEncoderLayer` the examples are images (height, width,
+    channels), the noise is drawn per value, and the cost sums over every
+    value of an example (pixels and channels).
+
     Args:
-        layer: a `TiedAutoEncoderLayer`, or an int: the number of hidden units.
+        layer: a `TiedAutoEncoderLayer`, or an int: the number of hidden units;
+            or the tied layer of another kind.
         noise: "masking", "gaussian" or "salt-and-pepper".
         corruption: masking / salt-and-pepper probability, or Gaussian stddev.
         loss: "cross-entropy" or "squared-error".
@@ -61,21 +69,30 @@ class AutoEncoder(trainers.Steps, keras.Model):
         super().__init__(**kwargs)
         if isinstance(layer, int) and not isinstance(layer, bool):
             layer = TiedAutoEncoderLayer(layer)
-        if not isinstance(layer, TiedAutoEncoderLayer):
+        try:
+            self.kind = kind_of(layer)
+        except ValueError:
             raise ValueError(
-                "`layer` must be a TiedAutoEncoderLayer or a positive int. "
-                f"Received: layer={layer!r}"
-            )
+                "`layer` must be a TiedAutoEncoderLayer, a positive int or the tied layer of "
+                f"a registered kind (stackae.kinds). Received: layer={layer!r}"
+            ) from None
         # The spec's rules, checked where the spec checks them (stackae.config).
         check_noise(noise, corruption)
         settings = {"loss": loss, "l2": l2, "sparsity": sparsity, "contraction": contraction}
         settings["sparsity_target"] = sparsity_target
         for name, value in settings.items():
             LAYER_FIELDS[name].check(value)
-        if loss == "cross-entropy" and layer.decoder_activation is not keras.activations.sigmoid:
+        decoder_activation = getattr(layer, "decoder_activation", None)
+        if loss == "cross-entropy" and decoder_activation is not keras.activations.sigmoid:
             raise ParameterError(
                 "The cross-entropy loss needs a sigmoid decoder. "
                 "Use loss='squared-error' or decoder_activation='sigmoid'."
+            )
+        if contraction and self.kind.name != "dense":
+            raise ParameterError(
+                "The contractive penalty is written for dense layers. "
+                f"Received: contraction={contraction!r} for a {self.kind.name} layer",
+                param="contraction",
             )
         self.layer = layer
         self.noise = noise
@@ -97,8 +114,9 @@ class AutoEncoder(trainers.Steps, keras.Model):
         # The layer's regularizers, not layer.losses: that reads the variables,
         # which Keras's JAX trainer detaches from the model during fit.
         layer = self.layer
-        regularized = (
-            layer.kernel_regularizer or layer.bias_regularizer or layer.decoder_bias_regularizer
+        regularized = any(
+            getattr(layer, name, None)
+            for name in ("kernel_regularizer", "bias_regularizer", "decoder_bias_regularizer")
         )
         return bool(self.l2 or self.sparsity or self.contraction or regularized)
 
@@ -113,7 +131,7 @@ class AutoEncoder(trainers.Steps, keras.Model):
         if not self.layer.built:
             self.layer.build(input_shape)
         # The decoder trains inside train_step: its bias must be in the weights the optimizer sees.
-        self.layer.use_decoder()
+        self.kind.use_decoder(self.layer)
 
     def call(self, inputs):
         return self.layer(self.layer(inputs), reverse=True)
@@ -145,20 +163,24 @@ class AutoEncoder(trainers.Steps, keras.Model):
         Under mixed precision the matmuls run in float16 and the costs in float32.
         """
         dtype = self.layer.variable_dtype
-        h = self.layer(corrupted)  # (batch, n_hidden); builds the layer on first use
-        logits = self.layer(h, reverse=True, return_logits=True)  # (batch, n_visible)
+        # (batch, n_hidden) and (batch, n_visible) for the dense kind; builds the layer.
+        h, logits = self.kind.autoencode(self.layer, corrupted)
         logits = ops.cast(logits, dtype)
         x = ops.cast(x, dtype)
+        if len(x.shape) > 2:  # images: the cost sums over every value of an example
+            x = ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
+            logits = ops.reshape(logits, (-1, int(np.prod(logits.shape[1:]))))
         if self.loss_name == "cross-entropy":
             per_example = losses.cross_entropy(x, logits)
         else:
             per_example = losses.squared_error(x, self.layer.decoder_activation(logits))
         cost = compat.mean(per_example)
         penalty = ops.zeros((), dtype)
-        kernel = ops.cast(self.layer.kernel, dtype)
+        kernels = [ops.cast(kernel, dtype) for kernel in self.kind.kernels(self.layer)]
+        kernel = kernels[0] if kernels else None
         h = ops.cast(h, dtype)
-        if self.l2:
-            penalty += self.l2 * losses.weight_decay(kernel)
+        for weights in kernels if self.l2 else ():
+            penalty += self.l2 * losses.weight_decay(weights)
         if self.sparsity:
             penalty += self.sparsity * losses.kl_sparsity(h, self.sparsity_target)
         if self.contraction:
@@ -187,7 +209,7 @@ class AutoEncoder(trainers.Steps, keras.Model):
     def _rows(self, x):
         """A batch as rows (examples, features): a (batch, time, features) batch is its
         batch * time rows, so it trains and costs exactly as those rows flattened."""
-        if len(x.shape) == 2:
+        if len(x.shape) == 2 or self.kind.input_rank > 1:
             return x
         return ops.reshape(x, (-1, x.shape[-1]))
 

@@ -2,37 +2,62 @@
 
 import keras
 import numpy as np
-from keras import ops
 
 # Names of the preprocessing layers the exported models may start and end with.
 SCALING = "scaling"
 TARGET_SCALING = "target_scaling"
 
 
+def copy_of(value):
+    """A new array holding `value` (a variable or tensor) for `Variable.assign`.
+
+    Under JAX, assigning a variable's own array shares its buffer, and a
+    compiled `predict` of the exported model may then delete the stack's.
+    """
+    return keras.ops.copy(keras.ops.convert_to_tensor(value))
+
+
 def _dense(units, activation, kernel, bias, name):
-    """A Dense layer holding copies of `kernel` and `bias` (assign copies the values)."""
+    """A Dense layer holding copies of `kernel` and `bias`."""
     layer = keras.layers.Dense(units, activation=activation, name=name)
     layer.build((None, kernel.shape[0]))
-    layer.kernel.assign(kernel)
-    layer.bias.assign(bias)
+    layer.kernel.assign(copy_of(kernel))
+    layer.bias.assign(copy_of(bias))
     return layer
 
 
+def _encoder_groups(stack):
+    """Per layer of the stack, its plain Keras encoder layers (a Flatten first where the
+    layer takes rows and the one below gives images), from the layer's kind."""
+    groups = []
+    for k, (kind, tied) in enumerate(zip(stack.layer_kinds, stack.encoder_layers)):
+        flatten = [keras.layers.Flatten(name=f"flatten_{k + 1}")] if stack.flattens[k] else []
+        groups.append([*flatten, *kind.export_encoder(tied, k)])
+    return groups
+
+
 def _encoder_layers(stack):
-    return [
-        _dense(
-            tied.units,
-            keras.activations.serialize(tied.activation),
-            tied.kernel,
-            tied.bias,
-            name=f"encoder_{k + 1}",
-        )
-        for k, tied in enumerate(stack.encoder_layers)
-    ]
+    return [layer for group in _encoder_groups(stack) for layer in group]
+
+
+def _input_shape(stack):
+    """The shape of one example the stack encodes: (n_visible,) for rows, or an image's."""
+    if stack.example_shapes is None:  # layers built one by one, not through the stack
+        first = stack.encoder_layers[0]
+        if not first.built:
+            raise ValueError("The stack is not built: pretrain it (or call `build`) first.")
+        shape = getattr(first, "image_shape", None) or (first.n_visible,)
+        stack.build((None, *shape))
+    return stack.example_shapes[0]
 
 
 def _n_visible(stack):
-    return stack.encoder_layers[0].n_visible
+    shape = _input_shape(stack)
+    if len(shape) != 1:
+        raise ValueError(
+            f"A scaler scales rows of features; this stack encodes examples of shape {shape}"
+        )
+    return shape[0]
 
 
 def scaling_layer(scaler, width, *, invert=False, name=SCALING):
@@ -73,6 +98,8 @@ def scaling_layer(scaler, width, *, invert=False, name=SCALING):
 
 def _inputs(stack, scaler):
     """The Input and, with a scaler, its scaling layer."""
+    if scaler is None:
+        return [keras.Input(_input_shape(stack))]
     scaling = scaling_layer(scaler, _n_visible(stack))
     return [keras.Input((_n_visible(stack),)), *([scaling] if scaling is not None else [])]
 
@@ -91,8 +118,8 @@ def _hidden(stack, dropout, input_dropout, scaler):
     layers = _inputs(stack, scaler)
     if input_dropout:
         layers.append(keras.layers.Dropout(input_dropout, name="input_dropout"))
-    for k, dense in enumerate(_encoder_layers(stack)):
-        layers.append(dense)
+    for k, group in enumerate(_encoder_groups(stack)):
+        layers.extend(group)
         if dropout:
             layers.append(keras.layers.Dropout(dropout, name=f"dropout_{k + 1}"))
     return layers
@@ -190,18 +217,19 @@ def target_scale(model):
 
 
 def deep_autoencoder(stack):
-    """The encoder followed by the mirrored tied decoders (W^T, decoder bias), as plain Dense."""
-    decoders = [
-        _dense(
-            tied.n_visible,
-            keras.activations.serialize(tied.decoder_activation),
-            ops.transpose(tied.kernel),
-            tied.decoder_bias,
-            name=f"decoder_{k + 1}",
-        )
-        for k, tied in reversed(list(enumerate(stack.encoder_layers)))
-    ]
+    """The encoder followed by the mirrored tied decoders, as plain Keras layers.
+
+    A dense layer's decoder is a Dense holding W^T and the decoder bias; a
+    conv2d layer's is a Conv2DTranspose holding the same kernel (after an
+    UpSampling2D where it pools: see `stackae.kinds.Conv2DKind.export_decoder`);
+    a Reshape undoes each Flatten.
+    """
+    decoders = []
+    for k, (kind, tied) in reversed(list(enumerate(zip(stack.layer_kinds, stack.encoder_layers)))):
+        decoders.extend(kind.export_decoder(tied, k))
+        if stack.flattens[k]:
+            decoders.append(keras.layers.Reshape(stack._below(k), name=f"unflatten_{k + 1}"))
     return keras.Sequential(
-        [keras.Input((_n_visible(stack),)), *_encoder_layers(stack), *decoders],
+        [keras.Input(_input_shape(stack)), *_encoder_layers(stack), *decoders],
         name="deep_autoencoder",
     )

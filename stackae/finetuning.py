@@ -167,7 +167,7 @@ class Finetuner(trainers.Steps, keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         x = ops.convert_to_tensor(x, self.classifier.compute_dtype)
         if not self.built:
-            self.build((None, x.shape[-1]))
+            self.build((None, *x.shape[1:]))
         return x, ops.convert_to_tensor(y, "int64" if self.task == "classification" else "float32")
 
     def _objective(self, batch, step, part, jit):

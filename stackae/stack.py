@@ -1,19 +1,25 @@
 """Greedy layer-wise pretraining of a stack of tied-weight denoising autoencoders."""
 
-import dataclasses
-
 import keras
 import numpy as np
 
 from stackae.autoencoder import AutoEncoder
 from stackae.config import DEFAULT_SEED, PREDICT_BATCH, LayerSpec, layer_specs  # noqa: F401 (public here too)
 from stackae.data.rows import streams
-from stackae.layers import TiedAutoEncoderLayer
+from stackae.kinds import kind_of, spec_of
 
 
 @keras.saving.register_keras_serializable(package="stackae")
 class Stack(keras.Model):
-    """A stack of TiedAutoEncoderLayers and how each is pretrained.
+    """A stack of tied layers and how each is pretrained.
+
+    `specs` holds one spec per layer: a `LayerSpec` (a dense
+    TiedAutoEncoderLayer), a `stackae.kinds.Conv2DSpec` (a tied convolution),
+    or the spec of any kind registered with `stackae.kinds.register_kind`, or
+    their configs as dicts. Kinds mix: where a layer that takes rows (dense)
+    follows one that gives images (conv2d), the images are flattened
+    (row-major, as `keras.layers.Flatten`); a layer that needs images cannot
+    follow one that gives rows.
 
     Calling the stack returns the top code; `encode(x, depth)` stops after
     `depth` layers, `decode(h)` goes back down with every layer's tied decoder.
@@ -22,8 +28,20 @@ class Stack(keras.Model):
 
     def __init__(self, specs, seed=DEFAULT_SEED, **kwargs):
         super().__init__(**kwargs)
-        self.specs = [s if isinstance(s, LayerSpec) else LayerSpec(**s) for s in specs]
+        self.specs = [s if isinstance(s, LayerSpec) else spec_of(s) for s in specs]
+        self.layer_kinds = [kind_of(s) for s in self.specs]
+        # flattens[k]: layer k takes rows and the layer below gives images.
+        self.flattens = [False]
+        for k in range(1, len(self.specs)):
+            below, kind = self.layer_kinds[k - 1].input_rank, self.layer_kinds[k].input_rank
+            if kind > below:
+                raise ValueError(
+                    f"Layer {k + 1} ({self.layer_kinds[k].name}) needs examples of rank {kind} "
+                    f"(images for conv2d); layer {k} ({self.layer_kinds[k - 1].name}) gives rows"
+                )
+            self.flattens.append(kind < below)
         self.seed = int(seed)
+        self.example_shapes = None  # per layer, the shape of one example it encodes (build)
         # Specs saved before `activation` / `decoder_activation` existed lack them and
         # take LayerSpec's defaults, sigmoid and sigmoid, as those stacks were.
         self.encoder_layers = [
@@ -32,32 +50,53 @@ class Stack(keras.Model):
 
     @property
     def sizes(self):
-        return [spec.units for spec in self.specs]
+        return [kind.size(spec) for kind, spec in zip(self.layer_kinds, self.specs)]
 
     def build(self, input_shape):
         shape = tuple(input_shape)
-        for layer in self.encoder_layers:
+        self.example_shapes = []
+        for k, (kind, spec, layer) in enumerate(
+            zip(self.layer_kinds, self.specs, self.encoder_layers)
+        ):
+            if self.flattens[k]:
+                shape = (shape[0], int(np.prod(shape[1:])))
+            if kind.input_rank > 1:  # a dense layer takes rows of any rank, as Dense
+                kind.check_input(spec, shape[1:])
+            self.example_shapes.append(tuple(shape[1:]))
             if not layer.built:
                 layer.build(shape)
-            shape = shape[:-1] + (layer.units,)
+            shape = (shape[0], *kind.output_shape(spec, shape[1:]))
 
     def call(self, inputs):
         return self.encode(inputs)
 
     def encode(self, x, depth=None):
-        for layer in self.encoder_layers[:depth]:
-            x = layer(x)
+        for k, layer in enumerate(self.encoder_layers[:depth]):
+            x = layer(self.layer_input(k, x))
         return x
 
     def decode(self, h, depth=None):
-        for layer in reversed(self.encoder_layers[:depth]):
-            h = layer(h, reverse=True)
+        layers = list(enumerate(self.encoder_layers[:depth]))
+        for k, layer in reversed(layers):
+            h = self.layer_kinds[k].decode(layer, h)
+            if self.flattens[k]:  # rows back to the images of the layer below
+                h = keras.ops.reshape(h, (-1, *self._below(k)))
         return h
+
+    def _below(self, k):
+        """The shape of one code of layer k - 1."""
+        return self.layer_kinds[k - 1].output_shape(self.specs[k - 1], self.example_shapes[k - 1])
+
+    def layer_input(self, k, x):
+        """`x` (codes of layer k - 1) as layer k takes it: flattened where it takes rows."""
+        if not self.flattens[k]:
+            return x
+        return keras.ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
 
     def get_config(self):
         return {
             **super().get_config(),
-            "specs": [dataclasses.asdict(s) for s in self.specs],
+            "specs": [kind.spec_config(s) for kind, s in zip(self.layer_kinds, self.specs)],
             "seed": self.seed,
         }
 
@@ -80,19 +119,20 @@ class Stack(keras.Model):
         """Clean codes of `x` after `depth` layers, as a float32 NumPy array (`x` for depth 0)."""
         if depth == 0:
             return x
-        for layer in self.encoder_layers[:depth]:
-            x = layer_codes(layer, _in_memory(x))
+        for k, layer in enumerate(self.encoder_layers[:depth]):
+            x = layer_codes(layer, _in_memory(self._flat_codes(k, x)))
         return keras.ops.convert_to_numpy(x)
+
+    def _flat_codes(self, k, x):
+        """In-memory codes as layer k takes them (a memmap of rows is never flattened)."""
+        if not self.flattens[k]:
+            return x
+        return _in_memory(keras.ops.reshape(x, (-1, int(np.prod(x.shape[1:])))))
 
 
 def spec_layer(spec, **kwargs):
-    """The untrained TiedAutoEncoderLayer a LayerSpec describes; kwargs go to the layer."""
-    return TiedAutoEncoderLayer(
-        spec.units,
-        activation=spec.activation,
-        decoder_activation=spec.decoder_activation,
-        **kwargs,
-    )
+    """The untrained tied layer a spec describes (its kind's); kwargs go to the layer."""
+    return kind_of(spec).make_layer(spec, **kwargs)
 
 
 def pretrain(
@@ -114,7 +154,10 @@ def pretrain(
         stack: the Stack to train (its layers are trained in place).
         x: training rows, in [0, 1] for a layer with the cross-entropy (a
             sigmoid decoder); any real values for a linear decoder with the
-            squared error. valid: optional validation rows.
+            squared error. A stack whose first layer is convolutional takes
+            images (n, height, width, channels) in memory, kept in their
+            shape (grayscale images take a channel axis: `x[..., None]`).
+            valid: optional validation rows (or images).
         callbacks: a function k -> list of Keras callbacks for layer k.
         start_layer: layers below it are taken as already trained.
         initial_epoch: the epoch `start_layer` starts at (resuming: a callback
@@ -133,13 +176,16 @@ def pretrain(
     from stackae.data import batches, check_batch, training_dataset
     from stackae.distribute import default_group
 
-    stack.build((None, x.shape[-1]))
+    stack.build((None, *x.shape[1:]))
     histories = []
     inputs, valid_inputs = _in_memory(x), _in_memory(valid)
     for k in range(len(stack.specs)):
         if k:  # one layer up: the clean codes of layer k-1, the previous inputs freed
             inputs = layer_codes(stack.encoder_layers[k - 1], inputs)
             valid_inputs = layer_codes(stack.encoder_layers[k - 1], valid_inputs)
+            inputs = stack._flat_codes(k, inputs)
+            if valid_inputs is not None:
+                valid_inputs = stack._flat_codes(k, valid_inputs)
         if k < start_layer:
             continue
         spec = stack.specs[k]
@@ -147,7 +193,7 @@ def pretrain(
         autoencoder = stack.autoencoder(k)
         autoencoder.compile(optimizer=spec.make_optimizer(), jit_compile=jit_compile)
         first_epoch = initial_epoch if k == start_layer else 0
-        autoencoder.build((None, inputs.shape[-1]))
+        autoencoder.build((None, *inputs.shape[1:]))
         train, order = training_dataset(
             inputs,
             spec.batch_size,

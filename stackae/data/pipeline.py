@@ -43,6 +43,9 @@ def training_dataset(x, batch_size, *, seed, shuffle=True, group=1, y=None):
     Under the TensorFlow backend this is a `tf.data.Dataset`; under any other, a
     `keras.utils.PyDataset` that reads a memmap row by row (pread) as tf.data does.
     The two draw their permutations differently.
+
+    An in-memory array of images (n, height, width[, channels]) is served the
+    same way, each batch keeping the examples' shape.
     """
     _check_rows(x, "training data")
     _check_size("batch_size", batch_size)
@@ -72,7 +75,9 @@ def batches(x, batch_size=PREDICT_BATCH, y=None):
 
 
 def _check_rows(x, what):
-    if np.ndim(x) != 2:
+    # Files (memmaps, Rows views) are read row by row; arrays in memory may hold images.
+    in_memory = not isinstance(x, np.memmap | Rows)
+    if np.ndim(x) != 2 and not (in_memory and np.ndim(x) > 2):
         raise DataError(f"{what} must be 2-d (rows, features), found shape {np.shape(x)}")
 
 
@@ -103,20 +108,20 @@ class _Rows:
     reads and conversion, indexing otherwise."""
 
     def __init__(self, x):
-        self.n_features = int(x.shape[1])
+        self.example_shape = tuple(int(d) for d in x.shape[1:])
         self.file = x if isinstance(x, Rows) else RowReader.of(x)
         if self.file is None and not isinstance(x, np.memmap):
             x = np.asarray(x, dtype=np.float32)  # once, not per batch
         self.x = x
 
     def __call__(self, rows):
-        """Rows at int indices of any shape (...,) -> float32 (..., n_features)."""
+        """Rows at int indices of any shape (...,) -> float32 (..., *example_shape)."""
         flat = rows.reshape(-1)
         if self.file is not None:
             out = self.file.take(flat)
         else:
             out = self.x[flat]
-        return np.asarray(out, dtype=np.float32).reshape(*rows.shape, self.n_features)
+        return np.asarray(out, dtype=np.float32).reshape(*rows.shape, *self.example_shape)
 
 
 class EpochBatches(keras.utils.PyDataset):
@@ -212,7 +217,7 @@ def _tf_training(x, y, batch_size, seed, shuffle, group, order):
     elements = -(-steps // group)
     ds = epoch.flat_map(epoch_batches).apply(tf.data.experimental.assert_cardinality(elements))
     ds = ds.map(
-        _with_labels(_grouped(_row_getter(x), x.shape[1]), y),
+        _with_labels(_grouped(_row_getter(x), tuple(x.shape[1:])), y),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -279,14 +284,14 @@ def _row_getter(x):
     return gather_file
 
 
-def _grouped(gather, n_features):
-    """`gather` for index arrays of any shape: rows (..., batch) -> (..., batch, n_features)."""
+def _grouped(gather, example_shape):
+    """`gather` for index arrays of any shape: rows (..., batch) -> (..., batch, *example_shape)."""
     import tensorflow as tf
 
     def gather_any(rows):
         flat = gather(tf.reshape(rows, [-1]))
-        out = tf.reshape(flat, tf.concat([tf.shape(rows), [n_features]], 0))
-        out.set_shape(rows.shape.concatenate([n_features]))
+        out = tf.reshape(flat, tf.concat([tf.shape(rows), list(example_shape)], 0))
+        out.set_shape(rows.shape.concatenate(list(example_shape)))
         return out
 
     return gather_any
