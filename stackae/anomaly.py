@@ -135,13 +135,156 @@ def _reconstruct(stack, block):
     return keras.ops.convert_to_numpy(rebuilt)[: len(block)]
 
 
+# ---------------------------------------------------------------- runs: the command line's side
+
+SCORE_COLUMNS = ("row", "error")
+
+
+def fit_run_threshold(run, stack, x):
+    """Fit the run's recorded contamination on the errors of its training rows `x` (scaled)."""
+    errors = reconstruction_errors(stack, x)
+    found = threshold(errors, run.outliers.contamination)
+    run.record_outliers(run.outliers.contamination, found)
+    return found
+
+
+def run_threshold(run, stack, contamination=None, threshold_given=None):
+    """The threshold scoring uses: given, fitted now on the training split, recorded, or None."""
+    if threshold_given is not None:
+        return float(threshold_given)
+    if contamination is not None:
+        from stackae.workflows import load_run_data
+
+        return threshold(reconstruction_errors(stack, load_run_data(run).train.x), contamination)
+    recorded = run.outliers
+    return None if recorded is None else recorded.threshold
+
+
+def check_out_path(run, out_path, overwrite):
+    """RunError unless `out_path` may be written: never a run's own file, else `refuse_existing`."""
+    import os
+
+    from stackae.errors import RunError
+    from stackae.files import refuse_existing
+    from stackae.manifest import LOCK, MANIFEST
+
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(out_path)))
+    name = os.path.basename(out_path)
+    if folder == os.path.realpath(run.path) and (
+        name in (MANIFEST, LOCK) or run.owns(name) or name in run.manifest.pending
+    ):
+        raise RunError(f"{out_path}: a file of the run {run.path}; write the scores elsewhere")
+    refuse_existing(out_path, overwrite)
+
+
+def score_job(
+    run_dir,
+    data,
+    out_path,
+    *,
+    contamination=None,
+    threshold=None,
+    per_feature=False,
+    limit=None,
+    label_column=None,
+    overwrite=False,
+    on_start=None,
+    on_progress=None,
+    quiet_backend=True,
+):
+    """Write each row's reconstruction error (and outlier flag) to the CSV `out_path`.
+
+    `data`: a source or path, read as `stackae encode` reads it (every row,
+    the run's scaling, a label column left out; the rows are not clipped).
+    The flag column `outlier` (1 or 0) is written where a threshold is known:
+    `threshold` (an error) if given, else one fitted now on the run's training
+    split from `contamination`, else the one the run recorded. `per_feature`
+    adds each feature's squared error (`error_<j>`, j the feature's position).
+    A source with several splits (train, test) gets a `split` column and
+    `row` counts within each. The file is written atomically, never over a
+    file of the run, and over an existing file only with `overwrite`.
+    `on_start(total_rows)` and `on_progress(rows_done)` report progress.
+    Returns {"rows", "flagged", "threshold", "path"}.
+    """
+    from stackae import backend, workflows
+    from stackae.errors import BadOption
+    from stackae.files import atomic_write
+
+    if contamination is not None and threshold is not None:
+        raise BadOption("--contamination and --threshold exclude each other")
+    if contamination is not None:
+        try:
+            contamination = check_contamination(contamination)
+        except ValueError as err:
+            raise BadOption(f"--contamination: {err}") from None
+    if threshold is not None and not (np.isfinite(threshold) and threshold >= 0):
+        raise BadOption(f"--threshold must be a finite error >= 0; got {threshold}")
+    run = workflows.open_run(run_dir)
+    check_out_path(run, out_path, overwrite)
+    backend.start(verbose=not quiet_backend)
+    stack = workflows.load_stack(run)
+    loaded = workflows.load_run_data(
+        run,
+        data,
+        loss="squared-error",  # any range: scores are squared errors, rows are not clipped
+        limit=limit,
+        label_column=label_column,
+        valid_size=0,
+        test_size=0,
+    )
+    cut = run_threshold(run, stack, contamination, threshold)
+    splits = [
+        (name, split.x)
+        for name, split in (("train", loaded.train), ("valid", loaded.valid), ("test", loaded.test))
+        if split is not None
+    ]
+    named = len(splits) > 1
+    width = run.data.n_features
+    header = (["split"] if named else []) + list(SCORE_COLUMNS)
+    header += ["outlier"] if cut is not None else []
+    header += [f"error_{j}" for j in range(width)] if per_feature else []
+    total = sum(len(x) for _, x in splits)
+    if on_start is not None:
+        on_start(total)
+    counts = {"rows": 0, "flagged": 0}
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(",".join(header) + "\n")
+            for name, x in splits:
+                for start, squared in iter_errors(stack, x):
+                    errors = squared.mean(axis=1)
+                    flags = None if cut is None else errors > cut
+                    lines = []
+                    for i, error in enumerate(errors.tolist()):
+                        cells = [name] if named else []
+                        cells += [str(start + i), repr(error)]
+                        if flags is not None:
+                            cells.append("1" if flags[i] else "0")
+                        if per_feature:
+                            cells += map(repr, squared[i].tolist())
+                        lines.append(",".join(cells))
+                    f.write("\n".join(lines) + "\n")
+                    counts["rows"] += len(errors)
+                    counts["flagged"] += 0 if flags is None else int(np.count_nonzero(flags))
+                    if on_progress is not None:
+                        on_progress(len(errors))
+
+    atomic_write(out_path, write, suffix=".csv")
+    return {**counts, "threshold": cut, "path": str(out_path)}
+
+
 __all__ = [
     "AUTO",
     "AUTO_DEVIATIONS",
     "MAD_TO_STD",
     "check_contamination",
+    "check_out_path",
+    "fit_run_threshold",
     "full_batch",
     "iter_errors",
     "reconstruction_errors",
+    "run_threshold",
+    "score_job",
     "threshold",
 ]

@@ -35,6 +35,7 @@ from stackae.manifest import (
     FinetuneProgress,
     LayerProgress,
     Manifest,
+    OutlierThreshold,
 )
 
 STACK = "stack.keras"
@@ -387,6 +388,19 @@ class Run:
         """The data record of the fine-tuning: the data it was given, else the run's."""
         record = self.manifest.finetune
         return record.data if record is not None and record.data is not None else self.data
+
+    @property
+    def outliers(self):
+        """The outlier threshold `pretrain --contamination` recorded (a copy), or None."""
+        record = self.manifest.outliers
+        return None if record is None else dataclasses.replace(record)
+
+    def record_outliers(self, contamination, threshold=None):
+        """Record the contamination asked for, and once fitted the error threshold."""
+        self.manifest.outliers = OutlierThreshold(
+            contamination=contamination, threshold=None if threshold is None else float(threshold)
+        )
+        self.save()
 
     def data_record(self, data, options):
         """A DataRecord of loaded `data` and its options (as `create` records the run's)."""

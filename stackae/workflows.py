@@ -54,13 +54,14 @@ def load_data(source=None, *, loss, split_seed=DEFAULT_SEED, **options):
     return data, {**options, "split_seed": split_seed}
 
 
-def load_run_data(run, source=None, record=None, **given):
+def load_run_data(run, source=None, record=None, loss=None, **given):
     """The data a run's job reads, scaled by the run's recorded scaler.
 
     Without `source`: the data `record` names (the run's by default) with its
     recorded options and split. With `source` (other rows to encode or
     evaluate): that data, read with the recorded options where none are
-    given. Either way the run's width is checked.
+    given. Either way the run's width is checked. `loss`: the loss the rows are
+    checked for (default: the first layer's; "squared-error" takes any range).
     """
     from stackae.data import check_width, load
 
@@ -75,7 +76,7 @@ def load_run_data(run, source=None, record=None, **given):
         split = run.split_indices() if record.split else _tail_split(record)
     data = load(
         run.resolve_data_path(record) or record.name if source is None else source,
-        loss=run.specs[0].loss,
+        loss=loss or run.specs[0].loss,
         split_seed=used["split_seed"],
         scaler=scaler,
         split=split,
@@ -286,6 +287,10 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
         )
     if run.status == "pretraining":
         run.save_model(export.encoder(stack, scaler=data.scaler), runs.ENCODER)
+        if run.outliers is not None:  # pretrain --contamination: the training split's threshold
+            from stackae.anomaly import fit_run_threshold
+
+            fit_run_threshold(run, stack, data.train.x)
         run.set_status("pretrained")
     return run
 
@@ -359,6 +364,7 @@ def pretrain_job(
     quiet_backend=True,
     on_data=None,
     callbacks=(),
+    contamination=None,
 ):
     """Pretrain a new run in `out` (or `resume` the one there), under a distribution strategy.
 
@@ -370,10 +376,20 @@ def pretrain_job(
     the recorded run raise OptionConflict before anything starts; `specs`,
     `seed` and the data are the recorded ones. `on_data(Data)` is called once
     the data is loaded and checked, before training (the CLI prints a line
-    there); `callbacks` go to every layer's `fit`.
+    there); `callbacks` go to every layer's `fit`. `contamination` ("auto" or a
+    fraction in (0, 0.5]): record the reconstruction error above which a row is
+    an outlier, fitted on the training split when pretraining ends
+    (`stackae.anomaly`; `stackae score` flags rows with it).
     Returns the Run (on a non-chief worker, None: the chief's run is the result).
     """
     options = dict(data_options or {})
+    if contamination is not None:
+        from stackae.anomaly import check_contamination
+
+        try:
+            contamination = check_contamination(contamination)
+        except ValueError as err:
+            raise BadOption(f"--contamination: {err}") from None
     run = None
     if resume:  # the lock first: a second process is refused before a backend starts
         run = open_run(out, write=True)
@@ -381,7 +397,8 @@ def pretrain_job(
         data_given = {name: given.pop(name, None) for name in DATA_OPTIONS}
         _conflicts(
             run.resume_conflicts(**given)
-            + run.data_conflicts(run.data, data, **(data_given | options)),
+            + run.data_conflicts(run.data, data, **(data_given | options))
+            + _outlier_conflicts(run, contamination),
             "run",
         )
     elif Run.check_replaceable(out, overwrite) is not None:
@@ -413,6 +430,8 @@ def pretrain_job(
                     data_options=recorded,
                     tensorboard=tensorboard,
                 )
+                if contamination is not None:
+                    run.record_outliers(contamination)
             if on_data is not None:
                 on_data(loaded)
             pretrain_run(
@@ -422,6 +441,13 @@ def pretrain_job(
             run.unlock()
             return None
     return run
+
+
+def _outlier_conflicts(run, contamination):
+    recorded = run.outliers
+    if contamination is None or (recorded and recorded.contamination == contamination):
+        return []
+    return [f"contamination {recorded.contamination if recorded else None} (given {contamination})"]
 
 
 def strategy_scope(strategy):

@@ -164,3 +164,219 @@ def test_threshold_rules():
     assert anomaly.threshold(np.full(5, 2.0), "auto") == 2.0  # no spread: nothing above
     with pytest.raises(ValueError, match="at least one row"):
         anomaly.threshold([], 0.1)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from stackae_cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def ok(*args):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def refused(*args, match):
+    result = invoke(*args)
+    assert (
+        result.exit_code != 0
+        and result.exception is None
+        or isinstance(result.exception, SystemExit)
+    ), result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and match in lines[0], result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def write_csv(path, x, labels=None):
+    names = [f"f{j}" for j in range(x.shape[1])] + ([] if labels is None else ["label"])
+    with open(path, "w") as f:
+        f.write(",".join(names) + "\n")
+        for i, row in enumerate(x):
+            cells = [repr(float(v)) for v in row] + ([] if labels is None else [str(labels[i])])
+            f.write(",".join(cells) + "\n")
+    return path
+
+
+def read_scores(path):
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    return {name: np.array([row[k] for row in body]) for k, name in enumerate(header)}
+
+
+PRETRAIN = ["--layers", "8", "--scale", "standard", "--epochs", "5", "--corruption", "0.1", "-q"]
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory, data):
+    """A run pretrained with --contamination 0.05 on a CSV with a label column."""
+    folder = tmp_path_factory.mktemp("anomaly")
+    x, outlier = data
+    path = write_csv(folder / "rows.csv", x, outlier.astype(int))
+    run = folder / "run"
+    ok("pretrain", *PRETRAIN, "--data", path, "--label-column", "label", "--out", run)
+    return run, path
+
+
+def library_errors(run, x):
+    """The errors of raw rows x through the run's stack and recorded scaler, as the library does."""
+    from stackae import workflows
+
+    opened = workflows.open_run(run)
+    scaler = workflows.run_scaler(opened)
+    stack = workflows.load_stack(opened)
+    return anomaly.reconstruction_errors(stack, scaler.transform(x)), stack, scaler
+
+
+@pytest.fixture(scope="module")
+def run_with_threshold(tmp_path_factory, data):
+    folder = tmp_path_factory.mktemp("anomaly")
+    x, outlier = data
+    path = write_csv(folder / "rows.csv", x, outlier.astype(int))
+    run = folder / "run"
+    output = ok(
+        "pretrain",
+        *PRETRAIN,
+        "--data",
+        path,
+        "--label-column",
+        "label",
+        "--out",
+        run,
+        "--contamination",
+        "0.05",
+    )
+    assert "outlier threshold: reconstruction error above" in output
+    return run, path
+
+
+def test_score_writes_the_libraries_errors_and_the_recorded_thresholds_flags(
+    run_with_threshold, data, tmp_path
+):
+    import json
+
+    from stackae import workflows
+
+    run, path = run_with_threshold
+    x, outlier = data
+    recorded = json.loads((run / "manifest.json").read_text())["outliers"]
+    assert recorded["contamination"] == 0.05
+    errors, stack, scaler = library_errors(run, x)
+    # The threshold is the training split's 95th percentile of errors.
+    opened = workflows.open_run(run)
+    train = opened.split_indices()["train"]
+    assert recorded["threshold"] == pytest.approx(np.percentile(errors[train], 95), rel=1e-9)
+    output = ok("score", run, "--data", path, "--out", tmp_path / "scores.csv", "-q")
+    scores = read_scores(tmp_path / "scores.csv")
+    assert list(scores) == ["row", "error", "outlier"]
+    assert_array_equal(scores["row"].astype(int), np.arange(N_ROWS))
+    assert_allclose(scores["error"].astype(float), errors, rtol=1e-12)
+    flags = scores["outlier"].astype(int)
+    assert_array_equal(flags, (errors > recorded["threshold"]).astype(int))
+    assert f"{N_ROWS} rows, {flags.sum()} above the threshold" in output
+    assert np.count_nonzero(flags & outlier) >= 0.8 * N_OUTLIERS
+    # The estimator with the same scaling and stack gives the same errors.
+    sda = StackedDenoisingAutoencoder()
+    sda.stack_, sda.scaler_, sda.n_features_in_ = stack, scaler, WIDTH
+    assert_allclose(-sda.score_samples(x), errors, rtol=1e-12)
+    # --contamination at scoring time fits the same rule on the same training split.
+    ok("score", run, "--data", path, "--out", tmp_path / "again.csv", "--contamination", "0.05")
+    assert_array_equal(read_scores(tmp_path / "again.csv")["outlier"], scores["outlier"])
+    ok("score", run, "--data", path, "--out", tmp_path / "given.csv", "--threshold", "0")
+    assert set(read_scores(tmp_path / "given.csv")["outlier"]) == {"1"}
+
+
+def test_score_reads_every_data_door_alike(run_with_threshold, data, tmp_path):
+    run, path = run_with_threshold
+    x, _ = data
+    ok("score", run, "--data", path, "--out", tmp_path / "table.csv", "--per-feature")
+    table = read_scores(tmp_path / "table.csv")
+    columns = np.stack([table[f"error_{j}"].astype(float) for j in range(WIDTH)], axis=1)
+    assert_allclose(columns.mean(axis=1), table["error"].astype(float), rtol=1e-12)
+    write_csv(tmp_path / "unlabelled.csv", x)
+    np.save(tmp_path / "rows.npy", x)
+    np.savez(tmp_path / "rows.npz", x=x)
+    for source in ("unlabelled.csv", "rows.npy", "rows.npz"):
+        out = tmp_path / f"{source}.scores.csv"
+        ok("score", run, "--data", tmp_path / source, "--out", out)
+        found = read_scores(out)
+        assert_allclose(found["error"].astype(float), table["error"].astype(float), rtol=1e-12)
+        assert_array_equal(found["outlier"], table["outlier"])
+    ok("score", run, "--data", path, "--out", tmp_path / "first.csv", "--limit", "7")
+    assert len(read_scores(tmp_path / "first.csv")["error"]) == 7
+
+
+def test_a_run_without_a_threshold_still_scores(scored_run, tmp_path):
+    run, path = scored_run
+    output = ok("score", run, "--data", path, "--out", tmp_path / "plain.csv")
+    assert "no threshold recorded or given" in output
+    assert list(read_scores(tmp_path / "plain.csv")) == ["row", "error"]
+
+
+def test_bad_input_is_refused_in_one_line_and_nothing_is_written(
+    run_with_threshold, data, tmp_path
+):
+    run, path = run_with_threshold
+    x, _ = data
+    nan = x[:5].copy()
+    nan[2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "narrow.npy", x[:, :5])
+    out = tmp_path / "scores.csv"
+    refused("score", run, "--data", tmp_path / "nan.npy", "--out", out, match="NaN")
+    write_csv(tmp_path / "nan.csv", nan)
+    refused("score", run, "--data", tmp_path / "nan.csv", "--out", out, match="missing value")
+    refused("score", run, "--data", tmp_path / "narrow.npy", "--out", out, match="data has 5")
+    refused(
+        "score",
+        run,
+        "--data",
+        path,
+        "--out",
+        out,
+        "--label-column",
+        "kind",
+        match="no label column 'kind'",
+    )
+    refused("score", run, "--data", path, "--out", out, "--contamination", "0.7", match="0.7")
+    assert not out.exists() and not list(tmp_path.glob(".stackae-*"))
+    out.write_text("mine\n")
+    refused("score", run, "--data", path, "--out", out, match="exists; use --overwrite")
+    assert out.read_text() == "mine\n"
+    for name in ("manifest.json", "stack.keras", "encoder.keras"):
+        before = (run / name).read_bytes()
+        refused(
+            "score",
+            run,
+            "--data",
+            path,
+            "--out",
+            run / name,
+            "--overwrite",
+            match="a file of the run",
+        )
+        assert (run / name).read_bytes() == before
+    ok("score", run, "--data", path, "--out", out, "--overwrite")
+    assert out.read_text().startswith("row,error,outlier\n")
+
+
+def test_pretrain_refuses_a_contamination_out_of_range(data, tmp_path):
+    x, _ = data
+    path = write_csv(tmp_path / "rows.csv", x)
+    for bad in ("0", "0.6", "many"):
+        result = invoke(
+            "pretrain", *PRETRAIN, "--data", path, "--out", tmp_path / "r", "--contamination", bad
+        )
+        assert result.exit_code == 2 and "--contamination" in result.output
+    assert not (tmp_path / "r").exists()
