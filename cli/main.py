@@ -751,6 +751,10 @@ def info(run_dir):
             f"{k + 1:>5} {spec.units:>6} {noise:>16} {epochs:>9} "
             f"{cost:>10.4f} {state.seconds:>8.1f}  {state.finished}"
         )
+    outliers = run.outliers
+    if outliers is not None:
+        found = "not fitted yet" if outliers.threshold is None else f"{outliers.threshold:.6g}"
+        click.echo(f"outliers: contamination {outliers.contamination}, error threshold {found}")
     tune = run.finetune
     if tune:
         parts = [f"{tune.epochs_done}/{tune.spec.epochs} epochs, {tune.seconds:.1f} s"]

@@ -258,6 +258,7 @@ def run_with_threshold(tmp_path_factory, data):
         "0.05",
     )
     assert "outlier threshold: reconstruction error above" in output
+    assert "outliers: contamination 0.05, error threshold " in ok("info", run)
     return run, path
 
 
