@@ -381,3 +381,23 @@ def test_pretrain_refuses_a_contamination_out_of_range(data, tmp_path):
         )
         assert result.exit_code == 2 and "--contamination" in result.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_the_example_runs_and_finds_malignant_rows():
+    import os
+    import re
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "anomaly.py")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, script], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    first, auc, worst = result.stdout.splitlines()
+    found = re.fullmatch(r"378 rows, 21 malignant; flagged (\d+), of which (\d+) malignant", first)
+    assert found and int(found[2]) >= 0.4 * int(found[1]), first
+    assert float(re.fullmatch(r"ROC-AUC of the scores: (\d\.\d+)", auc)[1]) > 0.85
+    assert worst.startswith("most anomalous row (")
