@@ -401,3 +401,10 @@ def test_the_example_runs_and_finds_malignant_rows():
     assert found and int(found[2]) >= 0.4 * int(found[1]), first
     assert float(re.fullmatch(r"ROC-AUC of the scores: (\d\.\d+)", auc)[1]) > 0.85
     assert worst.startswith("most anomalous row (")
+
+
+def test_resume_refuses_another_contamination(run_with_threshold):
+    run, _ = run_with_threshold
+    result = invoke("pretrain", "--resume", "--out", run, "--contamination", "0.1", "-q")
+    assert result.exit_code == 2, result.output
+    assert "contamination 0.05 (given 0.1)" in result.output
