@@ -145,6 +145,23 @@ class Size(click.ParamType):
         self.fail(f"{value!r} is neither a count >= 0 nor a fraction in [0, 1)", param, ctx)
 
 
+class Contamination(click.ParamType):
+    """'auto' or a fraction of outliers in (0, 0.5] (stackae.anomaly.check_contamination)."""
+
+    name = "auto|FRACTION"
+
+    def convert(self, value, param, ctx):
+        from stackae.anomaly import check_contamination
+
+        if not isinstance(value, str):
+            return value
+        number = Number(float).parse(value)
+        try:
+            return check_contamination(value if number is None else number)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a fraction in (0, 0.5]", param, ctx)
+
+
 INT = Number(int)
 POSITIVE_INT = click.IntRange(min=1)  # counts that belong to no spec (--limit, --n, --layer)
 
@@ -397,6 +414,12 @@ def cli():
     help="Write TensorBoard logs (scalars, filter images) into the run.",
 )
 @changed_ok_option
+@click.option(
+    "--contamination",
+    type=Contamination(),
+    help="Record an outlier threshold for `stackae score`: the reconstruction error above "
+    "this fraction of the training rows, or 'auto' (median + 3 robust deviations).",
+)
 @strategy_option
 @quiet_option
 @verbose_option
@@ -417,6 +440,7 @@ def pretrain(
     overwrite,
     tensorboard,
     data_changed_ok,
+    contamination,
     strategy,
     quiet,
     verbose,
@@ -463,10 +487,13 @@ def pretrain(
         quiet_backend=not verbose,
         on_data=on_data,
         data_changed_ok=data_changed_ok,
+        contamination=contamination,
     )
     if run is None:  # a worker that is not the chief: the chief reports
         return
     _summary(run)
+    if run.outliers is not None and run.outliers.threshold is not None:
+        click.echo(f"outlier threshold: reconstruction error above {run.outliers.threshold:.6g}")
     click.echo(f"run saved in {run.path}")
 
 
@@ -669,6 +696,85 @@ def encode(run_dir, data, out_path, layer, limit, header, scale, overwrite, verb
 
 @cli.command()
 @run_argument
+@click.option("--data", required=True, help="The rows to score: a name or a path, as for pretrain.")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write one line per row: its reconstruction error (and outlier flag), .csv.",
+)
+@click.option(
+    "--contamination",
+    type=Contamination(),
+    help="Flag rows above the threshold this fraction (or 'auto') gives on the run's "
+    "training split.  [default: the threshold the run recorded, if any]",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0),
+    help="Flag rows whose reconstruction error is above this.",
+)
+@click.option("--per-feature", is_flag=True, help="Add each feature's squared error.")
+@click.option("--limit", type=POSITIVE_INT, help="Score only the first N rows.")
+@click.option("--label-column", help="Table column (name or index) holding labels, left out.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@quiet_option
+@verbose_option
+def score(
+    run_dir,
+    data,
+    out_path,
+    contamination,
+    threshold,
+    per_feature,
+    limit,
+    label_column,
+    overwrite,
+    quiet,
+    verbose,
+):
+    """Write each row's reconstruction error, and where a threshold is known its outlier flag."""
+    from stackae import anomaly
+
+    if contamination is not None and threshold is not None:
+        raise click.UsageError("--contamination and --threshold exclude each other")
+    bar = None
+
+    def on_start(total):
+        nonlocal bar
+        if not quiet:
+            bar = click.progressbar(length=total, label="scoring", file=sys.stderr)
+            bar.__enter__()
+
+    try:
+        result = anomaly.score_job(
+            run_dir,
+            data,
+            out_path,
+            contamination=contamination,
+            threshold=threshold,
+            per_feature=per_feature,
+            limit=limit,
+            label_column=label_column,
+            overwrite=overwrite,
+            on_start=on_start,
+            on_progress=lambda n: bar.update(n) if bar is not None else None,
+            quiet_backend=not verbose,
+        )
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    text = f"wrote {out_path}: {result['rows']} rows"
+    if result["threshold"] is not None:
+        text += f", {result['flagged']} above the threshold {result['threshold']:.6g} (outlier = 1)"
+    else:
+        text += "; no threshold recorded or given: errors only"
+    click.echo(text)
+
+
+@cli.command()
+@run_argument
 @click.option(
     "--layer", type=POSITIVE_INT, default=1, show_default=True, help="Which layer's filters."
 )
@@ -768,6 +874,10 @@ def info(run_dir):
             f"{k + 1:>5} {spec.units:>6} {noise:>16} {epochs:>9} "
             f"{cost:>10.4f} {state.seconds:>8.1f}  {state.finished}"
         )
+    outliers = run.outliers
+    if outliers is not None:
+        found = "not fitted yet" if outliers.threshold is None else f"{outliers.threshold:.6g}"
+        click.echo(f"outliers: contamination {outliers.contamination}, error threshold {found}")
     tune = run.finetune
     if tune:
         parts = [f"{tune.epochs_done}/{tune.spec.epochs} epochs, {tune.seconds:.1f} s"]

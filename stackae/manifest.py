@@ -143,6 +143,20 @@ class FinetuneProgress:
 
 
 @dataclasses.dataclass
+class OutlierThreshold:
+    """`stackae pretrain --contamination`: where `stackae score` flags a row as an outlier.
+
+    `threshold`: the reconstruction error above which a row is an outlier,
+    fitted on the training split's errors when pretraining ends (None before);
+    `contamination`: "auto" or the fraction of training rows above it
+    (`stackae.anomaly.threshold`).
+    """
+
+    contamination: float | str
+    threshold: float | None = None
+
+
+@dataclasses.dataclass
 class Config:
     specs: list[LayerSpec]
     seed: int
@@ -163,6 +177,7 @@ class Manifest:
     # Files about to be written: recorded first, so a run killed mid-write removes only its own.
     pending: list[str] = dataclasses.field(default_factory=list)
     finetune: FinetuneProgress | None = None
+    outliers: OutlierThreshold | None = None  # absent: no threshold recorded
 
     @property
     def backend(self):
@@ -263,6 +278,14 @@ class Manifest:
                 raise RunError(f"{where}: bad manifest: {err}") from None
         if self.finetune is not None:
             self.finetune.check(self.files, require)
+        if self.outliers is not None:
+            found = self.outliers
+            require(
+                found.contamination == "auto"
+                or (not isinstance(found.contamination, str) and 0 < found.contamination <= 0.5),
+                "outliers contamination",
+            )
+            require(found.threshold is None or found.threshold >= 0, "outliers threshold")
 
 
 def _upgrade(raw):

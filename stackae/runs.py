@@ -37,6 +37,7 @@ from stackae.manifest import (
     Fingerprint,
     LayerProgress,
     Manifest,
+    OutlierThreshold,
 )
 
 STACK = "stack.keras"
@@ -444,6 +445,19 @@ class Run:
         classifier.keras too; either is read.
         """
         return REGRESSOR if REGRESSOR in self.manifest.files else CLASSIFIER
+
+    @property
+    def outliers(self):
+        """The outlier threshold `pretrain --contamination` recorded (a copy), or None."""
+        record = self.manifest.outliers
+        return None if record is None else dataclasses.replace(record)
+
+    def record_outliers(self, contamination, threshold=None):
+        """Record the contamination asked for, and once fitted the error threshold."""
+        self.manifest.outliers = OutlierThreshold(
+            contamination=contamination, threshold=None if threshold is None else float(threshold)
+        )
+        self.save()
 
     def data_record(self, data, options):
         """A DataRecord of loaded `data` and its options (as `create` records the run's)."""

@@ -1,4 +1,5 @@
-"""scikit-learn estimators over stackae: an SdA transformer, a classifier and a regressor.
+"""scikit-learn estimators over stackae: an SdA transformer and outlier detector, a classifier
+and a regressor.
 
 `pip install "stackae[sklearn]"`. The estimators train with the library's own
 calls (`Stack`, `pretrain`, `export`, `finetune`), so they follow the same
@@ -30,6 +31,7 @@ from sklearn.base import (
     BaseEstimator,
     ClassifierMixin,
     ClassNamePrefixFeaturesOutMixin,
+    OutlierMixin,
     RegressorMixin,
     TransformerMixin,
 )
@@ -309,11 +311,14 @@ def _outputs(function, x):
     """`function` (a Keras model or a function of tensors) on float32 rows, in chunks, as NumPy."""
     import keras
 
+    from stackae.anomaly import full_batch
+
     x = np.asarray(x, dtype=np.float32)
-    chunks = [
-        _numpy(function(keras.ops.convert_to_tensor(x[i : i + PREDICT_BATCH])))
-        for i in range(0, len(x), PREDICT_BATCH)
-    ]
+    # Full batches: each row's outputs are its own, whatever rows come with it.
+    chunks = []
+    for i in range(0, len(x), PREDICT_BATCH):
+        rows = x[i : i + PREDICT_BATCH]
+        chunks.append(_numpy(function(keras.ops.convert_to_tensor(full_batch(rows))))[: len(rows)])
     return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
 
 
@@ -322,8 +327,10 @@ def _numpy(tensor):
     return tensor.numpy() if hasattr(tensor, "numpy") else np.asarray(tensor)
 
 
-class StackedDenoisingAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _StackedBase):
-    """A stacked denoising autoencoder as a scikit-learn transformer: raw features -> top codes.
+class StackedDenoisingAutoencoder(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, OutlierMixin, _StackedBase
+):
+    """A stacked denoising autoencoder as a scikit-learn transformer and outlier detector.
 
     `fit(X)` standardises the features (`scale`), then pretrains each layer
     greedily as a denoising autoencoder on the clean codes of the layers below
@@ -331,6 +338,17 @@ class StackedDenoisingAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMi
     `inverse_transform` decodes codes back down every layer to features in
     their raw units, and `score_samples` scores each row by how well the stack
     reconstructs it.
+
+    As an outlier detector it follows `sklearn.ensemble.IsolationForest`:
+    `score_samples` is minus each row's reconstruction error (lower is more
+    abnormal), `fit` sets `offset_` from the training rows' scores so that
+    `decision_function = score_samples - offset_` is negative for outliers,
+    and `predict` returns -1 for outliers and +1 for inliers (`fit_predict`:
+    both at once). `contamination`: the fraction of training rows expected to
+    be outliers, in (0, 0.5], so that `offset_` leaves that fraction of them
+    below it; or "auto", a robust rule needing no guess (the errors' median
+    plus 3 x 1.4826 x their median absolute deviation; see `stackae.anomaly`).
+    `per_feature_errors` says which features made a row anomalous.
 
     Parameters are `stackae.LayerSpec`'s (each one value, or one per layer);
     `loss`, `learning_rate`, `activation` and `decoder_activation` left None
@@ -346,18 +364,69 @@ class StackedDenoisingAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMi
 
     Attributes: `stack_` (the pretrained `stackae.Stack`, on scaled rows),
     `encoder_` (`stackae.export.encoder` with the scaling: raw features in),
-    `scaler_`, `n_features_in_`, `feature_names_in_` (DataFrames).
+    `scaler_`, `offset_` (minus the reconstruction error above which a row is
+    an outlier), `n_features_in_`, `feature_names_in_` (DataFrames).
     """
 
+    def __init__(
+        self,
+        layers=(100,),
+        *,
+        corruption=0.1,
+        noise="masking",
+        loss=None,
+        epochs=10,
+        batch_size=32,
+        learning_rate=None,
+        optimizer="sgd",
+        l2=0.0,
+        sparsity=0.0,
+        sparsity_target=0.05,
+        contraction=0.0,
+        activation=None,
+        decoder_activation=None,
+        scale="standard",
+        contamination="auto",
+        jit_compile=False,
+        random_state=None,
+        verbose=0,
+    ):
+        super().__init__(
+            layers,
+            corruption=corruption,
+            noise=noise,
+            loss=loss,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            optimizer=optimizer,
+            l2=l2,
+            sparsity=sparsity,
+            sparsity_target=sparsity_target,
+            contraction=contraction,
+            activation=activation,
+            decoder_activation=decoder_activation,
+            scale=scale,
+            jit_compile=jit_compile,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.contamination = contamination
+
     def fit(self, X, y=None):
-        """Fit the scaler on X and pretrain the stack on the scaled rows. Returns self."""
+        """Fit the scaler on X, pretrain the stack on the scaled rows, set `offset_`; self."""
+        from stackae import anomaly
+
         self._validate_params()
         X = self._check_X(X, reset=True)
+        contamination = anomaly.check_contamination(self.contamination)
         _start_backend()
         specs = self._specs(len(X))
         x = self._fit_scaler(X)
         self.stack_ = self._pretrain(x, specs, self._seed())
         self._make_encoder()
+        # The training rows' errors place the threshold (`stackae.anomaly.threshold`).
+        self.offset_ = -anomaly.threshold(self._errors(X), contamination)
         return self
 
     @property
@@ -394,12 +463,32 @@ class StackedDenoisingAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMi
         anomalies (scikit-learn's convention, as `IsolationForest`'s).
         """
         check_is_fitted(self)
-        X = self._check_X(X, reset=False)
+        return -self._errors(self._check_X(X, reset=False))
+
+    def decision_function(self, X):
+        """`score_samples(X) - offset_`: negative for outliers, positive for inliers."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """-1 for each outlier row (its `decision_function` below 0), +1 for each inlier."""
+        outlier = self.decision_function(X) < 0
+        return np.where(outlier, -1, 1)
+
+    def per_feature_errors(self, X):
+        """Each row's squared reconstruction error per feature, (n_rows, n_features).
+
+        In the scaled units of `score_samples` (the row means are minus its
+        scores): the largest entries of a row name the features that made it
+        anomalous. Columns follow `feature_names_in_` when fitted on a DataFrame.
+        """
+        check_is_fitted(self)
+        return self._errors(self._check_X(X, reset=False), per_feature=True)
+
+    def _errors(self, X, per_feature=False):
+        from stackae import anomaly
+
         x = self.scaler_.transform(X)
-        stack = self.stack_
-        reconstruction = _outputs(lambda t: stack.decode(stack.encode(t)), x)
-        error = np.mean(np.square(x.astype(np.float64) - reconstruction), axis=1)
-        return -error
+        return anomaly.reconstruction_errors(self.stack_, x, per_feature=per_feature)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

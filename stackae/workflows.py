@@ -78,7 +78,7 @@ def load_data(source=None, *, loss, split_seed=DEFAULT_SEED, **options):
     return data, {**options, "split_seed": split_seed}
 
 
-def load_run_data(run, source=None, record=None, *, changed_ok=False, **given):
+def load_run_data(run, source=None, record=None, loss=None, *, changed_ok=False, **given):
     """The data a run's job reads, scaled by the run's recorded scaler.
 
     Without `source` (or with the run's own file): the data `record` names
@@ -88,7 +88,9 @@ def load_run_data(run, source=None, record=None, *, changed_ok=False, **given):
     encode or evaluate): that data, read whole unless `limit` is given, split
     with the recorded sizes where none are given. Either way the run's width
     is checked, its features matched by name when both files name their
-    columns, and its own scaling applied (another `scale` is refused).
+    columns, and its own scaling applied (another `scale` is refused). `loss`: the loss the
+    rows are checked for (default: the first layer's; "squared-error" takes any
+    range).
     """
     from stackae.data import check_width, load
 
@@ -112,7 +114,7 @@ def load_run_data(run, source=None, record=None, *, changed_ok=False, **given):
         used["label_column"] = None  # a run's label column names a table's column
     data = load(
         path or record.name if own else source,
-        loss=run.specs[0].loss,
+        loss=loss or run.specs[0].loss,
         split_seed=used["split_seed"],
         scaler=scaler,
         split=split,
@@ -404,6 +406,10 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
         )
     if run.status == "pretraining":
         run.save_model(export.encoder(stack, scaler=data.scaler), runs.ENCODER)
+        if run.outliers is not None:  # pretrain --contamination: the training split's threshold
+            from stackae.anomaly import fit_run_threshold
+
+            fit_run_threshold(run, stack, data.train.x)
         run.set_status("pretrained")
     return run
 
@@ -481,6 +487,7 @@ def pretrain_job(
     on_data=None,
     callbacks=(),
     data_changed_ok=False,
+    contamination=None,
 ):
     """Pretrain a new run in `out` (or `resume` the one there), under a distribution strategy.
 
@@ -493,10 +500,20 @@ def pretrain_job(
     `seed` and the data are the recorded ones. `on_data(Data)` is called once
     the data is loaded and checked, before training (the CLI prints a line
     there); `callbacks` go to every layer's `fit`. `data_changed_ok`: resume
-    even if the run's data file changed since it was read.
+    even if the run's data file changed since it was read. `contamination` ("auto"
+    or a fraction in (0, 0.5]): record the reconstruction error above which a row
+    is an outlier, fitted on the training split when pretraining ends
+    (`stackae.anomaly`; `stackae score` flags rows with it).
     Returns the Run (on a non-chief worker, None: the chief's run is the result).
     """
     options = dict(data_options or {})
+    if contamination is not None:
+        from stackae.anomaly import check_contamination
+
+        try:
+            contamination = check_contamination(contamination)
+        except ValueError as err:
+            raise ParameterError(str(err), param="contamination") from None
     run = None
     if resume:  # the lock first: a second process is refused before a backend starts
         run = open_run(out, write=True)
@@ -504,7 +521,8 @@ def pretrain_job(
         data_given = {name: given.pop(name, None) for name in DATA_OPTIONS}
         _conflicts(
             run.resume_conflicts(**given)
-            + run.data_conflicts(run.data, data, **(data_given | options)),
+            + run.data_conflicts(run.data, data, **(data_given | options))
+            + _outlier_conflicts(run, contamination),
             "run",
         )
     elif Run.check_replaceable(out, overwrite) is not None:
@@ -538,6 +556,8 @@ def pretrain_job(
                     data_options=recorded,
                     tensorboard=tensorboard,
                 )
+                if contamination is not None:
+                    run.record_outliers(contamination)
             if on_data is not None:
                 on_data(loaded)
             pretrain_run(
@@ -547,6 +567,13 @@ def pretrain_job(
             run.unlock()
             return None
     return run
+
+
+def _outlier_conflicts(run, contamination):
+    recorded = run.outliers
+    if contamination is None or (recorded and recorded.contamination == contamination):
+        return []
+    return [f"contamination {recorded.contamination if recorded else None} (given {contamination})"]
 
 
 def strategy_scope(strategy):
