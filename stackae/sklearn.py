@@ -368,6 +368,11 @@ class StackedDenoisingAutoencoder(
     an outlier), `n_features_in_`, `feature_names_in_` (DataFrames).
     """
 
+    _parameter_constraints = {
+        **_BASE_CONSTRAINTS,
+        "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+    }
+
     def __init__(
         self,
         layers=(100,),
