@@ -30,8 +30,8 @@ class Finetuner(trainers.Steps, keras.Model):
     `predict` and calling the Finetuner are the classifier's plain forward pass.
 
     Training data are (x, y) elements: a batch (batch, features) with labels
-    (batch,), or, from a dataset whose `group` attribute is > 1, a group
-    (group, batch, features) with labels (group, batch), which makes one
+    (batch,), or, with `fit(..., group=k)`, a group of k batches
+    (k, batch, features) with labels (k, batch), which makes one
     update per batch inside one compiled loop (the same updates, masks and
     logs as the batches one by one, without the per-call cost of the Keras
     loop: see `stackae.data.training_dataset(group=...)` and stackae.trainers).
@@ -75,6 +75,12 @@ class Finetuner(trainers.Steps, keras.Model):
         self.accuracy_tracker = None
         if task == "classification":
             self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    @property
+    def _batch_rank(self):
+        # The rank of the model's (first) input: 2 for rows; None before it is built.
+        inputs = getattr(self.classifier, "inputs", None) if self.classifier.built else None
+        return len(inputs[0].shape) if inputs else None
 
     @property
     def metrics(self):
@@ -334,6 +340,7 @@ def finetune(
     stopping = [early_stopping] if valid is not None else []
     return finetuner.fit(
         data,
+        group=group,
         epochs=spec.epochs,
         initial_epoch=initial_epoch,
         validation_data=validation,

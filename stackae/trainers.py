@@ -11,11 +11,14 @@ and supplies four hooks on one batch (a tuple of tensors, e.g. `(x,)` or
 - `_evaluation(batch)`: the arguments of `_track` for the clean evaluation pass;
 - `_track(*tracked)` and `_logs()`: the metrics.
 
-Grouping is explicit: `fit` on a dataset with an int attribute `group` > 1 (as
-`stackae.data.training_dataset(group=k)` makes it) reads each element as `group`
-batches stacked on a new first axis, and makes one update per batch inside one
-call, with the same updates, noise and logs as the batches one by one. Other
-data is one batch per element, whatever its rank.
+Grouping is an argument of `fit`: `fit(data, group=k)` with k > 1 reads each
+element of `data` as (up to) k batches stacked on a new first axis (as
+`stackae.data.training_dataset(x, ..., group=k)` serves them) and makes one
+update per batch inside one call, with the same updates, noise and logs as the
+batches one by one. With `group=1` (the default) each element is one batch.
+Nothing about the data itself steers this, so `prefetch()`, `take()` or any
+other transformation of a dataset trains exactly as the dataset did; an element
+whose rank does not fit the group is refused when the step is traced.
 """
 
 import keras
@@ -24,19 +27,13 @@ from keras import ops
 from stackae import compat
 
 
-def data_group(x):
-    """Batches per element of fit's `x`: its `group` attribute, else 1."""
-    group = getattr(x, "group", 1)
-    return group if isinstance(group, int) and group > 1 else 1
-
-
 class _Common:
     """What every backend's steps share: the group of a fit, refusing sample weights."""
 
     _group = 1
 
-    def fit(self, x=None, *args, **kwargs):
-        """Like `keras.Model.fit`; `x`'s `group` attribute (if any) says its elements are groups.
+    def fit(self, x=None, *args, group=1, **kwargs):
+        """Like `keras.Model.fit`; with `group` > 1 each element of `x` is `group` batches.
 
         Steps per call divide the epoch (compat.steps_per_call), so Keras's
         progress bar never counts past its total. `sample_weight` and
@@ -47,7 +44,8 @@ class _Common:
                 raise ValueError(
                     f"{type(self).__name__}.fit takes no `{name}`: every example weighs the same"
                 )
-        group = data_group(x)
+        if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+            raise ValueError(f"`group` must be a positive integer. Received: group={group!r}")
         if group != self._group:
             self._group = group
             self.train_function = None  # traced for the other kind of element
@@ -55,14 +53,39 @@ class _Common:
         compat.fit_steps_per_call(self, x, batch_size, kwargs.get("steps_per_epoch"))
         return super().fit(x, *args, **kwargs)
 
-    def _batches_of(self, data):
-        """The data element as a batch tuple, its tensors (group, batch, ...) when grouped."""
+    # The rank of one batch's (first) input tensor, or None: any rank >= 2 (AutoEncoder
+    # reads a (batch, time, features) batch as its rows).
+    _batch_rank = None
+
+    def _batches_of(self, data, grouped=False):
+        """The data element as a batch tuple, its tensors (group, batch, ...) when `grouped`."""
         _, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError(
                 f"{type(self).__name__} takes no sample weights: every example weighs the same"
             )
-        return self._batch(data)
+        batch = self._batch(data)
+        self._check_rank(tuple(keras.tree.flatten(batch[0])[0].shape), grouped)
+        return batch
+
+    def _check_rank(self, shape, grouped):
+        """Refuse (one line) an element whose rank does not fit the group of the fit."""
+        name, rank = type(self).__name__, self._batch_rank
+        if grouped:
+            if len(shape) >= 3 if rank is None else len(shape) == rank + 1:
+                return
+            raise ValueError(
+                f"{name}.fit(group={self._group}) takes elements of {self._group} batches "
+                f"stacked on a first axis. Received: an element of shape {shape}"
+            )
+        if rank is None or len(shape) == rank:
+            return
+        if len(shape) == rank + 1:
+            raise ValueError(
+                f"{name} takes one batch of rank {rank} per element; an element of groups of "
+                f"batches needs fit(..., group=k). Received: an element of shape {shape}"
+            )
+        raise ValueError(f"{name} takes batches of rank {rank}. Received: shape {shape}")
 
 
 class TensorFlowSteps(_Common):
@@ -71,7 +94,7 @@ class TensorFlowSteps(_Common):
     def train_step(self, data):
         import tensorflow as tf
 
-        batch = self._batches_of(data)
+        batch = self._batches_of(data, grouped=self._group > 1)
         if self._group == 1:
             self._tf_update(batch)
         else:
@@ -114,7 +137,7 @@ class JaxSteps(_Common):
         import jax
 
         trainable, non_trainable, optimizer_vars, metrics_vars = state
-        batch = self._batches_of(data)
+        batch = self._batches_of(data, grouped=self._group > 1)
         carry = (trainable, optimizer_vars, metrics_vars)
         if self._group == 1:
             carry = self._jax_update(carry, batch)
@@ -172,7 +195,7 @@ class TorchSteps(_Common):
     """
 
     def train_step(self, data):
-        batch = self._batches_of(data)
+        batch = self._batches_of(data, grouped=self._group > 1)
         if self._group == 1:
             self._torch_update(batch)
         else:

@@ -282,7 +282,7 @@ def _train_grouped(x, group, epochs=2):
     keras.utils.set_random_seed(4)
     model = stackae.AutoEncoder(6, corruption=0.3, sparsity=0.1, seed=9)
     model.compile(optimizer=keras.optimizers.SGD(LR))
-    history = model.fit(Batches(x, 8, group), epochs=epochs, shuffle=False, verbose=0)
+    history = model.fit(Batches(x, 8, group), group=group, epochs=epochs, shuffle=False, verbose=0)
     return history.history, weights(model), int(model.optimizer.iterations)
 
 
@@ -300,7 +300,7 @@ def test_progress_bar_never_counts_past_the_epoch(small_x, capsys):
     # 5 grouped elements an epoch: 64 steps per call would print "64/5".
     model = stackae.AutoEncoder(4, seed=1)
     model.compile()
-    model.fit(Batches(np.tile(small_x, (5, 1)), 8, 8), epochs=2, verbose=1)
+    model.fit(Batches(np.tile(small_x, (5, 1)), 8, 8), group=8, epochs=2, verbose=1)
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # without colours
     counts = re.findall(r"(?<!Epoch )\b(\d+)/(\d+) ", out)
     assert counts and all(int(done) <= int(total) == 5 for done, total in counts), counts
