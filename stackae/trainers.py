@@ -130,48 +130,59 @@ class JaxSteps(_Common):
     `state` holds the values of the model's variables; each update reads them
     through a `keras.StatelessScope` and returns the new ones, as Keras's own
     JAX `train_step` does with `stateless_call` and `optimizer.stateless_apply`.
-    A group runs in one `lax.scan`.
+    Non-trainable variables (BatchNormalization's moving statistics, say) go
+    through the update too: what a layer assigns to them in training is
+    carried to the next update, as `stateless_call` returns it. A group runs
+    in one `lax.scan`.
     """
 
     def train_step(self, state, data):
         import jax
 
-        trainable, non_trainable, optimizer_vars, metrics_vars = state
         batch = self._batches_of(data, grouped=self._group > 1)
-        carry = (trainable, optimizer_vars, metrics_vars)
         if self._group == 1:
-            carry = self._jax_update(carry, batch)
+            state = self._jax_update(state, batch)
         else:
-            carry = jax.lax.scan(lambda c, b: (self._jax_update(c, b), None), carry, batch)[0]
-        trainable, optimizer_vars, metrics_vars = carry
-        logs = self._jax_logs(metrics_vars)
-        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+            state = jax.lax.scan(lambda s, b: (self._jax_update(s, b), None), state, batch)[0]
+        return self._jax_logs(state[3]), state
 
-    def _jax_update(self, carry, batch):
-        """One optimizer step: (trainable, optimizer, metrics) values in, new values out."""
+    def _jax_update(self, state, batch):
+        """One optimizer step: (trainable, non-trainable, optimizer, metrics) values in and out."""
         import jax
 
-        trainable, optimizer_vars, metrics_vars = carry
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
         optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
         with keras.StatelessScope(state_mapping=optimizer_mapping):
             step = ops.convert_to_tensor(self.optimizer.iterations)
 
         def objective(trainable):
-            mapping = list(zip(self.trainable_variables, trainable)) + optimizer_mapping
-            with keras.StatelessScope(state_mapping=mapping):
+            mapping = [
+                *zip(self.trainable_variables, trainable),
+                *zip(self.non_trainable_variables, non_trainable),
+                *optimizer_mapping,
+            ]
+            with keras.StatelessScope(state_mapping=mapping) as scope:
                 value, tracked = self._objective(batch, step, (0, 1), True)
-                return self.optimizer.scale_loss(value), tracked
+                value = self.optimizer.scale_loss(value)
+            assigned = [scope.get_current_value(v) for v in self.non_trainable_variables]
+            updated = [old if new is None else new for old, new in zip(non_trainable, assigned)]
+            return value, (tracked, updated)
 
-        gradients, tracked = jax.grad(objective, has_aux=True)(trainable)
+        gradients, (tracked, non_trainable) = jax.grad(objective, has_aux=True)(trainable)
         trainable, optimizer_vars = self.optimizer.stateless_apply(
             optimizer_vars, gradients, trainable
         )
-        return trainable, optimizer_vars, self._jax_track(metrics_vars, tracked)
+        metrics_vars = self._jax_track(metrics_vars, tracked)
+        return trainable, non_trainable, optimizer_vars, metrics_vars
 
     def test_step(self, state, data):
         trainable, non_trainable, metrics_vars = state
         batch = self._batches_of(data)
-        with keras.StatelessScope(state_mapping=list(zip(self.trainable_variables, trainable))):
+        mapping = [
+            *zip(self.trainable_variables, trainable),
+            *zip(self.non_trainable_variables, non_trainable),
+        ]
+        with keras.StatelessScope(state_mapping=mapping):
             tracked = self._evaluation(batch)
         metrics_vars = self._jax_track(metrics_vars, tracked)
         return self._jax_logs(metrics_vars), (trainable, non_trainable, metrics_vars)
