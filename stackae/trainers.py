@@ -49,6 +49,10 @@ class _Common:
         if group != self._group:
             self._group = group
             self.train_function = None  # traced for the other kind of element
+        callbacks = list(kwargs.get("callbacks") or [])
+        shown = kwargs.get("verbose", "auto") != 0
+        if group > 1 and shown and not any(isinstance(c, BatchProgress) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, BatchProgress(group)]
         batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else None)
         compat.fit_steps_per_call(self, x, batch_size, kwargs.get("steps_per_epoch"))
         return super().fit(x, *args, **kwargs)
@@ -86,6 +90,51 @@ class _Common:
                 f"batches needs fit(..., group=k). Received: an element of shape {shape}"
             )
         raise ValueError(f"{name} takes batches of rank {rank}. Received: shape {shape}")
+
+
+class BatchProgress(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar of a grouped fit, counting batches rather than groups.
+
+    An epoch of 400 batches served 16 at a time shows `400/400`, not `25/25`.
+    Keras counts elements (its `batch` is the element's index); this counts
+    `group` batches per element. The last group of an epoch may hold fewer, so
+    its count is the updates the optimizer made, shown when the epoch ends
+    (and the total from then on); until the first epoch ends the total is
+    groups x `group`.
+    """
+
+    def __init__(self, group):
+        super().__init__()
+        self.group = group
+        self.elements = None  # Keras's steps (elements) of an epoch
+        self.batches = None  # batches of an epoch, once one has ended
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.elements = self.target
+        if self.target is not None:
+            self.target = self.batches or self.target * self.group
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.first_update = _updates(self.model)
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.elements is not None and batch + 1 >= self.elements:
+            return  # the last element: its count is known when the epoch ends
+        super().on_train_batch_end((batch + 1) * self.group - 1, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.batches = self.target = _updates(self.model) - self.first_update
+        if self.progbar is not None:
+            self.progbar.target = self.target
+        super().on_epoch_end(epoch, logs)
+
+
+def _updates(model):
+    from stackae.callbacks import _updates
+
+    return _updates(model)
 
 
 class TensorFlowSteps(_Common):
