@@ -327,8 +327,10 @@ def test_progress_counts_batches_of_the_batch_size_when_pretraining_and_fine_tun
     finetune(model, (x, (x[:, 0] > 0.5).astype("int64")), spec=spec, group=4, verbose=1)
     fine_tuning = progress_counts(capsys.readouterr().out)
     for counts in (pretraining, fine_tuning):
-        assert counts and all(done <= total == 26 for done, total in counts), counts
-        assert counts[-1] == (26, 26)
+        # Until the first epoch ends (under torch, one group per call) the total is
+        # 7 groups x 4; each epoch ends on the batches it trained.
+        assert counts and all(done <= total in (26, 28) for done, total in counts), counts
+        assert counts[-1] == (26, 26) and (26, 26) in counts[: len(counts) // 2 + 1]
     assert stackae.pretrain(stack, x, group=4, verbose=0) and capsys.readouterr().out == ""
 
 
