@@ -56,13 +56,14 @@ def save_and_load(model, path):
 def layer_in_model(x, y, units=64, epochs=3, path=None):
     """(a) Input -> TiedAutoEncoderLayer -> Dense(softmax), trained with labels only.
 
-    The layer only encodes here, so its decoder bias stays out of the trained
-    weights: Keras finds no weight without a gradient.
+    The layer only encodes here, so its decoder bias is frozen: Keras would
+    otherwise warn that it has no gradient.
     Returns (model, kernel before, kernel after, per-epoch losses, reloaded model).
     """
     inputs = keras.Input((x.shape[1],))
     tied = stackae.TiedAutoEncoderLayer(units, name="tied")
     outputs = keras.layers.Dense(N_CLASSES, activation="softmax")(tied(inputs))
+    tied.decoder_bias.trainable = False  # unused when only encoding
     model = keras.Model(inputs, outputs)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
@@ -144,6 +145,7 @@ def mixed_model(x, y, units=64, epochs=3, path=None):
             keras.layers.Dense(N_CLASSES, activation="softmax"),
         ]
     )
+    model.get_layer("tied").decoder_bias.trainable = False  # it only encodes here
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
     return model, history.history["loss"], save_and_load(model, path)

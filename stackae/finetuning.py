@@ -19,9 +19,13 @@ MONITORS = {"classification": "val_accuracy", "regression": "val_loss"}
 class Finetuner(trainers.Steps, keras.Model):
     """Trains a classifier with labels: many updates per call, dropout from stateless seeds.
 
-    `classifier` is a `keras.Sequential` ending in a softmax (as
+    `classifier` is any Keras model (Sequential or functional: the exported
+    encoder inside a model of one's own, with a skip connection, several
+    inputs, nested models) with one output, a softmax for classification (as
     `stackae.export.classifier` makes it); its variables are trained in place
-    and it stays a plain Keras model (save it, not the Finetuner). Its
+    and it stays a plain Keras model (save it, not the Finetuner). Layers that
+    draw their own random numbers in training (GaussianNoise, SpatialDropout,
+    a Dropout with a `noise_shape`, ...) are refused, naming the layer. Its
     `keras.layers.Dropout` layers are applied by the trainer: inverted dropout
     whose mask for dropout layer l at optimizer step t is drawn from the
     stateless seed (seed, t * n_dropout + l) alone, so the same seed gives the
@@ -30,8 +34,8 @@ class Finetuner(trainers.Steps, keras.Model):
     `predict` and calling the Finetuner are the classifier's plain forward pass.
 
     Training data are (x, y) elements: a batch (batch, features) with labels
-    (batch,), or, from a dataset whose `group` attribute is > 1, a group
-    (group, batch, features) with labels (group, batch), which makes one
+    (batch,), or, with `fit(..., group=k)`, a group of k batches
+    (k, batch, features) with labels (k, batch), which makes one
     update per batch inside one compiled loop (the same updates, masks and
     logs as the batches one by one, without the per-call cost of the Keras
     loop: see `stackae.data.training_dataset(group=...)` and stackae.trainers).
@@ -52,9 +56,9 @@ class Finetuner(trainers.Steps, keras.Model):
 
     def __init__(self, classifier, seed=None, task="classification", **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(classifier, keras.Sequential):
+        if not isinstance(classifier, keras.Model):
             raise ValueError(
-                f"`classifier` must be a keras.Sequential. Received: classifier={classifier!r}"
+                f"`classifier` must be a Keras model. Received: classifier={classifier!r}"
             )
         if task not in TASKS:
             raise ValueError(f"`task` must be one of {TASKS}. Received: task={task!r}")
@@ -65,16 +69,30 @@ class Finetuner(trainers.Steps, keras.Model):
         if seed is None:
             seed = int(keras.random.randint((), 0, 2**31 - 1, seed=None))
         self.seed = int(seed)
-        for layer in classifier.layers:
-            if _is_dropout(layer) and layer.noise_shape is not None:
-                raise ValueError(
-                    f"Dropout with a `noise_shape` is not supported. Received: layer {layer.name}"
-                )
-        self.n_dropout = sum(_is_dropout(layer) for layer in classifier.layers)
+        layers = list(_all_layers(classifier))
+        for layer in layers:
+            _check_layer(layer)
+        if classifier.built and len(classifier.outputs) != 1:
+            raise ValueError(
+                f"`classifier` must have one output. Received: model '{classifier.name}' "
+                f"with {len(classifier.outputs)}"
+            )
+        self.n_dropout = sum(_is_dropout(layer) for layer in layers)
+        # The model with its Dropout layers drawing the Finetuner's masks, sharing every
+        # other layer (and so every weight) with `classifier`; held outside Keras's
+        # tracking so that the weights are not counted twice.
+        self._masks = _MaskStep()
+        self._training = _Untracked(_with_seeded_dropout(classifier, self._masks))
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = None
         if task == "classification":
             self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    @property
+    def _batch_rank(self):
+        # The rank of the model's (first) input: 2 for rows; None before it is built.
+        inputs = getattr(self.classifier, "inputs", None) if self.classifier.built else None
+        return len(inputs[0].shape) if inputs else None
 
     @property
     def metrics(self):
@@ -121,18 +139,13 @@ class Finetuner(trainers.Steps, keras.Model):
         the caller is XLA-compiled, as `noise.corrupt`'s (XLA draws its masks
         with another generator).
         """
-        h = x
-        index = 0
-        for layer in self.classifier.layers:
-            if not _is_dropout(layer):
-                h = layer(h, training=step is not None)
-                continue
-            if step is not None and layer.rate > 0:
-                seed = self.mask_seed(step, index)
-                kept = noises.corrupt(h, "masking", layer.rate, seed, jit=jit, part=part)
-                h = kept * ops.cast(1.0 / (1.0 - layer.rate), h.dtype)
-            index += 1
-        return h
+        if step is None:
+            return self.classifier(x, training=False)
+        self._masks.set(self, step, part, jit)
+        try:
+            return self._training.model(x, training=True)
+        finally:
+            self._masks.set(None)
 
     def mask_seed(self, step, index):
         """Stateless seed of dropout layer `index`'s mask at optimizer step `step`."""
@@ -165,7 +178,8 @@ class Finetuner(trainers.Steps, keras.Model):
     def _batch(self, data):
         """(x, y) of a data element."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        x = ops.convert_to_tensor(x, self.classifier.compute_dtype)
+        dtype = self.classifier.compute_dtype
+        x = keras.tree.map_structure(lambda t: ops.convert_to_tensor(t, dtype), x)
         if not self.built:
             self.build((None, *x.shape[1:]))
         return x, ops.convert_to_tensor(y, "int64" if self.task == "classification" else "float32")
@@ -334,6 +348,7 @@ def finetune(
     stopping = [early_stopping] if valid is not None else []
     return finetuner.fit(
         data,
+        group=group,
         epochs=spec.epochs,
         initial_epoch=initial_epoch,
         validation_data=validation,
@@ -364,6 +379,79 @@ def _targets(y, n_rows, n_outputs, what):
 def _is_dropout(layer):
     # Exactly Dropout: subclasses (spatial dropout) draw other masks, by their own call.
     return type(layer) is keras.layers.Dropout
+
+
+def _all_layers(model):
+    """The layers of `model`, those of nested models included, in the model's order."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def _check_layer(layer):
+    """Refuse (one line, naming it) a layer whose training draws its own random numbers."""
+    what = None
+    if _is_dropout(layer) and layer.noise_shape is not None:
+        what = "a Dropout with a `noise_shape`"
+    elif not _is_dropout(layer) and any(
+        isinstance(value, keras.random.SeedGenerator) for value in vars(layer).values()
+    ):
+        what = f"a {type(layer).__name__}, which draws its own random numbers"
+    if what:
+        raise ValueError(
+            f"Fine-tuning draws its random numbers from the run's seed (keras.layers.Dropout's "
+            f"masks) and cannot train layer '{layer.name}', {what}"
+        )
+
+
+class _Untracked:
+    """Holds a model out of Keras's tracking (an attribute that is not a layer)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+class _MaskStep:
+    """Where the seeded Dropout layers find the optimizer step of the update being traced."""
+
+    def __init__(self):
+        self.set(None)
+
+    def set(self, finetuner, step=None, part=(0, 1), jit=False):
+        self.finetuner, self.step, self.part, self.jit = finetuner, step, part, jit
+
+
+class _SeededDropout(keras.layers.Layer):
+    """A Dropout layer's place in the training model: the Finetuner's mask `index`."""
+
+    def __init__(self, rate, index, masks, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.index, self.masks = rate, index, masks
+
+    def call(self, inputs, training=False):
+        masks = self.masks
+        if not training or masks.finetuner is None or self.rate == 0:
+            return inputs
+        seed = masks.finetuner.mask_seed(masks.step, self.index)
+        kept = noises.corrupt(inputs, "masking", self.rate, seed, jit=masks.jit, part=masks.part)
+        return kept * ops.cast(1.0 / (1.0 - self.rate), inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _with_seeded_dropout(model, masks):
+    """`model` with each Dropout layer l replaced by a `_SeededDropout` drawing mask l."""
+    count = iter(range(1 << 30))
+
+    def replace(layer):
+        if not _is_dropout(layer):
+            return layer  # shared: the same weights
+        return _SeededDropout(layer.rate, next(count), masks, name=f"{layer.name}_seeded")
+
+    return keras.models.clone_model(model, clone_function=replace, recursive=True)
 
 
 def predict_classes(model, x, batch_size=PREDICT_BATCH):

@@ -26,11 +26,23 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
         h = tied(x)
         x_hat = tied(h, reverse=True)
 
-    The decoder bias `b'` exists from `build` on (saved files hold all three
-    weights), but it is trainable only once the decoder is used: by a
-    `reverse=True` call, or by `use_decoder()`. A model that only encodes
-    therefore has no trainable weight without a gradient. (A model that only
-    decodes leaves the encoder bias unused: set `layer.bias.trainable = False`.)
+    The contract of a tied layer (what AutoEncoder, Stack and the exporter use):
+    `build(input_shape)` makes `kernel` (n_visible, units), `bias` (units,) and
+    `decoder_bias` (n_visible,), all ordinary trainable weights created there
+    (saved files hold these three, in this order); `call(x)` encodes,
+    `call(h, reverse=True)` decodes with the same kernel, `return_logits=True`
+    returns the activation's input either way; `encode` / `decode` /
+    `reconstruct` are these calls; `n_visible` and `units` give the sizes; the
+    last axis of the input must be n_visible (encoding) or units (decoding),
+    checked in `call` and `compute_output_spec`. Decode only a built layer: a
+    layer first called with `reverse=True` would be built from the codes.
+
+    Like the reverse projection of `keras.layers.ReversibleEmbedding`, the
+    decoder bias is used only by `reverse=True` calls, and a model that only
+    encodes gives it no gradient (Keras then warns "Gradients do not exist for
+    variables [...decoder_bias]" under TensorFlow and PyTorch). Freeze it in
+    such a model: `layer.decoder_bias.trainable = False`. (A model that only
+    decodes leaves the encoder bias unused: `layer.bias.trainable = False`.)
 
     Args:
         units: size of the code (number of hidden units).
@@ -41,7 +53,7 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
             uniform(+-4 sqrt(6 / (n_in + units))).
         bias_initializer, decoder_bias_initializer: default zeros.
         kernel_regularizer, bias_regularizer, decoder_bias_regularizer: as for
-            `keras.layers.Dense` (the decoder bias's counts once it is used).
+            `keras.layers.Dense`.
         kernel_constraint, bias_constraint, decoder_bias_constraint: as for
             `keras.layers.Dense`.
 
@@ -88,9 +100,8 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.decoder_bias_constraint = keras.constraints.get(decoder_bias_constraint)
         # The last axis is n_visible when encoding and units when decoding:
-        # __call__ checks it, knowing the direction.
+        # call and compute_output_spec check it, knowing the direction.
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
-        self._decoder_used = False
 
     def build(self, input_shape):
         n_in = input_shape[-1]
@@ -113,8 +124,6 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
             regularizer=self.bias_regularizer,
             constraint=self.bias_constraint,
         )
-        # Made trainable (the TensorFlow variable must be, for gradient tapes to see it),
-        # then left out of trainable_weights until the decoder is used.
         self.decoder_bias = self.add_weight(
             name="decoder_bias",
             shape=(n_in,),
@@ -122,58 +131,12 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
             regularizer=self.decoder_bias_regularizer,
             constraint=self.decoder_bias_constraint,
         )
-        self._sync_decoder_bias()
 
     @property
     def n_visible(self):
         return self.kernel.shape[0]
 
-    @property
-    def decoder_used(self):
-        """Whether the decoder bias trains with the kernel (see `use_decoder`)."""
-        return self._decoder_used
-
-    def use_decoder(self):
-        """Make the decoder bias trainable (with the layer), as the decoder is in use.
-
-        The first `reverse=True` call does this. A model that decodes only
-        inside its own `train_step` calls it before its optimizer is built, as
-        `AutoEncoder` does, so that the optimizer knows the decoder bias.
-        Called before `build`, it takes effect when the layer is built.
-        """
-        self._decoder_used = True
-        self._sync_decoder_bias()
-
-    def _sync_decoder_bias(self):
-        # An unused decoder bias in trainable_weights gets no gradient, and
-        # Keras warns about it at every fit.
-        if getattr(self, "decoder_bias", None) is not None:  # once built
-            self.decoder_bias.trainable = self.trainable and self._decoder_used
-
-    @property
-    def trainable(self):
-        return keras.layers.Layer.trainable.fget(self)
-
-    @trainable.setter
-    def trainable(self, value):
-        keras.layers.Layer.trainable.fset(self, value)
-        self._sync_decoder_bias()
-
-    def __call__(self, *args, **kwargs):
-        reverse = bool(kwargs.get("reverse", False))
-        if reverse:
-            if not self.built:
-                raise ValueError(
-                    f"Layer '{self.name}' cannot decode before it is built: call it on "
-                    "its inputs (or call `build((None, n_visible))`) first."
-                )
-            self.use_decoder()
-        if self.built and args:
-            self._check_size(args[0], reverse)
-        return super().__call__(*args, **kwargs)
-
-    def _check_size(self, inputs, reverse):
-        shape = tuple(getattr(inputs, "shape", None) or ())
+    def _check_size(self, shape, reverse):
         expected = self.units if reverse else self.n_visible
         if shape and shape[-1] is not None and shape[-1] != expected:
             what = "codes of size `units`" if reverse else "rows of size n_visible"
@@ -183,6 +146,7 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
             )
 
     def call(self, inputs, reverse=False, return_logits=False):
+        self._check_size(tuple(inputs.shape), reverse)
         if reverse:
             # (..., units) -> (..., n_visible) through the encoder's kernel, transposed.
             logits = ops.add(compat.matmul(inputs, ops.transpose(self.kernel)), self.decoder_bias)
@@ -208,6 +172,7 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
     def compute_output_spec(self, inputs, reverse=False, return_logits=False):
         # Keras passes call arguments other than tensors to this method, not to
         # compute_output_shape.
+        self._check_size(tuple(inputs.shape), reverse)
         shape = self.compute_output_shape(inputs.shape, reverse=reverse)
         return keras.KerasTensor(shape, dtype=self.compute_dtype)
 

@@ -194,17 +194,16 @@ def pretrain(
         autoencoder.compile(optimizer=spec.make_optimizer(), jit_compile=jit_compile)
         first_epoch = initial_epoch if k == start_layer else 0
         autoencoder.build((None, *inputs.shape[1:]))
+        layer_group = group or default_group(DEFAULT_GROUP)
         train, order = training_dataset(
-            inputs,
-            spec.batch_size,
-            seed=stack.seed + k,
-            group=group or default_group(DEFAULT_GROUP),
+            inputs, spec.batch_size, seed=stack.seed + k, group=layer_group
         )
         validation = None
         if valid_inputs is not None:
             validation = batches(valid_inputs, spec.batch_size)
         history = autoencoder.fit(
             train,
+            group=layer_group,
             epochs=spec.epochs,
             initial_epoch=first_epoch,
             validation_data=validation,

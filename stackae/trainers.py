@@ -11,11 +11,14 @@ and supplies four hooks on one batch (a tuple of tensors, e.g. `(x,)` or
 - `_evaluation(batch)`: the arguments of `_track` for the clean evaluation pass;
 - `_track(*tracked)` and `_logs()`: the metrics.
 
-Grouping is explicit: `fit` on a dataset with an int attribute `group` > 1 (as
-`stackae.data.training_dataset(group=k)` makes it) reads each element as `group`
-batches stacked on a new first axis, and makes one update per batch inside one
-call, with the same updates, noise and logs as the batches one by one. Other
-data is one batch per element, whatever its rank.
+Grouping is an argument of `fit`: `fit(data, group=k)` with k > 1 reads each
+element of `data` as (up to) k batches stacked on a new first axis (as
+`stackae.data.training_dataset(x, ..., group=k)` serves them) and makes one
+update per batch inside one call, with the same updates, noise and logs as the
+batches one by one. With `group=1` (the default) each element is one batch.
+Nothing about the data itself steers this, so `prefetch()`, `take()` or any
+other transformation of a dataset trains exactly as the dataset did; an element
+whose rank does not fit the group is refused when the step is traced.
 """
 
 import keras
@@ -24,19 +27,13 @@ from keras import ops
 from stackae import compat
 
 
-def data_group(x):
-    """Batches per element of fit's `x`: its `group` attribute, else 1."""
-    group = getattr(x, "group", 1)
-    return group if isinstance(group, int) and group > 1 else 1
-
-
 class _Common:
     """What every backend's steps share: the group of a fit, refusing sample weights."""
 
     _group = 1
 
-    def fit(self, x=None, *args, **kwargs):
-        """Like `keras.Model.fit`; `x`'s `group` attribute (if any) says its elements are groups.
+    def fit(self, x=None, *args, group=1, **kwargs):
+        """Like `keras.Model.fit`; with `group` > 1 each element of `x` is `group` batches.
 
         Steps per call divide the epoch (compat.steps_per_call), so Keras's
         progress bar never counts past its total. `sample_weight` and
@@ -47,22 +44,97 @@ class _Common:
                 raise ValueError(
                     f"{type(self).__name__}.fit takes no `{name}`: every example weighs the same"
                 )
-        group = data_group(x)
+        if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+            raise ValueError(f"`group` must be a positive integer. Received: group={group!r}")
         if group != self._group:
             self._group = group
             self.train_function = None  # traced for the other kind of element
+        callbacks = list(kwargs.get("callbacks") or [])
+        shown = kwargs.get("verbose", "auto") != 0
+        if group > 1 and shown and not any(isinstance(c, BatchProgress) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, BatchProgress(group)]
         batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else None)
         compat.fit_steps_per_call(self, x, batch_size, kwargs.get("steps_per_epoch"))
         return super().fit(x, *args, **kwargs)
 
-    def _batches_of(self, data):
-        """The data element as a batch tuple, its tensors (group, batch, ...) when grouped."""
+    # The rank of one batch's (first) input tensor, or None: any rank >= 2 (AutoEncoder
+    # reads a (batch, time, features) batch as its rows).
+    _batch_rank = None
+
+    def _batches_of(self, data, grouped=False):
+        """The data element as a batch tuple, its tensors (group, batch, ...) when `grouped`."""
         _, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError(
                 f"{type(self).__name__} takes no sample weights: every example weighs the same"
             )
-        return self._batch(data)
+        batch = self._batch(data)
+        self._check_rank(tuple(keras.tree.flatten(batch[0])[0].shape), grouped)
+        return batch
+
+    def _check_rank(self, shape, grouped):
+        """Refuse (one line) an element whose rank does not fit the group of the fit."""
+        name, rank = type(self).__name__, self._batch_rank
+        if grouped:
+            if len(shape) >= 3 if rank is None else len(shape) == rank + 1:
+                return
+            raise ValueError(
+                f"{name}.fit(group={self._group}) takes elements of {self._group} batches "
+                f"stacked on a first axis. Received: an element of shape {shape}"
+            )
+        if rank is None or len(shape) == rank:
+            return
+        if len(shape) == rank + 1:
+            raise ValueError(
+                f"{name} takes one batch of rank {rank} per element; an element of groups of "
+                f"batches needs fit(..., group=k). Received: an element of shape {shape}"
+            )
+        raise ValueError(f"{name} takes batches of rank {rank}. Received: shape {shape}")
+
+
+class BatchProgress(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar of a grouped fit, counting batches rather than groups.
+
+    An epoch of 400 batches served 16 at a time shows `400/400`, not `25/25`.
+    Keras counts elements (its `batch` is the element's index); this counts
+    `group` batches per element. The last group of an epoch may hold fewer, so
+    its count is the updates the optimizer made, shown when the epoch ends
+    (and the total from then on); until the first epoch ends the total is
+    groups x `group`.
+    """
+
+    def __init__(self, group):
+        super().__init__()
+        self.group = group
+        self.elements = None  # Keras's steps (elements) of an epoch
+        self.batches = None  # batches of an epoch, once one has ended
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.elements = self.target
+        if self.target is not None:
+            self.target = self.batches or self.target * self.group
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.first_update = _updates(self.model)
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.elements is not None and batch + 1 >= self.elements:
+            return  # the last element: its count is known when the epoch ends
+        super().on_train_batch_end((batch + 1) * self.group - 1, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.batches = self.target = _updates(self.model) - self.first_update
+        if self.progbar is not None:
+            self.progbar.target = self.target
+        super().on_epoch_end(epoch, logs)
+
+
+def _updates(model):
+    from stackae.callbacks import _updates
+
+    return _updates(model)
 
 
 class TensorFlowSteps(_Common):
@@ -71,7 +143,7 @@ class TensorFlowSteps(_Common):
     def train_step(self, data):
         import tensorflow as tf
 
-        batch = self._batches_of(data)
+        batch = self._batches_of(data, grouped=self._group > 1)
         if self._group == 1:
             self._tf_update(batch)
         else:
@@ -107,48 +179,59 @@ class JaxSteps(_Common):
     `state` holds the values of the model's variables; each update reads them
     through a `keras.StatelessScope` and returns the new ones, as Keras's own
     JAX `train_step` does with `stateless_call` and `optimizer.stateless_apply`.
-    A group runs in one `lax.scan`.
+    Non-trainable variables (BatchNormalization's moving statistics, say) go
+    through the update too: what a layer assigns to them in training is
+    carried to the next update, as `stateless_call` returns it. A group runs
+    in one `lax.scan`.
     """
 
     def train_step(self, state, data):
         import jax
 
-        trainable, non_trainable, optimizer_vars, metrics_vars = state
-        batch = self._batches_of(data)
-        carry = (trainable, optimizer_vars, metrics_vars)
+        batch = self._batches_of(data, grouped=self._group > 1)
         if self._group == 1:
-            carry = self._jax_update(carry, batch)
+            state = self._jax_update(state, batch)
         else:
-            carry = jax.lax.scan(lambda c, b: (self._jax_update(c, b), None), carry, batch)[0]
-        trainable, optimizer_vars, metrics_vars = carry
-        logs = self._jax_logs(metrics_vars)
-        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+            state = jax.lax.scan(lambda s, b: (self._jax_update(s, b), None), state, batch)[0]
+        return self._jax_logs(state[3]), state
 
-    def _jax_update(self, carry, batch):
-        """One optimizer step: (trainable, optimizer, metrics) values in, new values out."""
+    def _jax_update(self, state, batch):
+        """One optimizer step: (trainable, non-trainable, optimizer, metrics) values in and out."""
         import jax
 
-        trainable, optimizer_vars, metrics_vars = carry
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
         optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
         with keras.StatelessScope(state_mapping=optimizer_mapping):
             step = ops.convert_to_tensor(self.optimizer.iterations)
 
         def objective(trainable):
-            mapping = list(zip(self.trainable_variables, trainable)) + optimizer_mapping
-            with keras.StatelessScope(state_mapping=mapping):
+            mapping = [
+                *zip(self.trainable_variables, trainable),
+                *zip(self.non_trainable_variables, non_trainable),
+                *optimizer_mapping,
+            ]
+            with keras.StatelessScope(state_mapping=mapping) as scope:
                 value, tracked = self._objective(batch, step, (0, 1), True)
-                return self.optimizer.scale_loss(value), tracked
+                value = self.optimizer.scale_loss(value)
+            assigned = [scope.get_current_value(v) for v in self.non_trainable_variables]
+            updated = [old if new is None else new for old, new in zip(non_trainable, assigned)]
+            return value, (tracked, updated)
 
-        gradients, tracked = jax.grad(objective, has_aux=True)(trainable)
+        gradients, (tracked, non_trainable) = jax.grad(objective, has_aux=True)(trainable)
         trainable, optimizer_vars = self.optimizer.stateless_apply(
             optimizer_vars, gradients, trainable
         )
-        return trainable, optimizer_vars, self._jax_track(metrics_vars, tracked)
+        metrics_vars = self._jax_track(metrics_vars, tracked)
+        return trainable, non_trainable, optimizer_vars, metrics_vars
 
     def test_step(self, state, data):
         trainable, non_trainable, metrics_vars = state
         batch = self._batches_of(data)
-        with keras.StatelessScope(state_mapping=list(zip(self.trainable_variables, trainable))):
+        mapping = [
+            *zip(self.trainable_variables, trainable),
+            *zip(self.non_trainable_variables, non_trainable),
+        ]
+        with keras.StatelessScope(state_mapping=mapping):
             tracked = self._evaluation(batch)
         metrics_vars = self._jax_track(metrics_vars, tracked)
         return self._jax_logs(metrics_vars), (trainable, non_trainable, metrics_vars)
@@ -172,7 +255,7 @@ class TorchSteps(_Common):
     """
 
     def train_step(self, data):
-        batch = self._batches_of(data)
+        batch = self._batches_of(data, grouped=self._group > 1)
         if self._group == 1:
             self._torch_update(batch)
         else:

@@ -282,7 +282,7 @@ def _train_grouped(x, group, epochs=2):
     keras.utils.set_random_seed(4)
     model = stackae.AutoEncoder(6, corruption=0.3, sparsity=0.1, seed=9)
     model.compile(optimizer=keras.optimizers.SGD(LR))
-    history = model.fit(Batches(x, 8, group), epochs=epochs, shuffle=False, verbose=0)
+    history = model.fit(Batches(x, 8, group), group=group, epochs=epochs, shuffle=False, verbose=0)
     return history.history, weights(model), int(model.optimizer.iterations)
 
 
@@ -296,16 +296,42 @@ def test_grouped_updates_equal_one_batch_per_step(small_x):
         assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def progress_counts(out):
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)  # without colours
+    return [
+        (int(done), int(total)) for done, total in re.findall(r"(?<!Epoch )\b(\d+)/(\d+) ", out)
+    ]
+
+
 def test_progress_bar_never_counts_past_the_epoch(small_x, capsys):
-    # 5 grouped elements an epoch: 64 steps per call would print "64/5".
+    # 5 grouped elements of 8 batches an epoch: 64 steps per call would print "64/5".
     model = stackae.AutoEncoder(4, seed=1)
     model.compile()
-    model.fit(Batches(np.tile(small_x, (5, 1)), 8, 8), epochs=2, verbose=1)
-    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # without colours
-    counts = re.findall(r"(?<!Epoch )\b(\d+)/(\d+) ", out)
-    assert counts and all(int(done) <= int(total) == 5 for done, total in counts), counts
+    model.fit(Batches(np.tile(small_x, (5, 1)), 8, 8), group=8, epochs=2, verbose=1)
+    counts = progress_counts(capsys.readouterr().out)
+    assert counts and all(done <= total == 40 for done, total in counts), counts  # batches
     # Keras's torch trainer runs one step per call; the others run the whole epoch in one.
     assert model.steps_per_execution == (1 if keras.backend.backend() == "torch" else 5)
+
+
+def test_progress_counts_batches_of_the_batch_size_when_pretraining_and_fine_tuning(capsys):
+    from stackae.finetuning import finetune
+
+    # 130 rows at batch 5: 26 batches an epoch, served in groups of 4 (the last of 2).
+    x = np.random.default_rng(0).random((130, 6)).astype("float32")
+    stack = stackae.Stack(stackae.layer_specs((3,), epochs=2, batch_size=5))
+    stackae.pretrain(stack, x, group=4, verbose=1)
+    pretraining = progress_counts(capsys.readouterr().out)
+    model = stackae.export.classifier(stack, 2)
+    spec = stackae.FinetuneSpec(epochs=2, batch_size=5)
+    finetune(model, (x, (x[:, 0] > 0.5).astype("int64")), spec=spec, group=4, verbose=1)
+    fine_tuning = progress_counts(capsys.readouterr().out)
+    for counts in (pretraining, fine_tuning):
+        # Until the first epoch ends (under torch, one group per call) the total is
+        # 7 groups x 4; each epoch ends on the batches it trained.
+        assert counts and all(done <= total in (26, 28) for done, total in counts), counts
+        assert counts[-1] == (26, 26) and (26, 26) in counts[: len(counts) // 2 + 1]
+    assert stackae.pretrain(stack, x, group=4, verbose=0) and capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("loss", ["cross-entropy", "squared-error"])

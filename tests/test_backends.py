@@ -234,3 +234,44 @@ def test_finetuning_under_jax_equals_tensorflow_and_groups_equal_batches(tmp_pat
     assert_allclose(four, one, rtol=1e-5)  # dropout masks from (seed, step) either way
     for a, b in zip(four_weights, one_weights):
         assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# A head with BatchNormalization: its moving statistics train the same on every backend.
+BATCH_NORM = """
+import json
+import keras
+import numpy as np
+import stackae
+from stackae.config import FinetuneSpec
+
+rng = np.random.default_rng(0)
+x = rng.random((40, 6)).astype("float32")
+y = (x[:, 0] * 3).astype("int64").clip(0, 2)
+model = keras.Sequential([
+    keras.Input((6,)),
+    keras.layers.Dense(5),
+    keras.layers.BatchNormalization(),
+    keras.layers.Dense(3, activation="softmax"),
+])
+draw = np.random.default_rng(1)
+model.set_weights([
+    w if i in (4, 5) else draw.uniform(-0.5, 0.5, w.shape).astype("float32")  # moving stats
+    for i, w in enumerate(model.get_weights())
+])
+# One batch of all rows an epoch, so that each backend's order of batches cannot differ.
+spec = FinetuneSpec(epochs=3, batch_size=40)
+stackae.finetune(model, (x, y), spec=spec, seed=5, verbose=0)
+norm = model.layers[1]
+stats = [norm.moving_mean, norm.moving_variance, model.layers[2].kernel]
+print(json.dumps([keras.ops.convert_to_numpy(v).tolist() for v in stats]))
+"""
+
+
+def test_batch_normalization_in_a_fine_tuned_head_updates_alike_on_every_backend(tmp_path):
+    tf_mean, tf_var, tf_kernel = run_under("tensorflow", BATCH_NORM, tmp_path)
+    assert not np.allclose(tf_mean, 0) and not np.allclose(tf_var, 1)  # the statistics moved
+    for backend in ("jax", "torch"):
+        mean, var, kernel = run_under(backend, BATCH_NORM, tmp_path, without_tensorflow=True)
+        assert_allclose(mean, tf_mean, rtol=1e-5, atol=1e-7, err_msg=backend)
+        assert_allclose(var, tf_var, rtol=1e-5, err_msg=backend)
+        assert_allclose(kernel, tf_kernel, rtol=1e-5, atol=1e-7, err_msg=backend)

@@ -110,6 +110,46 @@ def test_groups_serve_the_same_batches_in_the_same_order(tmp_path, source):
         assert_array_equal(a, b)
 
 
+def test_a_transformed_grouped_dataset_trains_as_the_dataset_did():
+    # The group is fit's argument, not the dataset's: prefetch() and take() keep training.
+    x = np.random.default_rng(0).random((200, 6)).astype(np.float32)
+
+    def train(transform):
+        keras.utils.set_random_seed(1)
+        model = stackae.AutoEncoder(4, corruption=0.3, seed=5)
+        model.compile()
+        ds, order = data.training_dataset(x, 10, seed=3, group=4)  # 5 groups of 4 batches
+        model.fit(transform(ds), group=4, epochs=2, callbacks=[order], verbose=0, shuffle=False)
+        return int(model.optimizer.iterations), model.get_weights()
+
+    plain = train(lambda ds: ds)
+    for transform in (lambda ds: ds.prefetch(2), lambda ds: ds.take(5).prefetch(1)):
+        steps, weights = train(transform)
+        assert steps == plain[0] == 40
+        for a, b in zip(weights, plain[1], strict=True):
+            assert_array_equal(a, b)
+
+
+def test_grouped_elements_without_their_group_are_refused():
+    from stackae.finetuning import Finetuner
+
+    x = np.random.default_rng(0).random((80, 6)).astype(np.float32)
+    y = np.arange(80) % 3
+    ds, order = data.training_dataset(x, 10, seed=3, group=4, y=y)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+    finetuner = Finetuner(model, seed=1)
+    finetuner.compile()
+    message = r"needs fit\(\.\.\., group=k\)\. Received: an element of shape \(4, 10, 6\)"
+    with pytest.raises(ValueError, match=message):
+        finetuner.fit(ds, epochs=1, callbacks=[order], verbose=0, shuffle=False)
+    assert int(finetuner.optimizer.iterations) == 0
+    autoencoder = stackae.AutoEncoder(4, seed=5)
+    autoencoder.compile()
+    flat, order = data.training_dataset(x, 10, seed=3)
+    with pytest.raises(ValueError, match=r"fit\(group=4\) takes elements of 4 batches"):
+        autoencoder.fit(flat, group=4, epochs=1, callbacks=[order], verbose=0, shuffle=False)
+
+
 @pytest.mark.parametrize("group", [4, 7, 50])
 def test_grouped_steps_train_exactly_like_single_batches(group):
     # 1,003 rows at batch 20: 50 updates an epoch (7 leaves a group of 1, 50 is one group).
@@ -120,7 +160,7 @@ def test_grouped_steps_train_exactly_like_single_batches(group):
         model.build((None, 30))
         model.compile()
         ds, order = data.training_dataset(x, 20, seed=3, group=group)
-        history = model.fit(ds, epochs=3, callbacks=[order], verbose=0, shuffle=False)
+        history = model.fit(ds, group=group, epochs=3, callbacks=[order], verbose=0, shuffle=False)
         return model, history.history["loss"]
 
     keras.utils.set_random_seed(1)

@@ -45,7 +45,7 @@ def test_tied_layer_trains_inside_a_functional_model(example, digits, tmp_path):
     (model, before, after, losses, reloaded), warned = gradient_warnings(
         example.layer_in_model, *digits, units=16, epochs=3, path=str(tmp_path / "tied.keras")
     )
-    assert warned == []  # the unused decoder bias is not among the trained weights
+    assert warned == []  # the unused decoder bias is frozen
     assert not np.allclose(before, after)
     assert losses[-1] < losses[0]
     assert type(reloaded.get_layer("tied")).__name__ == "TiedAutoEncoderLayer"

@@ -32,10 +32,11 @@ def training_dataset(x, batch_size, *, seed, shuffle=True, group=1, y=None):
     tutorial's n // batch_size batches.
 
     `group` > 1 serves the same batches `group` at a time, as elements of shape
-    (group, batch_size, n_features) (the last one of an epoch may hold fewer),
-    and the dataset's `group` attribute says so: `AutoEncoder` and `Finetuner`
-    read it in `fit` and make one update per batch of a group inside one call,
-    which removes the per-step cost of the Keras loop.
+    (group, batch_size, n_features) (the last one of an epoch may hold fewer):
+    pass the same `group` to `AutoEncoder.fit` / `Finetuner.fit`, which then
+    make one update per batch of a group inside one call, removing the per-step
+    cost of the Keras loop. The dataset does not carry the group: fit's argument
+    is the one place that says how to read an element.
 
     With labels `y` (n,), each element is (x, y), y int64 of shape (batch_size,)
     or (group, batch_size), the labels of x's rows.
@@ -221,9 +222,7 @@ def _tf_training(x, y, batch_size, seed, shuffle, group, order):
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    ds = _with_options(ds)
-    ds.group = group  # read by fit (stackae.trainers), as EpochBatches.group
-    return ds
+    return _with_options(ds)
 
 
 def _tf_batches(x, y, batch_size):
