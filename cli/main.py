@@ -238,7 +238,8 @@ def _one_line(err, command=None):
             return f"stackae pretrain {_flag(param.name)} --out {shlex.quote(str(param.run))}"
         if param.job is not None:
             return f"stackae {param.job} {shlex.quote(str(param.run))} {_flag(param.name)}"
-        return _flag(param.name, command)
+        value = "" if param.value is True or param.value is None else f" {param.value}"
+        return _flag(param.name, command) + value
 
     text = err.spelled(spell) if isinstance(err, StackaeError) else " ".join(str(err).split())
     return text or type(err).__name__

@@ -207,18 +207,23 @@ def score_job(
     Returns {"rows", "flagged", "threshold", "path"}.
     """
     from stackae import backend, workflows
-    from stackae.errors import BadOption
+    from stackae.errors import Param, ParameterError
     from stackae.files import atomic_write
 
     if contamination is not None and threshold is not None:
-        raise BadOption("--contamination and --threshold exclude each other")
+        raise ParameterError(
+            Param("contamination", None), "and", Param("threshold", None), "exclude each other"
+        )
     if contamination is not None:
         try:
             contamination = check_contamination(contamination)
         except ValueError as err:
-            raise BadOption(f"--contamination: {err}") from None
+            raise ParameterError(str(err), param="contamination") from None
     if threshold is not None and not (np.isfinite(threshold) and threshold >= 0):
-        raise BadOption(f"--threshold must be a finite error >= 0; got {threshold}")
+        raise ParameterError(
+            f"`threshold` must be a finite error >= 0. Received: threshold={threshold}",
+            param="threshold",
+        )
     run = workflows.open_run(run_dir)
     check_out_path(run, out_path, overwrite)
     backend.start(verbose=not quiet_backend)

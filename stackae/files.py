@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stackae.errors import CheckpointError, RunError, first_line
+from stackae.errors import CheckpointError, Param, RunError, first_line
 
 
 def umask():
@@ -100,7 +100,7 @@ def refuse_existing(path, overwrite, owned=False):
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise RunError(f"{path}: exists and is not a regular file; refusing to replace it")
     if path.exists() and not (overwrite or owned):
-        raise RunError(f"{path}: exists; use --overwrite to replace it")
+        raise RunError(f"{path}: exists; use", Param("overwrite"), "to replace it")
 
 
 def sha256(path):

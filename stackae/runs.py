@@ -183,7 +183,7 @@ class Run:
         """The old run that `overwrite` will replace, or None; RunError where not allowed."""
         problem = link_problem(path)
         if problem:
-            raise RunError(f"{path}: {problem}; give another --out")
+            raise RunError(f"{path}: {problem}; give another", Param("out", None))
         if path.is_symlink() and overwrite:
             raise RunError(f"{path}: is a link; refusing to replace what it points to")
         if path.exists() and not path.is_dir():
@@ -508,8 +508,9 @@ class Run:
         vouched = {MANIFEST, LOCK, *self.manifest.files, *self.manifest.pending}
         if same_folder and name in vouched:
             raise RunError(
-                f"{path}: a file of the run {self.path}; --overwrite never replaces it, "
-                "write elsewhere"
+                f"{path}: a file of the run {self.path};",
+                Param("overwrite"),
+                "never replaces it, write elsewhere",
             )
 
     def checked_file(self, name):

@@ -612,7 +612,8 @@ def check_classes(data, n_classes):
         raise DataError(
             f"{data.name}: labels run from 0 to {n_classes - 1}, {n_classes} classes of which "
             f"only {distinct} occur: not a small set of classes; number the classes 0 to "
-            f"{distinct - 1}, or fine-tune a quantity with --task regression"
+            f"{distinct - 1}, or fine-tune a quantity with",
+            Param("task", "regression"),
         )
 
 
@@ -1066,7 +1067,9 @@ def _lock_for_picture(run):
     try:
         run.lock()
     except RunError as err:
-        raise RunError(f"{err}; or write the picture elsewhere with --out FILE") from None
+        raise RunError(
+            f"{err}; or write the picture elsewhere with", Param("out_path", "FILE")
+        ) from None
 
 
 def filters_run(run, layer=1, out_path=None, grid=(10, 10), overwrite=False, quiet_backend=True):

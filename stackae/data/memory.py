@@ -3,7 +3,7 @@
 import os
 import resource
 
-from stackae.errors import DataError
+from stackae.errors import DataError, Param
 
 # What is left for everything else (Keras, the batches) when data takes what it may.
 HEADROOM = 1 << 28
@@ -74,7 +74,9 @@ def check_fits(n_bytes, what):
     if room is not None and n_bytes > room:
         raise DataError(
             f"{what} needs {size_text(n_bytes)} of memory, more than the "
-            f"{size_text(room)} available; use --limit (or save the data as .npy, which streams)"
+            f"{size_text(room)} available; use",
+            Param("limit", None),
+            "(or save the data as .npy, which streams)",
         )
 
 

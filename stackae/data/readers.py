@@ -26,7 +26,7 @@ import numpy as np
 
 from stackae.data import memory, unpickle
 from stackae.data.memory import size_text
-from stackae.errors import DataError
+from stackae.errors import DataError, Param
 
 # MNIST's images; the tutorial's pickle holds them as rows of 784.
 IMAGE_SHAPE = (28, 28)
@@ -114,8 +114,10 @@ def read_path(path, label_column, limit=None, n_features=None, columns=None, hea
     is_table = lower.endswith((".csv", ".parquet")) and not os.path.isdir(path)
     if label_column is not None and not is_table:
         raise DataError(
-            f"{path}: --label-column applies to tables (.csv, .parquet); "
-            "this source holds its labels in an array of their own (y, y_train, labels)"
+            f"{path}:",
+            Param("label_column", None),
+            "applies to tables (.csv, .parquet); this source holds its labels in an array "
+            "of their own (y, y_train, labels)",
         )
     if os.path.isdir(path):
         return read_idx_folder(path)
@@ -774,9 +776,13 @@ def _read_pickle(path, limit_rows=None):
             limit, message, opener = size, f"{path}: grew while it was read", open
         if limit_rows is not None and limit > PICKLE_LIMITED_BYTES:
             raise DataError(
-                f"{path}: a pickle is read whole whatever --limit asks, and this one inflates "
-                f"to {size_text(limit)} (about {size_text(PICKLE_COPIES * limit)} of memory); "
-                "save the data as .npy or .npz, which --limit reads in part"
+                f"{path}: a pickle is read whole whatever",
+                Param("limit", None),
+                f"asks, and this one inflates to {size_text(limit)} (about "
+                f"{size_text(PICKLE_COPIES * limit)} of memory); save the data as .npy or .npz, "
+                "which",
+                Param("limit", None),
+                "reads in part",
             )
         memory.check_fits(PICKLE_COPIES * limit, f"{path}: unpickling {size_text(limit)}")
         with opener(path, "rb") as f:

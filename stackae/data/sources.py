@@ -9,7 +9,7 @@ import numpy as np
 from stackae.config import DEFAULT_SEED
 from stackae.data import readers, validation
 from stackae.data.readers import IMAGE_SHAPE
-from stackae.errors import DataError
+from stackae.errors import DataError, Param
 
 MNIST_ENV = "STACKAE_MNIST"
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -93,7 +93,9 @@ def load(
         source = os.fspath(source)
         name = source.replace("_", "-") if source.replace("_", "-") in SOURCES else source
         if name in SOURCES and label_column is not None:
-            raise DataError(f"{name}: --label-column applies to tables; {name} has its labels")
+            raise DataError(
+                f"{name}:", Param("label_column", None), f"applies to tables; {name} has its labels"
+            )
         if name == "mnist":
             raw = _read_mnist()
         elif name == "mnist-sample":
