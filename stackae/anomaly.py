@@ -228,14 +228,12 @@ def score_job(
     check_out_path(run, out_path, overwrite)
     backend.start(verbose=not quiet_backend)
     stack = workflows.load_stack(run)
-    loaded = workflows.load_run_data(
+    loaded = workflows.load_rows(
         run,
         data,
         loss="squared-error",  # any range: scores are squared errors, rows are not clipped
         limit=limit,
         label_column=label_column,
-        valid_size=0,
-        test_size=0,
     )
     cut = run_threshold(run, stack, contamination, threshold)
     splits = [

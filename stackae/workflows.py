@@ -998,21 +998,23 @@ def _encode_job(run, data, out_path, layer, overwrite, limit, header, quiet_back
     return arrays
 
 
-def load_rows(run, source, *, limit=None, header=None):
+def load_rows(run, source, *, limit=None, header=None, loss=None, label_column=None):
     """Every row of `source` (its first `limit`), unsplit, scaled and matched as the run's.
 
-    The run's own --limit and split describe the run's data, not these rows:
-    a file is read whole unless `limit` is given.
+    The run's own `limit` and split describe the run's data, not these rows:
+    a file is read whole unless `limit` is given. `loss`: the loss the rows are
+    checked for (default: the first layer's; "squared-error" takes any range).
+    `label_column`: the table's label column, if not the run's.
     """
     from stackae.data import check_width, load
 
     scaler = run_scaler(run)
     if scaler is None and run.data.options.scale != "none":
         scaler = load_run_data(run).scaler  # format 1 kept no scaler: fit it as the run did
-    label = run.data.options.label_column
+    label = run.data.options.label_column if label_column is None else label_column
     data = load(
         source,
-        loss=run.specs[0].loss,
+        loss=loss or run.specs[0].loss,
         limit=limit,
         valid_size=0,
         test_size=0,

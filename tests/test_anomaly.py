@@ -149,7 +149,7 @@ def test_works_in_a_pipeline_and_pickles(data, detector):
 def test_a_contamination_out_of_range_is_refused_before_training(data, contamination):
     x, _ = data
     sda = StackedDenoisingAutoencoder(contamination=contamination)
-    expected = r"`contamination` must be 'auto' or a number in \(0, 0.5\]"
+    expected = r"'contamination' parameter of StackedDenoisingAutoencoder must be"
     with pytest.raises(ValueError, match=expected):
         sda.fit(x)
     assert not hasattr(sda, "stack_")

@@ -493,6 +493,11 @@ def _pick(where, names, width, label_column, n_features=None, columns=None):
                 f"(the file has columns {names})"
             )
         extra = [name for j, name in enumerate(names) if name not in columns and j != label]
+        if extra and isinstance(label_column, str) and label_column not in seen:
+            raise DataError(
+                f"{where}: no label column {label_column!r}, and column {extra[0]!r} is not "
+                f"one of the run's features {list(columns)}"
+            )
         if extra:
             raise DataError(
                 f"{where}: column {extra[0]!r} is neither one of the run's features "
