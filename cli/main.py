@@ -113,6 +113,20 @@ class CommaList(click.ParamType):
             self.fail(f"{value!r}: {err.message}", param, ctx)
 
 
+class Layers(click.ParamType):
+    """'conv32x5,pool2,500' -> config.parse_layers's tuple (ints: dense units)."""
+
+    name = "layers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return config.parse_layers(str(value))
+        except ParameterError as err:
+            self.fail(_one_line(err), param, ctx)
+
+
 class Grid(click.ParamType):
     """'10x10' -> (10, 10): tiles per column x per row."""
 
@@ -368,10 +382,13 @@ def cli():
 @cli.command()
 @click.option(
     "--layers",
-    type=CommaList(INT),
+    type=Layers(),
     default=str(LAYER.units),
     show_default=True,
-    help="Hidden layer sizes, bottom first, e.g. 1000,1000,1000.",
+    help="Hidden layers, bottom first, e.g. 1000,1000,1000 or, on images, "
+    f"conv32x5,pool2,conv64x5,pool2,500. {config.LAYERS_GRAMMAR}. Per-layer options count "
+    "layers, not pool tokens; conv layers default to a smaller --lr "
+    "(stackae.kinds.Conv2DSpec's).",
 )
 @data_options
 @header_option
@@ -459,6 +476,10 @@ def pretrain(
         given |= _data_kwargs(limit, valid_size, test_size, label_column, scale, header)
     else:
         # Settings not given take the library's defaults for the data's scaling.
+        if any(isinstance(layer, dict) for layer in layers):
+            from stackae import backend
+
+            backend.load_keras(verbose)  # conv specs live beside their Keras layer
         specs = config.layer_specs(layers, scale=scale, **settings)
         if data is None:
             data, note = workflows.default_source()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from stackae import locks
+from stackae.config import layer_shape, layer_token, parse_layers
 from stackae.errors import CheckpointError, Param, RunError, first_line
 from stackae.files import atomic_write, atomic_write_text, link_problem, load_model, sha256
 from stackae.manifest import (
@@ -102,6 +103,19 @@ def versions():
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _size(spec):
+    """A layer's size for the summary: its units (an int), or its token (convFxK)."""
+    shape = layer_shape(spec)
+    return shape if isinstance(shape, int) else layer_token(spec).split(",")[0]
+
+
+def _layers_text(layers):
+    """`--layers` as given, for a message: a tuple of sizes as before, else its tokens."""
+    if all(isinstance(u, int) for u in layers):
+        return f"{tuple(layers)}"
+    return ",".join(layer_token(u) for u in layers)
 
 
 class Run:
@@ -341,8 +355,9 @@ class Run:
         """
         specs = self.specs
         found = []
-        if layers is not None and tuple(layers) != tuple(s.units for s in specs):
-            found.append(f"layers {','.join(str(s.units) for s in specs)} (given {layers})")
+        if layers is not None and parse_layers(layers) != tuple(layer_shape(s) for s in specs):
+            recorded, text = ",".join(layer_token(s) for s in specs), _layers_text(layers)
+            found.append(f"layers {recorded} (given {text})")
         if seed is not None and seed != self.seed:
             found.append(f"seed {self.seed} (given {seed})")
         for name, value in settings.items():
@@ -416,7 +431,7 @@ class Run:
             rows.append(
                 (
                     k + 1,
-                    spec.units,
+                    _size(spec),
                     spec.corruption,
                     state.epochs_done,
                     losses[-1] if losses else float("nan"),
