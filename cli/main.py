@@ -476,10 +476,6 @@ def pretrain(
         given |= _data_kwargs(limit, valid_size, test_size, label_column, scale, header)
     else:
         # Settings not given take the library's defaults for the data's scaling.
-        if any(isinstance(layer, dict) for layer in layers):
-            from stackae import backend
-
-            backend.load_keras(verbose)  # conv specs live beside their Keras layer
         specs = config.layer_specs(layers, scale=scale, **settings)
         if data is None:
             data, note = workflows.default_source()
@@ -881,6 +877,9 @@ def info(run_dir):
         f"data: {record.name} ({run.data_origin}), {record.n_features} features, "
         f"shapes {run.data_shapes}"
     )
+    if len(run.input_shape) > 1:  # a conv stack: what it reads and its layers' tokens
+        click.echo(f"input: {'x'.join(map(str, run.input_shape))} images")
+        click.echo(f"layers: {','.join(config.layer_token(spec) for spec in run.specs)}")
     click.echo(f"seed: {run.seed}")
     click.echo(f"backend: {run.backend}")
     click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in run.versions.items()))
@@ -892,7 +891,7 @@ def info(run_dir):
         noise = f"{spec.noise} {spec.corruption}"
         epochs = f"{state.epochs_done}/{spec.epochs}"
         click.echo(
-            f"{k + 1:>5} {spec.units:>6} {noise:>16} {epochs:>9} "
+            f"{k + 1:>5} {run.layer_size(k):>6} {noise:>16} {epochs:>9} "
             f"{cost:>10.4f} {state.seconds:>8.1f}  {state.finished}"
         )
     outliers = run.outliers

@@ -26,18 +26,6 @@ def quiet_stderr(enabled=True):
         os.close(devnull)
 
 
-def load_keras(verbose=False):
-    """Import Keras (quietly unless `verbose`) without starting the backend's devices, so a
-    later `start` can still make a distribution strategy; BackendError (one line) if not."""
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with quiet_stderr(not verbose):
-        try:
-            import keras  # noqa: F401
-        except (ImportError, ValueError) as err:
-            raise BackendError(f"Keras could not start: {first_line(err)}") from None
-
-
 def start(verbose=False, strategy=None):
     """Import Keras and its backend (quietly unless `verbose`); BackendError (one line) if not.
 

@@ -6,7 +6,6 @@ import dataclasses
 import numpy as np
 
 from stackae.config import is_int
-from stackae.conv_layer import TiedConv2DAutoEncoderLayer, conv_output_size
 from stackae.kinds.base import KindSpec, LayerKind
 
 
@@ -72,11 +71,16 @@ class Conv2DSpec(KindSpec):
 class Conv2DKind(LayerKind):
     name = "conv2d"
     spec_class = Conv2DSpec
-    layer_class = TiedConv2DAutoEncoderLayer
     input_rank = 3
 
+    @property
+    def layer_class(self):  # imported when asked: the specs import no backend
+        from stackae.conv_layer import TiedConv2DAutoEncoderLayer
+
+        return TiedConv2DAutoEncoderLayer
+
     def make_layer(self, spec, **kwargs):
-        return TiedConv2DAutoEncoderLayer(
+        return self.layer_class(
             spec.filters,
             _pair(spec.kernel_size),
             strides=_pair(spec.strides),
@@ -101,6 +105,8 @@ class Conv2DKind(LayerKind):
             )
 
     def _feature_shape(self, spec, input_shape):
+        from stackae.conv_layer import conv_output_size
+
         sizes = [
             conv_output_size(n, k, s, spec.padding)
             for n, k, s in zip(input_shape[:2], _pair(spec.kernel_size), _pair(spec.strides))
