@@ -124,7 +124,10 @@ class Layers(click.ParamType):
         try:
             return config.parse_layers(str(value))
         except ParameterError as err:
-            self.fail(_one_line(err), param, ctx)
+            text = _one_line(err)
+            if " token " in text:  # the token it names, without the whole list again
+                text = f"{value!r} is not a comma list of layers: {text.split('. Received')[0]}"
+            self.fail(text, param, ctx)
 
 
 class Grid(click.ParamType):

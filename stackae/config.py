@@ -253,8 +253,8 @@ def parse_layers(layers):
             continue
         text = str(token).strip().lower()
         conv, pool = _CONV.fullmatch(text), _POOL.fullmatch(text)
-        if text.isdigit():
-            parsed.append(int(text))
+        if re.fullmatch(r"[-+]?\d+", text):
+            parsed.append(int(text))  # <= 0 is refused below, as a size
         elif conv:
             filters, kernel, stride, padding = conv.groups()
             parsed.append(
