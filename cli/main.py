@@ -113,6 +113,23 @@ class CommaList(click.ParamType):
             self.fail(f"{value!r}: {err.message}", param, ctx)
 
 
+class Layers(click.ParamType):
+    """'conv32x5,pool2,500' -> config.parse_layers's tuple (ints: dense units)."""
+
+    name = "layers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return config.parse_layers(str(value))
+        except ParameterError as err:
+            text = _one_line(err)
+            if " token " in text:  # the token it names, without the whole list again
+                text = f"{value!r} is not a comma list of layers: {text.split('. Received')[0]}"
+            self.fail(text, param, ctx)
+
+
 class Grid(click.ParamType):
     """'10x10' -> (10, 10): tiles per column x per row."""
 
@@ -369,10 +386,13 @@ def cli():
 @cli.command()
 @click.option(
     "--layers",
-    type=CommaList(INT),
+    type=Layers(),
     default=str(LAYER.units),
     show_default=True,
-    help="Hidden layer sizes, bottom first, e.g. 1000,1000,1000.",
+    help="Hidden layers, bottom first, e.g. 1000,1000,1000 or, on images, "
+    f"conv32x5,pool2,conv64x5,pool2,500. {config.LAYERS_GRAMMAR}. Per-layer options count "
+    "layers, not pool tokens; conv layers default to a smaller --lr "
+    "(stackae.kinds.Conv2DSpec's).",
 )
 @data_options
 @header_option
@@ -861,6 +881,9 @@ def info(run_dir):
         f"data: {record.name} ({run.data_origin}), {record.n_features} features, "
         f"shapes {run.data_shapes}"
     )
+    if len(run.input_shape) > 1:  # a conv stack: what it reads and its layers' tokens
+        click.echo(f"input: {'x'.join(map(str, run.input_shape))} images")
+        click.echo(f"layers: {','.join(config.layer_token(spec) for spec in run.specs)}")
     click.echo(f"seed: {run.seed}")
     click.echo(f"backend: {run.backend}")
     click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in run.versions.items()))
@@ -872,7 +895,7 @@ def info(run_dir):
         noise = f"{spec.noise} {spec.corruption}"
         epochs = f"{state.epochs_done}/{spec.epochs}"
         click.echo(
-            f"{k + 1:>5} {spec.units:>6} {noise:>16} {epochs:>9} "
+            f"{k + 1:>5} {run.layer_size(k):>6} {noise:>16} {epochs:>9} "
             f"{cost:>10.4f} {state.seconds:>8.1f}  {state.finished}"
         )
     outliers = run.outliers

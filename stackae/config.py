@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 
 from stackae.errors import ParameterError, first_line
 
@@ -220,8 +221,130 @@ class LayerSpec:
         return make_optimizer(self.optimizer, self.learning_rate)
 
 
+# The `--layers` grammar (also `layer_specs`'s): one token per layer, bottom first.
+LAYERS_GRAMMAR = (
+    "N: a dense layer of N units; convFxK: a convolutional layer of F filters KxK "
+    "(add sS for stride S, 'same' for same padding: conv32x5s2same); poolP: max-pool the "
+    "conv layer before it by PxP (inside its autoencoder, not a layer of its own)"
+)
+_CONV = re.compile(r"conv(\d+)x(\d+)(?:s(\d+))?(same|valid)?")
+_POOL = re.compile(r"pool(\d+)")
+
+
+def parse_layers(layers):
+    """The layers of a stack from the `--layers` grammar (LAYERS_GRAMMAR), bottom first.
+
+    `layers`: a comma-separated string or a sequence of tokens (ints for dense
+    layers, or strings). Returns a tuple with an int (units) per dense layer and
+    a dict of Conv2DSpec shape fields per conv layer; a `poolP` token sets the
+    `pool_size` of the conv layer just before it. ParameterError (one line,
+    naming the token) for anything else.
+
+    >>> parse_layers("conv32x5,pool2,500")
+    ({'kind': 'conv2d', 'filters': 32, 'kernel_size': 5, 'strides': 1, 'padding': 'valid', \
+'pool_size': 2}, 500)
+    """
+    if isinstance(layers, str):
+        layers = layers.split(",")
+    parsed = []
+    for token in layers:
+        if is_int(token) or isinstance(token, dict):
+            parsed.append(token)
+            continue
+        text = str(token).strip().lower()
+        conv, pool = _CONV.fullmatch(text), _POOL.fullmatch(text)
+        if re.fullmatch(r"[-+]?\d+", text):
+            parsed.append(int(text))  # <= 0 is refused below, as a size
+        elif conv:
+            filters, kernel, stride, padding = conv.groups()
+            parsed.append(
+                {
+                    "kind": "conv2d",
+                    "filters": int(filters),
+                    "kernel_size": int(kernel),
+                    "strides": int(stride or 1),
+                    "padding": padding or "valid",
+                    "pool_size": None,
+                }
+            )
+        elif pool and parsed and isinstance(parsed[-1], dict) and parsed[-1]["pool_size"] is None:
+            parsed[-1] = {**parsed[-1], "pool_size": int(pool.group(1))}
+        else:
+            why = (
+                "pools the conv layer just before it, once"
+                if pool
+                else "is not a layer (N, convFxK[sS][same] or poolP)"
+            )
+            raise ParameterError(
+                f"`layers` token {str(token).strip()!r} {why}. Received: layers={_text(layers)}",
+                param="layers",
+            )
+    if not parsed or any(
+        (is_int(u) and u <= 0) or (isinstance(u, dict) and min(_shape_numbers(u)) <= 0)
+        for u in parsed
+    ):
+        raise ParameterError(
+            "`layers` must be positive integers. Received: layers="
+            + (_text(layers) if any(isinstance(t, str) for t in layers) else f"{tuple(parsed)}"),
+            param="layers",
+        )
+    return tuple(parsed)
+
+
+def _text(layers):
+    return ",".join(str(t).strip() for t in layers)
+
+
+def _shape_numbers(layer):
+    return [layer[k] for k in ("filters", "kernel_size", "strides") if is_int(layer[k])] + [
+        layer["pool_size"] or 1
+    ]
+
+
+def layer_token(spec):
+    """The `--layers` tokens of a spec or a `parse_layers` item: '500', 'conv32x5,pool2'."""
+    if isinstance(spec, LayerSpec):
+        return str(spec.units)
+    shape = spec if isinstance(spec, dict | int) else layer_shape(spec)
+    if not isinstance(shape, dict):
+        return str(shape)
+    text = f"conv{shape['filters']}x{_one(shape['kernel_size'])}"
+    if shape["strides"] not in (1, (1, 1)):
+        text += f"s{_one(shape['strides'])}"
+    if shape["padding"] == "same":
+        text += "same"
+    if shape["pool_size"] is not None:
+        text += f",pool{_one(shape['pool_size'])}"
+    return text
+
+
+def _one(value):
+    if isinstance(value, tuple | list) and len(set(value)) == 1:
+        return value[0]
+    return "x".join(map(str, value)) if isinstance(value, tuple | list) else value
+
+
+def layer_shape(spec):
+    """A spec's shape as `parse_layers` gives it: units, or a conv layer's dict (None: other)."""
+    if isinstance(spec, LayerSpec):
+        return spec.units
+    if type(spec).__name__ == "Conv2DSpec":
+        return {
+            "kind": "conv2d",
+            **{
+                name: _one(getattr(spec, name)) if name != "padding" else spec.padding
+                for name in ("filters", "kernel_size", "strides", "padding", "pool_size")
+            },
+        }
+    return None
+
+
 def layer_specs(layers, *, scale=None, **settings):
-    """One LayerSpec per size in `layers`; each setting is one value or one per layer.
+    """One spec per layer of `layers`; each setting is one value or one per layer.
+
+    `layers`: dense sizes, or the `--layers` grammar (`parse_layers`): a string
+    "conv32x5,pool2,500" or its tokens; a conv token makes a
+    `stackae.kinds.Conv2DSpec`. Per-layer settings count layers, not pool tokens.
 
     Settings not given (or None) take `default_layer_settings` for the data's
     `scale` (a SCALE_KINDS name; None or False: "none", True: "global"), so
@@ -232,14 +355,14 @@ def layer_specs(layers, *, scale=None, **settings):
     [0.1, 0.2]
     >>> layer_specs((500,), scale="standard")[0].loss
     'squared-error'
+    >>> layer_specs("conv8x3,pool2,10")[0].pool_size
+    2
     """
-    layers = tuple(layers)
-    if not layers or any(not is_int(u) or u <= 0 for u in layers):
-        raise ParameterError(
-            f"`layers` must be positive integers. Received: layers={layers}", param="layers"
-        )
+    layers = parse_layers(layers)
     fields = {f.name for f in dataclasses.fields(LayerSpec)} - {"units"}
-    per_layer = [{"units": u} for u in layers]
+    per_layer = [
+        {"units": u} if is_int(u) else {k: v for k, v in u.items() if k != "kind"} for u in layers
+    ]
     for name in settings:
         if name not in fields:
             raise ParameterError(
@@ -258,7 +381,24 @@ def layer_specs(layers, *, scale=None, **settings):
     for name, values in fitting.items():  # defaults for the scaling of settings not passed
         for spec, v in zip(per_layer, values):
             spec[name] = v
-    return [LayerSpec(**spec) for spec in per_layer]
+    return [_make_spec(spec) for spec in per_layer]
+
+
+def _make_spec(fields):
+    if "units" in fields:
+        return LayerSpec(**fields)
+    from stackae.kinds import Conv2DSpec
+
+    return Conv2DSpec(**fields)
+
+
+def _kind_default(layer, name):
+    """A setting's default for one parsed layer: its kind's spec's (Conv2DSpec's for conv)."""
+    if is_int(layer):
+        return getattr(DEFAULTS, name)
+    from stackae.kinds import Conv2DSpec
+
+    return {f.name: f.default for f in dataclasses.fields(Conv2DSpec)}[name]
 
 
 def scale_kind(scale):
@@ -310,25 +450,34 @@ def default_layer_settings(scale_kind, layers):
     layer's codes, which a sigmoid encoder keeps in [0, 1], so they keep the
     tutorial's settings.
 
+    Conv layers (`parse_layers`'s dicts) take their kind's default learning
+    rate, `stackae.kinds.Conv2DSpec`'s.
+
     >>> default_layer_settings("standard", (500, 500))["decoder_activation"]
     ('linear', 'sigmoid')
     """
-    layers = tuple(layers)
-    if not layers or any(not is_int(u) or u <= 0 for u in layers):
-        raise ParameterError(
-            f"`layers` must be positive integers. Received: layers={layers}", param="layers"
-        )
-    tutorial = (DEFAULTS.decoder_activation, DEFAULTS.loss, DEFAULTS.learning_rate)
-    first = tutorial
+    if not tuple(layers):
+        raise ParameterError("`layers` must be positive integers. Received: layers=()")
+    layers = parse_layers(layers)
+    per_layer = [
+        (DEFAULTS.decoder_activation, DEFAULTS.loss, _kind_default(u, "learning_rate"))
+        for u in layers
+    ]
     if scale_kind not in UNIT_INTERVAL_SCALINGS:
-        first = ("linear", "squared-error", min(DEFAULTS.learning_rate, 1.0 / layers[0]))
-    per_layer = [first, *[tutorial] * (len(layers) - 1)]
+        # A conv layer's decoder output sums filters x kernel area codes: the same bound.
+        first = layers[0]
+        codes = first if is_int(first) else first["filters"] * _square(first["kernel_size"])
+        per_layer[0] = ("linear", "squared-error", min(per_layer[0][2], 1.0 / codes))
     return {
         "activation": (DEFAULTS.activation,) * len(layers),
         "decoder_activation": tuple(d for d, _, _ in per_layer),
         "loss": tuple(loss for _, loss, _ in per_layer),
         "learning_rate": tuple(lr for _, _, lr in per_layer),
     }
+
+
+def _square(value):
+    return value[0] * value[1] if isinstance(value, tuple | list) else value * value
 
 
 # Fine-tuning settings that depend on the task, for a FinetuneSpec that leaves them None.

@@ -98,7 +98,7 @@ def scaling_layer(scaler, width, *, invert=False, name=SCALING):
 
 def _inputs(stack, scaler):
     """The Input and, with a scaler, its scaling layer."""
-    if scaler is None:
+    if scaler is None or getattr(scaler, "kind", None) == "none":
         return [keras.Input(_input_shape(stack))]
     scaling = scaling_layer(scaler, _n_visible(stack))
     return [keras.Input((_n_visible(stack),)), *([scaling] if scaling is not None else [])]

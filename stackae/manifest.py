@@ -84,11 +84,17 @@ class DataRecord:
     # Format 3: a table's feature names, matched by name in the files later verbs read.
     columns: list[str] | None = None
     fingerprint: Fingerprint | None = None  # None: not recorded (a named source, format 2)
+    # Format 3: the shape of one example the stack reads, e.g. [28, 28, 1] for a conv stack
+    # (None: rows of n_features, as formats 1 and 2 always were).
+    input_shape: list[int] | None = None
 
 
 @dataclasses.dataclass
 class LayerProgress:
-    units: int
+    units: int  # the layer's size: units, or a conv layer's filters (its kind's `size`)
+    # Format 3: the shape of one example the layer reads, e.g. [784] or [28, 28, 1]
+    # (absent: a row of the data's width, as every layer of a dense stack reads rows).
+    input_shape: list[int] | None = None
     epochs_done: int = 0
     finished: bool = False
     history: dict[str, list[float]] = dataclasses.field(default_factory=dict)
@@ -158,6 +164,8 @@ class OutlierThreshold:
 
 @dataclasses.dataclass
 class Config:
+    # Dense specs are written as always (no "kind"); other kinds' with their kind's name
+    # (stackae.kinds: `spec_config`), read back by that kind.
     specs: list[LayerSpec]
     seed: int
 
@@ -203,7 +211,19 @@ class Manifest:
         return manifest
 
     def to_json(self):
-        return _plain(dataclasses.asdict(self))
+        from stackae.kinds import kind_of
+
+        raw = _plain(dataclasses.asdict(self))
+        raw["config"]["specs"] = [
+            _plain(kind_of(spec).spec_config(spec)) for spec in self.config.specs
+        ]
+        return raw
+
+    @property
+    def input_shape(self):
+        """The shape of one example the stack reads: (n_features,) unless recorded."""
+        shape = self.data.input_shape
+        return (self.data.n_features,) if shape is None else tuple(shape)
 
     def check(self, where):
         """The rules that tie fields together (each field's type is checked on reading)."""
@@ -219,8 +239,14 @@ class Manifest:
         require(len(self.layers) == len(specs), "layers do not match specs")
         require(all(_plain_name(k) for k in self.files), "file list")
         require(all(_plain_name(k) for k in [*self.outputs, *self.pending]), "outputs")
+        from stackae.kinds import kind_of
+
         for k, (layer, spec) in enumerate(zip(self.layers, specs)):
-            require(layer.units == spec.units, f"layer {k + 1} units")
+            require(layer.units == kind_of(spec).size(spec), f"layer {k + 1} units")
+            require(
+                layer.input_shape is None or min(layer.input_shape, default=0) >= 1,
+                f"layer {k + 1} input_shape",
+            )
             require(
                 0 <= layer.epochs_done <= spec.epochs,
                 f"layer {k + 1} epochs_done is not a number of epochs",
@@ -233,6 +259,14 @@ class Manifest:
         data = self.data
         require(data.name != "", "no data name")
         require(1 <= data.n_features <= MAX_INT, "no data width")
+        require(
+            data.input_shape is None
+            or (
+                min(data.input_shape, default=0) >= 1
+                and math.prod(data.input_shape) == data.n_features
+            ),
+            "data input_shape is not a shape of the data's width",
+        )
         require(data.n_classes is None or data.n_classes >= 1, "n_classes")
         require(data.n_outputs is None or data.n_outputs >= 1, "data n_outputs")
         require(data.target_kind in ("classes", "values"), "data target_kind")
@@ -384,6 +418,13 @@ def _convert(tp, value, path):
 def _convert_dataclass(cls, value, path):
     if not isinstance(value, dict):
         raise _Bad(path, "is not an object")
+    if cls is Config and isinstance(value, dict) and isinstance(value.get("specs"), list):
+        if "seed" not in value:
+            raise _Bad(path, "lacks seed")
+        return Config(
+            specs=[_spec(spec, f"{path}.specs[{i}]") for i, spec in enumerate(value["specs"])],
+            seed=_convert(int, value["seed"], f"{path}.seed"),
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     spec = cls in (LayerSpec, FinetuneSpec)
@@ -400,6 +441,18 @@ def _convert_dataclass(cls, value, path):
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:  # the specs check their own ranges
+        raise _Bad(path, f"({first_line(err)})") from None
+
+
+def _spec(value, path):
+    """One layer spec: a LayerSpec as always, or another kind's by its "kind" name."""
+    if not isinstance(value, dict) or value.get("kind", "dense") == "dense":
+        return _convert_dataclass(LayerSpec, value, path)
+    from stackae.kinds import get_kind
+
+    try:
+        return get_kind(value["kind"]).spec_from_config(value)
+    except (TypeError, ValueError) as err:
         raise _Bad(path, f"({first_line(err)})") from None
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from stackae import locks
+from stackae.config import layer_shape, layer_token, parse_layers
 from stackae.errors import CheckpointError, Param, RunError, first_line
 from stackae.files import atomic_write, atomic_write_text, link_problem, load_model, sha256
+from stackae.kinds import kind_of
 from stackae.manifest import (
     FORMAT,
     LOCK,
@@ -104,6 +106,19 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _size(spec):
+    """A layer's size for the summary: its units (an int), or its token (convFxK)."""
+    shape = layer_shape(spec)
+    return shape if isinstance(shape, int) else layer_token(spec).split(",")[0]
+
+
+def _layers_text(layers):
+    """`--layers` as given, for a message: a tuple of sizes as before, else its tokens."""
+    if all(isinstance(u, int) for u in layers):
+        return f"{tuple(layers)}"
+    return ",".join(layer_token(u) for u in layers)
+
+
 class Run:
     """A run directory and its manifest.
 
@@ -122,7 +137,7 @@ class Run:
     # ------------------------------------------------------------ making and opening
 
     @classmethod
-    def create(cls, path, *, specs, seed, data, data_options, overwrite=False):
+    def create(cls, path, *, specs, seed, data, data_options, overwrite=False, input_shapes=None):
         """A new run in `path` (new, empty, or a stackae run with `overwrite`), locked.
 
         Everything that can be checked is checked before anything is written.
@@ -150,8 +165,14 @@ class Run:
             status="pretraining",
             versions=versions(),
             config=Config(specs=list(specs), seed=int(seed)),
-            data=_data_record(data, data_options),
-            layers=[LayerProgress(units=s.units) for s in specs],
+            data=_data_record(data, data_options, input_shapes),
+            layers=[
+                LayerProgress(
+                    units=kind_of(s).size(s),
+                    input_shape=list(input_shapes[k]) if input_shapes else None,
+                )
+                for k, s in enumerate(specs)
+            ],
         )
         manifest.check(path / MANIFEST)
         try:
@@ -267,6 +288,15 @@ class Run:
     def seed(self):
         return self.manifest.config.seed
 
+    def layer_size(self, k):
+        """Layer k's size for a summary: its units (an int), or its token (convFxK)."""
+        return _size(self.specs[k])
+
+    @property
+    def input_shape(self):
+        """The shape of one example the stack reads: (n_features,), or a conv stack's images."""
+        return self.manifest.input_shape
+
     @property
     def specs(self):
         return list(self.manifest.config.specs)
@@ -341,8 +371,9 @@ class Run:
         """
         specs = self.specs
         found = []
-        if layers is not None and tuple(layers) != tuple(s.units for s in specs):
-            found.append(f"layers {','.join(str(s.units) for s in specs)} (given {layers})")
+        if layers is not None and parse_layers(layers) != tuple(layer_shape(s) for s in specs):
+            recorded, text = ",".join(layer_token(s) for s in specs), _layers_text(layers)
+            found.append(f"layers {recorded} (given {text})")
         if seed is not None and seed != self.seed:
             found.append(f"seed {self.seed} (given {seed})")
         for name, value in settings.items():
@@ -416,7 +447,7 @@ class Run:
             rows.append(
                 (
                     k + 1,
-                    spec.units,
+                    _size(spec),
                     spec.corruption,
                     state.epochs_done,
                     losses[-1] if losses else float("nan"),
@@ -771,7 +802,7 @@ def _same_source(given, recorded_path, record):
     return os.path.abspath(given) == os.path.abspath(recorded_path)
 
 
-def _data_record(data, options):
+def _data_record(data, options, input_shapes=None):
     """What the manifest records about loaded data (a stackae.data.Data) and its options."""
     name = data.name
     # A file's absolute path; None for a named source or rows given in memory.
@@ -799,6 +830,8 @@ def _data_record(data, options):
         n_outputs=getattr(data, "n_outputs", None),
         columns=getattr(data, "columns", None),
         fingerprint=Fingerprint(**found) if (found := getattr(data, "fingerprint", None)) else None,
+        # The stack's input shape, where it is not rows (a conv stack's images).
+        input_shape=list(input_shapes[0]) if input_shapes and len(input_shapes[0]) > 1 else None,
     )
 
 

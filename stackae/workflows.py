@@ -26,6 +26,7 @@ from stackae.config import (
     LayerSpec,
     check_noise,
     layer_specs,
+    layer_token,
 )
 from stackae.errors import (
     BackendError,
@@ -287,6 +288,33 @@ def _conflicts(found, what):
 # ---------------------------------------------------------------- pretraining
 
 
+def input_shape_of(specs, data):
+    """The shape of one example a stack of `specs` reads from `data`: rows of its width, or
+    (height, width, 1) images where the first layer's kind takes images; DataError (one line)
+    for a table under a conv layer."""
+    from stackae.kinds import kind_of
+
+    kind = kind_of(specs[0])
+    if kind.input_rank == 1:
+        return (data.n_features,)
+    shape = data.image_shape
+    if kind.input_rank == 3 and shape is not None and shape[0] * shape[1] == data.n_features:
+        return (*shape, 1)
+    raise DataError(
+        f"{data.name}: a {kind.name} first layer needs images (MNIST, Fashion-MNIST, an IDX "
+        f"folder, .npz/.npy images); this is a table of {data.n_features} features"
+    )
+
+
+def as_input(x, shape):
+    """Rows `x` as examples of `shape` (a view: images keep their pixels' order)."""
+    if len(shape) == 1:
+        return x
+    if not isinstance(x, np.ndarray):  # rows converted as they are read: in memory here
+        x = np.asarray(x[:])
+    return x.reshape(len(x), *shape)
+
+
 def check_pretraining(specs, data, tensorboard=False):
     """Everything that can refuse a new pretraining before anything is written."""
     from stackae.data import check_batch, memory
@@ -297,13 +325,41 @@ def check_pretraining(specs, data, tensorboard=False):
     held = [s.x for s in (data.train, data.valid) if s is not None]
     memory.check_training(
         len(data.train.x),
-        [data.n_features, *(spec.units for spec in specs)],
+        layer_sizes(specs, input_shape_of(specs, data)),
         [spec.batch_size for spec in specs],
         # Rows held in memory are copied once by the training pipeline; a memmap streams.
         sum(x.nbytes for x in held if type(x) is np.ndarray),
     )
     if tensorboard:
         _check_tensorboard()
+
+
+def layer_sizes(specs, input_shape):
+    """Values per example: the input's, then each layer's code (its kind's `estimates`)."""
+    from stackae.kinds import kind_of
+
+    sizes, shape = [int(np.prod(input_shape))], tuple(input_shape)
+    for spec in specs:
+        kind = kind_of(spec)
+        if kind.input_rank == 1:
+            shape = (int(np.prod(shape)),)  # a dense layer above images reads them flattened
+        sizes.append(int(kind.estimates(spec, shape)["code_size"]))
+        shape = tuple(kind.output_shape(spec, shape))
+    return sizes
+
+
+def layer_costs(specs, input_shape):
+    """Multiply-adds of one example's encoding, per layer (its kind's `estimates`)."""
+    from stackae.kinds import kind_of
+
+    costs, shape = [], tuple(input_shape)
+    for spec in specs:
+        kind = kind_of(spec)
+        if kind.input_rank == 1:
+            shape = (int(np.prod(shape)),)
+        costs.append(int(kind.estimates(spec, shape)["multiply_adds"]))
+        shape = tuple(kind.output_shape(spec, shape))
+    return costs
 
 
 def check_optimizer(spec):
@@ -322,9 +378,16 @@ def new_run(
     check_pretraining(specs, data, tensorboard)
     keras.utils.set_random_seed(seed)  # the initial weights of every layer follow from the seed
     stack = Stack(specs, seed=seed)
-    stack.build((None, data.n_features))
+    shape = input_shape_of(specs, data)
+    stack.build((None, *shape))
     run = Run.create(
-        out, specs=specs, seed=seed, data=data, data_options=data_options, overwrite=overwrite
+        out,
+        specs=specs,
+        seed=seed,
+        data=data,
+        data_options=data_options,
+        overwrite=overwrite,
+        input_shapes=stack.example_shapes,
     )
     run.save_model(stack, runs.STACK)
     return run, stack
@@ -370,15 +433,15 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
 
         def layer_callbacks(k):
             spec = stack.specs[k]
-            n_in = data.n_features if k == 0 else stack.specs[k - 1].units
+            n_in = "x".join(map(str, stack.example_shapes[k]))  # 784, or 28x28x1 for images
             restore = checkpoint if k == start else None
             text = (
-                f"layer {k + 1}/{n_layers}: {n_in} -> {spec.units}, "
+                f"layer {k + 1}/{n_layers}: {n_in} -> {layer_token(spec)}, "
                 f"{spec.noise} {spec.corruption:g}, {spec.epochs} epochs"
             )
             if restore is not None:
                 text += f" (resumed after epoch {first_epoch})"
-            left = _pretraining_left(run, data.n_features)
+            left = _pretraining_left(run, run.input_shape)
             if left is not None and left >= 60:  # shorter jobs need no forecast
                 text += f"; about {left / 60:.0f} min of pretraining left"
             found = [
@@ -388,16 +451,18 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
                 *extra,
                 LayerCheckpoint(run, k, restore=restore),
             ]
-            if tensorboard:
+            if tensorboard and rows:
                 logdir = run.output_dir("tensorboard") / f"layer_{k + 1}"
                 found.append(keras.callbacks.TensorBoard(str(logdir)))
                 found.append(FilterImages(logdir / "filters", data.image_shape))
             return found
 
+        shape = run.input_shape
+        rows = len(shape) == 1  # a stack of rows draws its filters on TensorBoard
         pretrain(
             stack,
-            data.train.x,
-            data.valid.x if data.valid is not None else None,
+            as_input(data.train.x, shape),
+            as_input(data.valid.x, shape) if data.valid is not None else None,
             callbacks=layer_callbacks,
             verbose=verbose,
             start_layer=start,
@@ -409,19 +474,19 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
         if run.outliers is not None:  # pretrain --contamination: the training split's threshold
             from stackae.anomaly import fit_run_threshold
 
-            fit_run_threshold(run, stack, data.train.x)
+            fit_run_threshold(run, stack, as_input(data.train.x, run.input_shape))
         run.set_status("pretrained")
     return run
 
 
-def _pretraining_left(run, n_features):
+def _pretraining_left(run, input_shape):
     """Seconds of pretraining left, from the finished epochs' pace (None before any epoch).
 
-    An epoch of layer k costs about n_in(k) x units(k) multiply-adds per row,
-    so the pace measured so far, per unit of that, predicts the rest.
+    An epoch of layer k costs about its encoding's multiply-adds per row (its
+    kind's `estimates`: n_in(k) x units(k) for a dense layer), so the pace
+    measured so far, per unit of that, predicts the rest.
     """
-    sizes = [n_features, *(spec.units for spec in run.specs)]
-    cost = [sizes[k] * sizes[k + 1] for k in range(run.n_layers)]
+    cost = layer_costs(run.specs, input_shape)
     states = [run.layer(k) for k in range(run.n_layers)]
     spent = sum(state.seconds for state in states)
     work_done = sum(state.epochs_done * c for state, c in zip(states, cost))
@@ -737,6 +802,9 @@ def finetune_run(
         valid = (
             labelled(data.valid, "validation data", n_classes) if data.valid is not None else None
         )
+    train = (as_input(train[0], run.input_shape), train[1])
+    if valid is not None:
+        valid = (as_input(valid[0], run.input_shape), valid[1])
     check_batch(len(train[0]), spec.batch_size, "training data")
     check_optimizer(spec)
     run.claim(  # a user's file where a checkpoint goes is refused before training
@@ -762,7 +830,7 @@ def finetune_run(
             stack, n_classes, dropout=spec.dropout, input_dropout=spec.input_dropout
         )
     finetuner = make_finetuner(model, spec, seed=run.seed)
-    finetuner.build((None, run.data.n_features))  # a checkpoint loads into built models only
+    finetuner.build((None, *run.input_shape))  # a checkpoint loads into built models only
     stopper = make_early_stopping(spec) if valid is not None else None
     first_epoch, restore = 0, None
     if resume:
@@ -782,7 +850,9 @@ def finetune_run(
     stopped = stopper is not None and stopper.wait >= spec.patience
     if first_epoch < spec.epochs and not stopped:
         top = n_outputs if regression else n_classes
-        sizes = "-".join(str(n) for n in [run.data.n_features, *stack.sizes, top])
+        sizes = "-".join(
+            str(n) for n in [run.data.n_features, *(layer_token(s) for s in stack.specs), top]
+        )
         text = f"fine-tuning {sizes}: at most {spec.epochs} epochs, patience {spec.patience}"
         if regression:
             text = "regression " + text
@@ -815,6 +885,8 @@ def finetune_run(
         test = targets(data.test, "test data") if regression else data.test
     metrics, valid_error, test_error = {}, None, None
     if regression:
+        if test is not None:
+            test = (as_input(test[0], run.input_shape), test[1])
         for name, split in (("valid", valid), ("test", test)):
             if split is not None:
                 found = regression_metrics(model, *split)
@@ -822,7 +894,8 @@ def finetune_run(
     else:
         valid_error = error_rate(model, *valid) if valid else None
         if test is not None:
-            test_error = error_rate(model, *labelled(test, "test data", n_classes))
+            x, y = labelled(test, "test data", n_classes)
+            test_error = error_rate(model, as_input(x, run.input_shape), y)
     # The saved model takes raw features: the run's scaling goes first.
     run.finish_finetune(
         export.with_scaling(model, run_scaler(run)), valid_error, test_error, metrics
@@ -913,24 +986,26 @@ def evaluate_run(run, data):
     split = {"test": data.test, "valid": data.valid, "train": data.train}[name]
     check_width(split.x, run.data.n_features, "evaluation data")
     result = {"rows": int(len(split.x)), "split": name, "reconstruction": []}
-    codes = split.x
+    codes = as_input(split.x, run.input_shape)
     for k, layer in enumerate(stack.encoder_layers):
         autoencoder = stack.autoencoder(k)
         autoencoder.compile()
         cost = autoencoder.evaluate(batches(codes, PREDICT_BATCH), verbose=0, return_dict=True)
         result["reconstruction"].append(float(cost["loss"]))
         if k + 1 < len(stack.encoder_layers):
-            codes = layer_codes(layer, codes)  # one layer up, not again from the input
+            codes = stack.layer_input(k + 1, layer_codes(layer, codes))  # one layer up
     record = run.finetune
     if run.model_file in run.files and record is not None and record.finished:
         if split.y is not None:
             # The saved model takes raw features; these rows are scaled already.
             model = export.on_scaled_rows(run.load_model(run.model_file))
             if record.spec.task == "regression":
-                result["regression"] = regression_metrics(model, *targets(split, "evaluation data"))
+                x, y = targets(split, "evaluation data")
+                result["regression"] = regression_metrics(model, as_input(x, run.input_shape), y)
             else:
                 n_classes = model.output_shape[-1]
                 x, y = labelled(split, "evaluation data", n_classes)
+                x = as_input(x, run.input_shape)
                 result["error"] = error_rate(model, x, y)
                 result["confusion"] = confusion_counts(model, x, y, n_classes).tolist()
     return result
@@ -951,7 +1026,8 @@ def encode_run(run, x, layer=None):
     check_width(x, run.data.n_features, "data")
     depth = len(stack.specs) if layer is None else layer
     _check_layer(depth, len(stack.specs))
-    return stack.codes(x, depth)
+    codes = stack.codes(as_input(x, run.input_shape), depth)
+    return codes.reshape(len(codes), -1)  # rows: a conv layer's feature maps flattened
 
 
 def encode_job(
@@ -1092,8 +1168,19 @@ def _filters_run(run, layer, out_path, grid, overwrite, quiet_backend):
     from stackae.images import filters_image
 
     stack = load_stack(run)
-    kernel = keras.ops.convert_to_numpy(stack.encoder_layers[layer - 1].kernel)
-    shape = run.data.image_shape if layer == 1 else None
+    tied = stack.encoder_layers[layer - 1]
+    if stack.layer_kinds[layer - 1].name == "dense":
+        kernel = keras.ops.convert_to_numpy(tied.kernel)
+        shape = run.data.image_shape if layer == 1 else None
+    else:  # one tile per filter, from its kind's filter images (grey: (n, h, w))
+        images = np.asarray(stack.layer_kinds[layer - 1].filter_images(tied))
+        if images.ndim != 3:
+            raise ParameterError(
+                f"Layer {layer}'s filters are colour images; `filters` draws grey ones",
+                param="layer",
+            )
+        shape = images.shape[1:]
+        kernel = images.reshape(len(images), -1).T
     image = filters_image(kernel, shape, grid)
     stopping.check()
     return _write_picture(run, image, out_path, default, overwrite)
@@ -1150,16 +1237,43 @@ def _reconstruct_run(
     x = np.asarray(split.x[:n], dtype="float32")
     level = stack.specs[0].corruption if corruption is None else corruption
     seed = keras.ops.convert_to_tensor(np.array([stack.seed, 0], "int64"))
-    noisy = corrupt(keras.ops.convert_to_tensor(x), stack.specs[0].noise, level, seed)
-    recon = stack.decode(stack.encode(noisy))
+    noisy = corrupt(
+        keras.ops.convert_to_tensor(as_input(x, run.input_shape)), stack.specs[0].noise, level, seed
+    )
+    recon = _reconstruct(stack, noisy)
     image = reconstructions_image(
         x,
-        keras.ops.convert_to_numpy(noisy),
-        keras.ops.convert_to_numpy(recon),
+        keras.ops.convert_to_numpy(noisy).reshape(len(x), -1),
+        keras.ops.convert_to_numpy(recon).reshape(len(x), -1),
         run.data.image_shape,
     )
     stopping.check()
     return _write_picture(run, image, out_path, default, overwrite)
+
+
+def _reconstruct(stack, x):
+    """Up the whole stack and back down: a pooling conv layer decodes from its own maxima."""
+    if all(kind.name == "dense" for kind in stack.layer_kinds):
+        return stack.decode(stack.encode(x))
+    return _down_up(stack, 0, x)
+
+
+def _down_up(stack, k, x):
+    layer, kind = stack.encoder_layers[k], stack.layer_kinds[k]
+    if k + 1 == len(stack.encoder_layers):
+        return _own_reconstruction(layer, kind, x)
+    code = layer(x)
+    above = _down_up(stack, k + 1, stack.layer_input(k + 1, code))
+    above = np.reshape(above, np.shape(code))
+    if getattr(layer, "pool_size", None) is not None:
+        return layer(layer.unpool(above, layer.feature_maps(x)), reverse=True)
+    return kind.decode(layer, above)
+
+
+def _own_reconstruction(layer, kind, x):
+    if getattr(layer, "pool_size", None) is not None:
+        return layer.reconstruct(x)
+    return kind.decode(layer, layer(x))
 
 
 __all__ = [

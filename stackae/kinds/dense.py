@@ -6,17 +6,21 @@ import numpy as np
 
 from stackae.config import LayerSpec
 from stackae.kinds.base import LayerKind
-from stackae.layers import TiedAutoEncoderLayer
 
 
 class DenseKind(LayerKind):
     name = "dense"
     spec_class = LayerSpec
-    layer_class = TiedAutoEncoderLayer
     input_rank = 1
 
+    @property
+    def layer_class(self):  # imported when asked: the specs import no backend
+        from stackae.layers import TiedAutoEncoderLayer
+
+        return TiedAutoEncoderLayer
+
     def make_layer(self, spec, **kwargs):
-        return TiedAutoEncoderLayer(
+        return self.layer_class(
             spec.units,
             activation=spec.activation,
             decoder_activation=spec.decoder_activation,
