@@ -26,7 +26,7 @@ _EXPORTS = {
     "layer_specs": "stackae.stack",
     "pretrain": "stackae.stack",
 }
-_SUBMODULES = ("export", "kinds")
+_SUBMODULES = ("export", "kinds", "workflows")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
