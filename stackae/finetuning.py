@@ -310,7 +310,7 @@ def finetune(
     multi-replica strategy); the results do not depend on it, only the speed.
     """
     from stackae.data import batches, training_dataset
-    from stackae.distribute import default_group
+    from stackae.distribute import default_group, streams_epochs
 
     if finetuner is None:
         finetuner = make_finetuner(model, spec, seed)
@@ -321,16 +321,22 @@ def finetune(
         )
     x, y = train
     group = group or default_group(autoencoder.DEFAULT_GROUP)
+    repeat = streams_epochs()
     if spec.task == "classification":
         data, order = training_dataset(
-            x, spec.batch_size, seed=finetuner.seed, group=group, y=np.asarray(y, dtype="int64")
+            x,
+            spec.batch_size,
+            seed=finetuner.seed,
+            group=group,
+            y=np.asarray(y, dtype="int64"),
+            repeat=repeat,
         )
         validation = None if valid is None else batches(valid[0], PREDICT_BATCH, y=valid[1])
     else:
         n_outputs = model.output_shape[-1]
         targets = _targets(y, len(x), n_outputs, "training targets")
         data, order = training_dataset(
-            x, spec.batch_size, seed=finetuner.seed, group=group, y=targets
+            x, spec.batch_size, seed=finetuner.seed, group=group, y=targets, repeat=repeat
         )
         validation = None
         if valid is not None:
@@ -350,6 +356,7 @@ def finetune(
         data,
         group=group,
         epochs=spec.epochs,
+        steps_per_epoch=order.elements if repeat else None,
         initial_epoch=initial_epoch,
         validation_data=validation,
         callbacks=[order, *schedule, *stopping, *callbacks],
