@@ -119,14 +119,15 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
     best_weights); its state goes in the manifest and its best weights in a
     file of their own, written when they changed since the last checkpoint.
 
-    A checkpoint is written after the first epoch, after the last one (or the
-    one that stops training, or once Ctrl-C or SIGTERM asked for a stop), and
-    in between once the time since the last one is at least `ratio` times what
-    writing the last one took, or `every` seconds, whichever comes first:
-    epochs of milliseconds (a small table's) no longer pay a checkpoint each
-    (the writes stay about 1/`ratio` of the run's time), long epochs still get
-    one each. The manifest's `epochs_done` and history are those of the
-    checkpoint, so a resume restarts after the
+    A checkpoint is written after each of the first two epochs (the second
+    write's time, without the first one's start-up costs, sets the budget),
+    after the last one (or the one that stops training, or once Ctrl-C or
+    SIGTERM asked for a stop), and in between once the time since the last
+    one is at least `ratio` times what writing the last one took, or `every`
+    seconds, whichever comes first: epochs of milliseconds (a small table's)
+    no longer pay a checkpoint each (the writes stay about 1/`ratio` of the
+    run's time), long epochs still get one each. The manifest's `epochs_done`
+    and history are those of the checkpoint, so a resume restarts after the
     last checkpointed epoch and re-runs, exactly, the epochs after it.
     """
 
@@ -146,7 +147,7 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
             restore_checkpoint(self.model, self.restore)
         self.best_epoch = self._best_epoch()
         self.pending = []  # (logs, seconds) of epochs run since the last checkpoint
-        self.write_seconds = None  # what the last checkpoint took; None: none written yet
+        self.written, self.write_seconds = 0, None  # checkpoints so far, the last one's time
         self.since = time.perf_counter()
 
     def _best_epoch(self):
@@ -158,7 +159,7 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
     def _due(self, epoch):
-        if self.write_seconds is None or self.model.stop_training or stopping.requested():
+        if self.written < 2 or self.model.stop_training or stopping.requested():
             return True  # a stop asked for now keeps the epochs run so far
         if epoch + 1 >= (self.params or {}).get("epochs", epoch + 1):
             return True
@@ -193,6 +194,7 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
         self.pending = []
         self.since = time.perf_counter()
         self.write_seconds = self.since - started
+        self.written += 1
 
 
 class Banner(keras.callbacks.Callback):

@@ -546,7 +546,7 @@ def test_a_tables_finetuning_checkpoints_on_a_budget_and_resumes_from_any_of_the
     shutil.copytree(pretrained, uninterrupted)
     ok("finetune", uninterrupted, *tune)
 
-    # A budget no fine-tuning of 12 epochs reaches: checkpoints after the first and last only.
+    # A budget no fine-tuning of 12 epochs reaches: checkpoints after the first two and last.
     monkeypatch.setattr(callbacks.FinetuneCheckpoint, "RATIO", float("inf"))
     monkeypatch.setattr(callbacks.FinetuneCheckpoint, "EVERY", 1e9)
     record = runs.Run.record_finetune_epoch
@@ -565,6 +565,7 @@ def test_a_tables_finetuning_checkpoints_on_a_budget_and_resumes_from_any_of_the
     ok("finetune", run, *tune)
     assert seen == [
         (0, 1, 1, "finetune_epoch_1.weights.h5"),
+        (1, 2, 2, "finetune_epoch_2.weights.h5"),
         (11, 12, 12, "finetune_epoch_12.weights.h5"),
     ]
     killed = manifest(tmp_path / "killed")["finetune"]
