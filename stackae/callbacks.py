@@ -113,24 +113,42 @@ class LayerCheckpoint(keras.callbacks.Callback):
 
 
 class FinetuneCheckpoint(keras.callbacks.Callback):
-    """Checkpoints fine-tuning after every epoch: trainer weights, optimizer, early stopping.
+    """Checkpoints fine-tuning: trainer weights, optimizer, early stopping, on a time budget.
 
     `stopper` is the early-stopping callback (with get_state/set_state and
     best_weights); its state goes in the manifest and its best weights in a
-    file of their own, written when they change.
+    file of their own, written when they changed since the last checkpoint.
+
+    A checkpoint is written after each of the first two epochs (the second
+    write's time, without the first one's start-up costs, sets the budget),
+    after the last one (or the one that stops training, or once Ctrl-C or
+    SIGTERM asked for a stop), and in between once the time since the last
+    one is at least `ratio` times what writing the last one took, or `every`
+    seconds, whichever comes first: epochs of milliseconds (a small table's)
+    no longer pay a checkpoint each (the writes stay about 1/`ratio` of the
+    run's time), long epochs still get one each. The manifest's `epochs_done`
+    and history are those of the checkpoint, so a resume restarts after the
+    last checkpointed epoch and re-runs, exactly, the epochs after it.
     """
 
-    def __init__(self, run, stopper=None, restore=None):
+    EVERY, RATIO = 10.0, 10.0  # the defaults of `every` and `ratio`
+
+    def __init__(self, run, stopper=None, restore=None, every=None, ratio=None):
         super().__init__()
         self.run = run
         self.stopper = stopper
         self.restore = restore
+        self.every = self.EVERY if every is None else every
+        self.ratio = self.RATIO if ratio is None else ratio
         self.best_epoch = None
 
     def on_train_begin(self, logs=None):
         if self.restore is not None:
             restore_checkpoint(self.model, self.restore)
         self.best_epoch = self._best_epoch()
+        self.pending = []  # (logs, seconds) of epochs run since the last checkpoint
+        self.written, self.write_seconds = 0, None  # checkpoints so far, the last one's time
+        self.since = time.perf_counter()
 
     def _best_epoch(self):
         if self.stopper is None:
@@ -140,7 +158,19 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
 
+    def _due(self, epoch):
+        if self.written < 2 or self.model.stop_training or stopping.requested():
+            return True  # a stop asked for now keeps the epochs run so far
+        if epoch + 1 >= (self.params or {}).get("epochs", epoch + 1):
+            return True
+        waited = time.perf_counter() - self.since
+        return waited >= min(self.every, self.ratio * self.write_seconds)
+
     def on_epoch_end(self, epoch, logs=None):
+        self.pending.append((dict(logs or {}), time.perf_counter() - self.started))
+        if not self._due(epoch):
+            return
+        started = time.perf_counter()
         save_best = None
         best_epoch = self._best_epoch()
         if best_epoch is not None and best_epoch != self.best_epoch:
@@ -151,14 +181,20 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
                 np.savez(path, *weights)
 
         check_space(self.run.path, checkpoint_bytes(self.model), "the fine-tuning checkpoint")
+        *earlier, (last, _) = self.pending
         self.run.record_finetune_epoch(
             epoch,
-            logs or {},
-            time.perf_counter() - self.started,
+            last,
+            sum(seconds for _, seconds in self.pending),
             self.stopper.get_state() if self.stopper is not None else None,
             lambda path: self.model.save_weights(path),
             save_best,
+            earlier=[logs for logs, _ in earlier],
         )
+        self.pending = []
+        self.since = time.perf_counter()
+        self.write_seconds = self.since - started
+        self.written += 1
 
 
 class Banner(keras.callbacks.Callback):

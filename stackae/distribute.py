@@ -7,7 +7,7 @@ import keras
 from stackae import compat
 from stackae.config import STRATEGIES
 
-__all__ = ["STRATEGIES", "default_group", "get_strategy", "is_chief"]
+__all__ = ["STRATEGIES", "default_group", "get_strategy", "is_chief", "streams_epochs"]
 
 
 class LocalDevices:
@@ -84,6 +84,18 @@ def is_chief(strategy):
 
         return jax.process_index() == 0
     return True
+
+
+def streams_epochs():
+    """Whether training reads one stream of epochs (`training_dataset(repeat=True)`): under
+    TensorFlow outside any tf.distribute strategy, where it spares Keras an iterator per
+    epoch. Under a strategy (which shards and distributes the dataset) each epoch keeps
+    its own finite dataset, as elsewhere."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.distribute.has_strategy()
 
 
 def default_group(single_device):

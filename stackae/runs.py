@@ -730,11 +730,15 @@ class Run:
         self.manifest.status = "finetuning"
         self._drop([name for name in stale if name in self.manifest.files])
 
-    def record_finetune_epoch(self, epoch, logs, seconds, stopper, save_checkpoint, save_best):
+    def record_finetune_epoch(
+        self, epoch, logs, seconds, stopper, save_checkpoint, save_best, earlier=()
+    ):
         """Fine-tuning finished `epoch`: checkpoint, best weights (if improved), then the record.
 
         `save_checkpoint(path)` writes the trainer's weights and optimizer state;
         `save_best` is None or a writer of the best weights so far (an .npz).
+        `earlier`: the logs of the epochs run since the last record, oldest first
+        (checkpoints need not be written every epoch); `seconds` counts them too.
         """
         record = self.manifest.finetune
         previous = record.checkpoint
@@ -755,8 +759,9 @@ class Run:
         record.epochs_done = epoch + 1
         record.seconds = round(record.seconds + seconds, 3)
         record.stopper = stopper
-        for key, value in logs.items():
-            record.history.setdefault(key, []).append(float(value))
+        for epoch_logs in [*earlier, logs]:
+            for key, value in epoch_logs.items():
+                record.history.setdefault(key, []).append(float(value))
         self._drop(stale)
 
     def finish_finetune(self, model, valid_error=None, test_error=None, metrics=None):

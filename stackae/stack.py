@@ -174,7 +174,7 @@ def pretrain(
     """
     from stackae.autoencoder import DEFAULT_GROUP
     from stackae.data import batches, check_batch, training_dataset
-    from stackae.distribute import default_group
+    from stackae.distribute import default_group, streams_epochs
 
     stack.build((None, *x.shape[1:]))
     histories = []
@@ -195,8 +195,9 @@ def pretrain(
         first_epoch = initial_epoch if k == start_layer else 0
         autoencoder.build((None, *inputs.shape[1:]))
         layer_group = group or default_group(DEFAULT_GROUP)
+        repeat = streams_epochs()
         train, order = training_dataset(
-            inputs, spec.batch_size, seed=stack.seed + k, group=layer_group
+            inputs, spec.batch_size, seed=stack.seed + k, group=layer_group, repeat=repeat
         )
         validation = None
         if valid_inputs is not None:
@@ -205,6 +206,7 @@ def pretrain(
             train,
             group=layer_group,
             epochs=spec.epochs,
+            steps_per_epoch=order.elements if repeat else None,
             initial_epoch=first_epoch,
             validation_data=validation,
             callbacks=[order, *(callbacks(k) if callbacks else [])],

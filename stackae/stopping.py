@@ -80,3 +80,8 @@ def check():
     """Raise StopRequested if a stop was asked for."""
     if _requested:
         raise StopRequested(_requested[0])
+
+
+def requested():
+    """Whether a stop was asked for (Ctrl-C, SIGTERM) and not yet honoured."""
+    return bool(_requested)

@@ -751,12 +751,14 @@ def finetune_job(
 def finetune_run(
     run, data, spec=FINETUNE_DEFAULTS, *, resume=False, verbose="auto", data_record=None
 ):
-    """Export the classifier (or regressor), fine-tune it (checkpointed every epoch), save it.
+    """Export the classifier (or regressor), fine-tune it (checkpointed), save it.
 
     The run must be one `finetune_job` (or a caller) has checked with
-    `run.check_finetune`. Every epoch writes the trainer's weights and
+    `run.check_finetune`. A checkpoint writes the trainer's weights and
     optimizer state, the early stopping's state and (when they change) the
-    best weights into the run. With `resume`, an interrupted fine-tuning
+    best weights into the run, after the first and the last epoch and in
+    between on a time budget (`callbacks.FinetuneCheckpoint`: tiny epochs do
+    not pay one each). With `resume`, an interrupted fine-tuning
     continues after its last finished epoch and ends with the classifier an
     uninterrupted one ends with. Returns the run's fine-tuning record.
     """

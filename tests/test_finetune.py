@@ -388,3 +388,18 @@ def test_early_stopping_breaks_accuracy_ties_by_validation_loss():
     old = stackae.finetuning.make_early_stopping(FinetuneSpec(patience=2))
     old.set_state({"best": 0.9, "best_epoch": 1, "wait": 0})  # saved before ties were broken
     assert old.get_state()["tie"] is None
+
+
+def test_validation_in_fit_gives_keras_evaluate_s_numbers(labelled):
+    """The per-epoch validation (rows held in memory under TensorFlow) is Keras's evaluate."""
+    x, y = labelled
+    valid = (x[:40], y[:40])
+    model = classifier(dropout=0.2)
+    stopper = EarlyStopping(10)
+    spec = FinetuneSpec(epochs=4, batch_size=8, learning_rate=0.3, momentum=0.5, dropout=0.2)
+    history = finetune(model, labelled, valid, spec, seed=4, verbose=0, early_stopping=stopper)
+    best = stopper.get_state()["best_epoch"]
+    finetuner = make_finetuner(model, spec, seed=4)
+    found = finetuner.evaluate(*valid, batch_size=len(valid[0]), verbose=0, return_dict=True)
+    assert found["loss"] == pytest.approx(history.history["val_loss"][best], rel=1e-6)
+    assert found["accuracy"] == history.history["val_accuracy"][best]

@@ -526,3 +526,61 @@ def test_test_size_for_a_source_with_its_own_test_split_is_refused(tmp_path):
     )
     assert "--test-size" in line and "mnist-sample has a test split of its own" in line
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_a_tables_finetuning_checkpoints_on_a_budget_and_resumes_from_any_of_them(
+    tmp_path, monkeypatch
+):
+    """Tiny epochs do not pay a checkpoint each; the manifest holds what a resume needs."""
+    from stackae import callbacks, runs
+
+    x, _, labels = table()
+    path = write_csv(tmp_path / "t.csv", x, labels)
+    pretrained = tmp_path / "pretrained"
+    ok("pretrain", *PRETRAIN, "--data", path, "--label-column", "label", "--out", pretrained)
+    tune = ["--epochs", "12", "--patience", "12", "--dropout", "0.1", "--momentum", "0.5", "-q"]
+    uninterrupted = tmp_path / "uninterrupted"
+    shutil.copytree(pretrained, uninterrupted)
+    ok("finetune", uninterrupted, *tune)
+
+    # A budget no fine-tuning of 12 epochs reaches: checkpoints after the first two and last.
+    monkeypatch.setattr(callbacks.FinetuneCheckpoint, "RATIO", float("inf"))
+    monkeypatch.setattr(callbacks.FinetuneCheckpoint, "EVERY", 1e9)
+    record = runs.Run.record_finetune_epoch
+    seen = []
+
+    def recorded(self, epoch, *args, **kwargs):
+        record(self, epoch, *args, **kwargs)
+        done = self.manifest.finetune
+        seen.append((epoch, done.epochs_done, len(done.history["loss"]), done.checkpoint))
+        if len(seen) == 1:  # the run as a kill right after this checkpoint would leave it
+            shutil.copytree(self.path, tmp_path / "killed", ignore=shutil.ignore_patterns("*.lock"))
+
+    monkeypatch.setattr(runs.Run, "record_finetune_epoch", recorded)
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
+    ok("finetune", run, *tune)
+    assert seen == [
+        (0, 1, 1, "finetune_epoch_1.weights.h5"),
+        (1, 2, 2, "finetune_epoch_2.weights.h5"),
+        (11, 12, 12, "finetune_epoch_12.weights.h5"),
+    ]
+    killed = manifest(tmp_path / "killed")["finetune"]
+    assert killed["epochs_done"] == 1 and not killed["finished"]
+    assert killed["checkpoint"] == "finetune_epoch_1.weights.h5" and killed["stopper"]
+
+    # Resumed from the first checkpoint, the 11 epochs after it are run again, exactly.
+    ok("finetune", tmp_path / "killed", "--resume", "-q")
+    for name in ("run", "killed"):
+        found = keras.saving.load_model(tmp_path / name / "classifier.keras").get_weights()
+        expected = keras.saving.load_model(uninterrupted / "classifier.keras").get_weights()
+        for a, b in zip(found, expected):
+            assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        history = manifest(tmp_path / name)["finetune"]["history"]
+        expected = manifest(uninterrupted)["finetune"]["history"]
+        assert history.keys() == expected.keys()
+        for key in expected:
+            assert_allclose(history[key], expected[key], rtol=1e-5)
