@@ -113,7 +113,7 @@ def test_what_cannot_fit_is_refused_before_it_is_tried(big, monkeypatch, tmp_pat
         data.load(big["idx"])
     assert str(info.value) == (
         f"{idx}: reading 196.0 MB of rows needs 196.0 MB of memory, more than the "
-        "52.4 MB available; use --limit (or save the data as .npy, which streams)"
+        "52.4 MB available; use limit (or save the data as .npy, which streams)"
     )
     assert len(data.load(big["npz"], limit=1000).train) == 1000
     # Rows that fit as uint8 but not as float32 are converted batch by batch instead.
