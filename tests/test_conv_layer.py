@@ -139,6 +139,7 @@ print(json.dumps({"backend": keras.backend.backend(), "worst": worst, "shapes": 
 """
 
 
+@pytest.mark.slow  # the TensorFlow case runs by default
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_adjoint_identity_under_other_backends(backend, tmp_path):
     env = {"JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
@@ -320,6 +321,7 @@ class TestKerasLayerHarness(testing.TestCase):
         )
 
 
+@pytest.mark.slow  # the TensorFlow case runs by default
 def test_keras_layer_harness_under_jax_and_torch():
     """The harness in processes whose Keras backend is JAX, then PyTorch (fixed per process)."""
     script = (
@@ -395,6 +397,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # the TensorFlow case runs by default
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_file_saved_under_tensorflow_loads_under(backend, tmp_path, rng):
     model, tied = tied_autoencoder_model()
@@ -415,6 +418,7 @@ def test_file_saved_under_tensorflow_loads_under(backend, tmp_path, rng):
     assert result["reconstruction"] < 1e-5
 
 
+@pytest.mark.slow  # the TensorFlow case runs by default
 def test_file_saved_under_jax_loads_under_tensorflow(tmp_path):
     script = """
     import json

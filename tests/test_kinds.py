@@ -190,6 +190,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # the TensorFlow case runs by default
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_conv_stack_pretrains_and_finetunes_under(backend, tmp_path):
     """Grouped steps (group, batch, height, width, channels) under each backend's trainer."""
