@@ -836,7 +836,6 @@ def finetune_run(
     stopper = make_early_stopping(spec) if valid is not None else None
     first_epoch, restore = 0, None
     if resume:
-        run.remove_pending()
         first_epoch = record.epochs_done
         restore = run.checked_file(record.checkpoint) if record.checkpoint else None
         if stopper is not None and record.stopper is not None:
@@ -845,6 +844,7 @@ def finetune_run(
                 stopper.best_weights = _load_arrays(
                     run.checked_file(record.best_checkpoint), model.get_weights()
                 )
+        run.remove_pending()  # after the checks: a refused resume changes no file
     else:
         run.start_finetune(
             spec, n_classes, n_outputs, backend=keras.backend.backend(), data=data_record
