@@ -150,9 +150,10 @@ class TensorFlowSteps(_Common):
 
             def update_with_batch(i):
                 self._tf_update(tuple(t[i] for t in batch))
-                return i + 1
+                return (i + 1,)
 
-            tf.while_loop(lambda i: i < tf.shape(batch[0])[0], update_with_batch, [tf.constant(0)])
+            count = tf.shape(batch[0])[0]
+            tf.while_loop(lambda i: i < count, update_with_batch, (tf.constant(0),))
         return compat.per_replica_logs(self._logs())
 
     def _tf_update(self, batch):

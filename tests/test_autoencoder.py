@@ -278,10 +278,10 @@ class Batches(keras.utils.PyDataset):
         return rows.reshape(-1, self.batch, rows.shape[-1])  # (group, batch, features)
 
 
-def _train_grouped(x, group, epochs=2):
+def _train_grouped(x, group, epochs=2, run_eagerly=False):
     keras.utils.set_random_seed(4)
     model = stackae.AutoEncoder(6, corruption=0.3, sparsity=0.1, seed=9)
-    model.compile(optimizer=keras.optimizers.SGD(LR))
+    model.compile(optimizer=keras.optimizers.SGD(LR), run_eagerly=run_eagerly)
     history = model.fit(Batches(x, 8, group), group=group, epochs=epochs, shuffle=False, verbose=0)
     return history.history, weights(model), int(model.optimizer.iterations)
 
@@ -292,6 +292,16 @@ def test_grouped_updates_equal_one_batch_per_step(small_x):
     assert one[2] == grouped[2] == 32  # one update per batch either way
     for name in ("loss", "penalty"):
         assert_allclose(grouped[0][name], one[0][name], rtol=1e-5)
+    for a, b in zip(grouped[1], one[1]):
+        assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_grouped_updates_run_eagerly(small_x):
+    # Keras's run_eagerly=True (for debugging) takes the same grouped step, uncompiled.
+    x = np.tile(small_x, (2, 1))
+    one, grouped = (_train_grouped(x, group, run_eagerly=True) for group in (1, 4))
+    assert one[2] == grouped[2] == 32
+    assert_allclose(grouped[0]["loss"], one[0]["loss"], rtol=1e-5)
     for a, b in zip(grouped[1], one[1]):
         assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 

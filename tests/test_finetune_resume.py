@@ -105,7 +105,7 @@ def test_ctrl_c_names_the_finetune_resume(pretrained, tmp_path):
     assert result.exit_code == 1 and "--resume" in result.output  # not restarted silently
 
 
-@pytest.mark.parametrize("which", ["checkpoint", "best"])
+@pytest.mark.parametrize("which", ["checkpoint", pytest.param("best", marks=pytest.mark.slow)])
 def test_a_damaged_finetune_checkpoint_is_refused(pretrained, tmp_path, which):
     out = tmp_path / "run"
     shutil.copytree(pretrained, out)

@@ -64,6 +64,7 @@ def test_killed_and_resumed_under_jax_ends_with_the_same_weights(uninterrupted, 
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a second backend's whole-CLI check; faster ones stay in the default run
 def test_every_verb_runs_under_jax_without_tensorflow(uninterrupted, tmp_path):
     out = tmp_path / "run"
     run_cli("pretrain", *ARGS, "--out", out)

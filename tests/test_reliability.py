@@ -70,8 +70,8 @@ def uninterrupted(tmp_path_factory):
 def test_killed_and_resumed_run_ends_with_the_same_weights(uninterrupted, tmp_path):
     out = tmp_path / "run"
     random.seed(0)
-    # Three kills: early and late in layer 1, and inside layer 2.
-    for layer, epochs in ((0, 1), (0, 3), (1, 1)):
+    # Two kills: inside layer 1 and inside layer 2.
+    for layer, epochs in ((0, 2), (1, 1)):
         extra = ("--resume",) if out.exists() else ()
         code, _ = start_and_stop(out, layer, epochs, signal.SIGKILL, *extra)
         assert code == -signal.SIGKILL

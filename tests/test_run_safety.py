@@ -25,6 +25,8 @@ from tests.processes import DEADLINE, default_signals, signal_when
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs"
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+# SIGTERM takes the same path as Ctrl-C (stackae.stopping); its end-to-end cases run with -m slow.
+SIGTERM_SLOW = pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)
 
 
 @pytest.fixture
@@ -149,7 +151,7 @@ def test_a_file_a_killed_write_left_is_removed_only_when_named_pending(fixtures)
 
 
 # 3, 4. SIGTERM and Ctrl-C always stop the job, with a hint that is true and an exit code.
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [SIGTERM_SLOW, (signal.SIGINT, 130)])
 def test_a_stop_right_after_the_lock_stops_a_finetune_with_a_true_hint(fixtures, sig, code):
     run = fixtures / "finetuned"
     command = cli_command("finetune", run, "--overwrite", "--epochs", 3, "-q")
@@ -179,7 +181,7 @@ def test_a_stop_right_after_the_lock_stops_a_finetune_with_a_true_hint(fixtures,
     assert (run / "classifier.keras").exists()
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [SIGTERM_SLOW, (signal.SIGINT, 130)])
 def test_a_stop_during_training_resumes_to_the_uninterrupted_result(fixtures, tmp_path, sig, code):
     run = fixtures / "finetuned"
     twin = tmp_path / "twin"
@@ -478,7 +480,7 @@ def test_a_stop_while_the_command_starts_is_one_line(fixtures, delay, sig, code)
 
 
 # Issue 30, 20. filters and reconstruct are quiet without -v, and refuse a busy run at once.
-@pytest.mark.parametrize("verb", ["filters", "reconstruct"])
+@pytest.mark.parametrize("verb", ["filters", pytest.param("reconstruct", marks=pytest.mark.slow)])
 def test_pictures_are_quiet_and_refuse_a_busy_run_before_the_backend(fixtures, tmp_path, verb):
     run = fixtures / "finetuned"
     done = subprocess.run(

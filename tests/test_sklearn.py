@@ -28,8 +28,9 @@ TINY_SUPERVISED = {**TINY, "finetune_epochs": 2, "momentum": 0.9, "validation_fr
 @pytest.mark.parametrize(
     "estimator",
     [
-        StackedDenoisingAutoencoder(**TINY),
-        # Each supervised estimator's checks take ~40 s (dozens of fits): -m slow.
+        # Each estimator's checks take 40-70 s (dozens of fits): -m slow. The default run
+        # keeps the pipeline, search, pickling and determinism tests below.
+        pytest.param(StackedDenoisingAutoencoder(**TINY), marks=pytest.mark.slow),
         pytest.param(SdAClassifier(**TINY_SUPERVISED), marks=pytest.mark.slow),
         # Two epochs of a tiny net reach scikit-learn's R^2 > 0.5 check at lr 0.1, not at
         # the regression default of 0.01 (made for real tables, where 0.1 diverged).

@@ -177,6 +177,9 @@ np.savez(sys.argv[3], codes=encoder.predict(x, verbose=0), probs=classifier.pred
 """
 
 
+# test_tabular_model's test_exports_with_a_scaler_take_raw_features_and_load_without_stackae
+# is the faster library-level check.
+@pytest.mark.slow
 def test_exported_models_take_raw_features_in_a_process_without_stackae(tuned, tmp_path):
     run, path, _ = tuned
     out = tmp_path / "outputs.npz"

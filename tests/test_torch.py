@@ -127,6 +127,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # test_reference_updates_and_grouping_pass_under_torch covers the steps
 def test_torch_trains_equals_tensorflow_and_keras_files_cross_all_three_backends(tmp_path):
     # One process per backend makes the files and runs the comparison; then each loads all.
     x = np.random.default_rng(2).random((64, 30)).astype("float32")
@@ -227,6 +228,7 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a second backend's whole-CLI check; faster ones stay in the default run
 def test_every_verb_runs_under_torch_without_tensorflow_or_jax(uninterrupted, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(uninterrupted, out)

@@ -64,6 +64,7 @@ def test_frozen_encoder_keeps_its_weights(example, digits):
     assert all(not np.allclose(b, a) for b, a in zip(head_before, head_after))
 
 
+@pytest.mark.slow  # test_stack's test_exported_classifier_loads_without_stackae is faster
 def test_classifier_loads_without_stackae(example, digits, tmp_path):
     keras.utils.set_random_seed(3)
     x, y = digits
