@@ -79,46 +79,12 @@ class DivergenceGuard(keras.callbacks.Callback):
             )
 
 
-class LayerCheckpoint(keras.callbacks.Callback):
-    """Checkpoints layer k of a run after every epoch; restores it first when resuming.
+class BudgetCheckpoint(keras.callbacks.Callback):
+    """Checkpoints a training on a time budget; restores the checkpoint first when resuming.
 
-    Like `keras.callbacks.BackupAndRestore`: `on_train_begin` loads the
-    checkpoint given as `restore` (weights and optimizer state; the caller
-    passes the matching `initial_epoch` to fit), `on_epoch_end` writes the
-    epoch's checkpoint and records it in the manifest in one step.
-    """
-
-    def __init__(self, run, k, restore=None):
-        super().__init__()
-        self.run = run
-        self.k = k
-        self.restore = restore
-
-    def on_train_begin(self, logs=None):
-        if self.restore is not None:
-            restore_checkpoint(self.model, self.restore)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        check_space(self.run.path, checkpoint_bytes(self.model), f"layer {self.k + 1}'s checkpoint")
-        self.run.record_epoch(
-            self.k,
-            epoch,
-            logs or {},
-            time.perf_counter() - self.started,
-            lambda path: self.model.save_weights(path),
-        )
-
-
-class FinetuneCheckpoint(keras.callbacks.Callback):
-    """Checkpoints fine-tuning: trainer weights, optimizer, early stopping, on a time budget.
-
-    `stopper` is the early-stopping callback (with get_state/set_state and
-    best_weights); its state goes in the manifest and its best weights in a
-    file of their own, written when they changed since the last checkpoint.
-
+    Like `keras.callbacks.BackupAndRestore` (which saves by epoch or by steps):
+    `on_train_begin` loads the checkpoint given as `restore` (weights and
+    optimizer state; the caller passes the matching `initial_epoch` to fit).
     A checkpoint is written after each of the first two epochs (the second
     write's time, without the first one's start-up costs, sets the budget),
     after the last one (or the one that stops training, or once Ctrl-C or
@@ -126,34 +92,29 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
     one is at least `ratio` times what writing the last one took, or `every`
     seconds, whichever comes first: epochs of milliseconds (a small table's)
     no longer pay a checkpoint each (the writes stay about 1/`ratio` of the
-    run's time), long epochs still get one each. The manifest's `epochs_done`
-    and history are those of the checkpoint, so a resume restarts after the
-    last checkpointed epoch and re-runs, exactly, the epochs after it.
+    run's time), long epochs still get one each. The run records the
+    checkpoint's epoch count and the history up to it, so a resume restarts
+    after the last checkpointed epoch and re-runs, exactly, the epochs after it.
+
+    Subclasses write with `write(epoch, logs, seconds, earlier)`: `earlier` holds
+    the logs of the epochs run since the last checkpoint, `seconds` counts them too.
     """
 
     EVERY, RATIO = 10.0, 10.0  # the defaults of `every` and `ratio`
 
-    def __init__(self, run, stopper=None, restore=None, every=None, ratio=None):
+    def __init__(self, run, restore=None, every=None, ratio=None):
         super().__init__()
         self.run = run
-        self.stopper = stopper
         self.restore = restore
         self.every = self.EVERY if every is None else every
         self.ratio = self.RATIO if ratio is None else ratio
-        self.best_epoch = None
 
     def on_train_begin(self, logs=None):
         if self.restore is not None:
             restore_checkpoint(self.model, self.restore)
-        self.best_epoch = self._best_epoch()
         self.pending = []  # (logs, seconds) of epochs run since the last checkpoint
         self.written, self.write_seconds = 0, None  # checkpoints so far, the last one's time
         self.since = time.perf_counter()
-
-    def _best_epoch(self):
-        if self.stopper is None:
-            return None
-        return (self.stopper.get_state() or {}).get("best_epoch")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -171,6 +132,60 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
         if not self._due(epoch):
             return
         started = time.perf_counter()
+        *earlier, (last, _) = self.pending
+        seconds = sum(seconds for _, seconds in self.pending)
+        self.write(epoch, last, seconds, [logs for logs, _ in earlier])
+        self.pending = []
+        self.since = time.perf_counter()
+        self.write_seconds = self.since - started
+        self.written += 1
+
+    def write(self, epoch, logs, seconds, earlier):
+        raise NotImplementedError
+
+
+class LayerCheckpoint(BudgetCheckpoint):
+    """Checkpoints layer k of a run's pretraining (see `BudgetCheckpoint`)."""
+
+    def __init__(self, run, k, restore=None, every=None, ratio=None):
+        super().__init__(run, restore=restore, every=every, ratio=ratio)
+        self.k = k
+
+    def write(self, epoch, logs, seconds, earlier):
+        check_space(self.run.path, checkpoint_bytes(self.model), f"layer {self.k + 1}'s checkpoint")
+        self.run.record_epoch(
+            self.k,
+            epoch,
+            logs,
+            seconds,
+            lambda path: self.model.save_weights(path),
+            earlier=earlier,
+        )
+
+
+class FinetuneCheckpoint(BudgetCheckpoint):
+    """Checkpoints fine-tuning: trainer weights, optimizer, early stopping (see `BudgetCheckpoint`).
+
+    `stopper` is the early-stopping callback (with get_state/set_state and
+    best_weights); its state goes in the manifest and its best weights in a
+    file of their own, written when they changed since the last checkpoint.
+    """
+
+    def __init__(self, run, stopper=None, restore=None, every=None, ratio=None):
+        super().__init__(run, restore=restore, every=every, ratio=ratio)
+        self.stopper = stopper
+        self.best_epoch = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.best_epoch = self._best_epoch()
+
+    def _best_epoch(self):
+        if self.stopper is None:
+            return None
+        return (self.stopper.get_state() or {}).get("best_epoch")
+
+    def write(self, epoch, logs, seconds, earlier):
         save_best = None
         best_epoch = self._best_epoch()
         if best_epoch is not None and best_epoch != self.best_epoch:
@@ -181,20 +196,15 @@ class FinetuneCheckpoint(keras.callbacks.Callback):
                 np.savez(path, *weights)
 
         check_space(self.run.path, checkpoint_bytes(self.model), "the fine-tuning checkpoint")
-        *earlier, (last, _) = self.pending
         self.run.record_finetune_epoch(
             epoch,
-            last,
-            sum(seconds for _, seconds in self.pending),
+            logs,
+            seconds,
             self.stopper.get_state() if self.stopper is not None else None,
             lambda path: self.model.save_weights(path),
             save_best,
-            earlier=[logs for logs, _ in earlier],
+            earlier=earlier,
         )
-        self.pending = []
-        self.since = time.perf_counter()
-        self.write_seconds = self.since - started
-        self.written += 1
 
 
 class Banner(keras.callbacks.Callback):

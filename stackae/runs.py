@@ -666,12 +666,14 @@ class Run:
     def layer_checkpoint(self, k, epoch):
         return f"layer_{k + 1}_epoch_{epoch}.weights.h5"
 
-    def record_epoch(self, k, epoch, logs, seconds, save_checkpoint):
+    def record_epoch(self, k, epoch, logs, seconds, save_checkpoint, earlier=()):
         """Layer k finished `epoch` (0-based): write its checkpoint, then record it all at once.
 
         `save_checkpoint(path)` writes the weights and optimizer state. The
         checkpoint gets a new name each epoch and is recorded together with the
         epoch count; the previous one is dropped from the manifest, then removed.
+        `earlier`: the logs of the epochs run since the last record, oldest first
+        (checkpoints need not be written every epoch); `seconds` counts them too.
         """
         entry = self.manifest.layers[k]
         previous = entry.checkpoint
@@ -682,8 +684,9 @@ class Run:
         entry.epochs_done = epoch + 1
         entry.checkpoint = name
         entry.seconds = round(entry.seconds + seconds, 3)
-        for key, value in logs.items():
-            entry.history.setdefault(key, []).append(float(value))
+        for epoch_logs in [*earlier, logs]:
+            for key, value in epoch_logs.items():
+                entry.history.setdefault(key, []).append(float(value))
         self._drop([previous] if previous != name else [])
         self._write_history()
 

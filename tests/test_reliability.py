@@ -311,3 +311,46 @@ def test_help_and_info_import_no_backend(uninterrupted):
         [sys.executable, "-c", code, str(uninterrupted)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_pretraining_checkpoints_on_a_budget_and_resumes_exactly(
+    uninterrupted, tmp_path, monkeypatch
+):
+    """Tiny epochs do not pay a checkpoint each; a resume re-runs the unrecorded epochs exactly."""
+    from stackae import callbacks
+
+    # A budget no 4-epoch layer reaches: checkpoints after the first two epochs and the last.
+    monkeypatch.setattr(callbacks.LayerCheckpoint, "RATIO", float("inf"))
+    monkeypatch.setattr(callbacks.LayerCheckpoint, "EVERY", 1e9)
+    record = runs.Run.record_epoch
+    seen = []
+
+    def recorded(self, k, epoch, *args, **kwargs):
+        record(self, k, epoch, *args, **kwargs)
+        entry = self.manifest.layers[k]
+        seen.append((k, epoch, entry.epochs_done, len(entry.history["loss"]), entry.checkpoint))
+        if (k, epoch) == (0, 1):  # the run as a kill right after this checkpoint would leave it
+            shutil.copytree(self.path, tmp_path / "killed", ignore=shutil.ignore_patterns("*.lock"))
+
+    monkeypatch.setattr(runs.Run, "record_epoch", recorded)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["pretrain", *ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [s[:4] for s in seen] == [(k, e, e + 1, e + 1) for k in (0, 1) for e in (0, 1, 3)]
+    assert seen[1][4] == "layer_1_epoch_2.weights.h5"
+    killed = json.loads((tmp_path / "killed" / "manifest.json").read_text())["layers"][0]
+    assert killed["epochs_done"] == 2 and not killed["finished"]
+
+    # Resumed after epoch 2 of layer 1, epochs 3 and 4 run again and end as the uninterrupted run.
+    monkeypatch.setattr(runs.Run, "record_epoch", record)
+    resumed = CliRunner().invoke(
+        cli, ["pretrain", *ARGS, "--out", str(tmp_path / "killed"), "--resume"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    theirs = json.loads((uninterrupted / "manifest.json").read_text())["layers"]
+    for name in ("run", "killed"):
+        for got, want in zip(stack_weights(tmp_path / name), stack_weights(uninterrupted)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        ours = json.loads((tmp_path / name / "manifest.json").read_text())["layers"]
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a["history"]["loss"], b["history"]["loss"], rtol=1e-5)
