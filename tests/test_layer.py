@@ -473,3 +473,27 @@ def test_old_autoencoder_file_and_checkpoint_load(expected):
     assert len(momenta) == 5  # iterations, learning rate, one momentum per weight
     for k, value in enumerate(momenta):
         assert_array_equal(value, expected[f"checkpoint_optimizer_{k}"])
+
+
+@pytest.mark.parametrize(
+    "imports",
+    ["import stackae\nimport keras", "import keras\nimport stackae"],
+    ids=["stackae-first", "keras-first"],
+)
+def test_keras_files_load_after_import_stackae_in_either_order(imports, small_x, tmp_path):
+    from tests.processes import run_under
+
+    inputs = keras.Input((small_x.shape[1],))
+    model = keras.Model(inputs, stackae.TiedAutoEncoderLayer(5, name="tied")(inputs))
+    model.save(tmp_path / "tied.keras")
+    np.save(tmp_path / "x.npy", small_x[:4])
+    script = imports + (
+        "\nimport json, sys, numpy as np\n"
+        "loaded = 'stackae.layers' in sys.modules\n"  # registered by the imports alone
+        "model = keras.saving.load_model('tied.keras')\n"  # no custom_objects
+        "codes = np.asarray(model.predict(np.load('x.npy'), verbose=0)).tolist()\n"
+        "print(json.dumps({'loaded': loaded, 'codes': codes}))\n"
+    )
+    found = run_under("jax", script, tmp_path)
+    assert found["loaded"]
+    assert_allclose(found["codes"], model.predict(small_x[:4], verbose=0), atol=1e-6)
