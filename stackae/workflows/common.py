@@ -16,6 +16,7 @@ def open_run(path, write=False):
 
 
 def load_stack(run):
+    """The run's Stack, checked against its manifest (RunError, one line)."""
     from stackae.stack import Stack
 
     stack = run.load_model(runs.STACK)
@@ -45,6 +46,7 @@ def stop_hint(verb, path):
 
 
 def check_backend_matches(recorded, what):
+    """BackendError (one line) unless this is the backend `what` was `recorded` under."""
     import keras
 
     current = keras.backend.backend()
@@ -57,6 +59,7 @@ def check_backend_matches(recorded, what):
 
 
 def refuse_conflicts(found, what):
+    """OptionConflict (one line) listing the options `found` to differ from the recorded `what`."""
     if found:
         raise OptionConflict(
             Param("resume"),
@@ -70,6 +73,7 @@ def check_optimizer(spec):
 
 
 def check_layer(layer, n_layers):
+    """ParameterError (one line) unless `layer` is one of the run's layers, 1 to `n_layers`."""
     if not 1 <= layer <= n_layers:
         raise ParameterError(
             f"`layer` must be between 1 and {n_layers}. Received: layer={layer}", param="layer"

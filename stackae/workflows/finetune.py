@@ -140,14 +140,7 @@ def finetune_run(
         restore_checkpoint,
     )
     from stackae.data import check_batch, check_width
-    from stackae.data.scaling import Scaler
-    from stackae.finetuning import (
-        error_rate,
-        finetune,
-        make_early_stopping,
-        make_finetuner,
-        regression_metrics,
-    )
+    from stackae.finetuning import finetune, prepare, task_model
 
     run.lock()
     stack = load_stack(run)
@@ -158,24 +151,22 @@ def finetune_run(
         spec = record.spec
     regression = spec.task == "regression"
     check_width(data.train.x, run.data.n_features, "training data")
-    if regression:
-        train = targets(data.train, "training data")
-        n_classes, n_outputs = None, int(np.prod(train[1].shape[1:], dtype=int))
-        valid = targets(data.valid, "validation data") if data.valid is not None else None
-    else:
+    n_classes = None
+    if not regression:
         n_classes = record.n_classes if resume else (data.n_classes or run.data.n_classes)
         if not resume:
             check_classes(data, n_classes)
-        n_outputs = None
-        train = labelled(data.train, "training data", n_classes)
-        valid = (
-            labelled(data.valid, "validation data", n_classes) if data.valid is not None else None
-        )
-    train = (as_input(train[0], run.input_shape), train[1])
-    if valid is not None:
-        valid = (as_input(valid[0], run.input_shape), valid[1])
+    train, valid = _examples(run, data, n_classes, regression)
+    n_outputs = int(np.prod(train[1].shape[1:], dtype=int)) if regression else None
     check_batch(len(train[0]), spec.batch_size, "training data")
-    check_optimizer(spec)
+    keras.utils.set_random_seed(run.seed)
+    model = task_model(
+        stack, spec, n_outputs if regression else n_classes, train[1] if regression else None
+    )
+    # The library's one fine-tuning setup; making the optimizer refuses a name Keras does
+    # not know (finetune_job checked it before reading the data) before any file changes.
+    finetuner, stopper = prepare(model, spec, seed=run.seed, validation=valid is not None)
+    finetuner.build((None, *run.input_shape))  # a checkpoint loads into built models only
     run.claim(  # a user's file where a checkpoint goes is refused before training
         runs.REGRESSOR if regression else runs.CLASSIFIER,
         *(
@@ -184,23 +175,6 @@ def finetune_run(
             for kind, ext in (("epoch", "weights.h5"), ("best", "npz"))
         ),
     )
-    keras.utils.set_random_seed(run.seed)
-    if regression:
-        model = export.regressor(
-            stack,
-            n_outputs,
-            dropout=spec.dropout,
-            input_dropout=spec.input_dropout,
-            # Standardised targets: their mean and spread (1 where constant).
-            target_scaler=Scaler.fit("standard", train[1].reshape(len(train[1]), -1)),
-        )
-    else:
-        model = export.classifier(
-            stack, n_classes, dropout=spec.dropout, input_dropout=spec.input_dropout
-        )
-    finetuner = make_finetuner(model, spec, seed=run.seed)
-    finetuner.build((None, *run.input_shape))  # a checkpoint loads into built models only
-    stopper = make_early_stopping(spec) if valid is not None else None
     first_epoch, restore = 0, None
     if resume:
         first_epoch = record.epochs_done
@@ -249,6 +223,37 @@ def finetune_run(
             restore_checkpoint(finetuner, restore)
         if stopper is not None and stopper.best_weights is not None:
             model.set_weights(stopper.best_weights)
+    # The saved model takes raw features: the run's scaling goes first.
+    run.finish_finetune(
+        export.with_scaling(model, run_scaler(run)),
+        *_figures(run, model, data, valid, n_classes, regression),
+    )
+    return run.finetune
+
+
+def _examples(run, data, n_classes, regression):
+    """(train, valid or None): the (x, y) pairs of the training and validation splits, x as
+    the run's stack reads it, y labels of `n_classes` classes or real-valued targets."""
+    if regression:
+        train = targets(data.train, "training data")
+        valid = targets(data.valid, "validation data") if data.valid is not None else None
+    else:
+        train = labelled(data.train, "training data", n_classes)
+        valid = (
+            labelled(data.valid, "validation data", n_classes) if data.valid is not None else None
+        )
+    train = (as_input(train[0], run.input_shape), train[1])
+    if valid is not None:
+        valid = (as_input(valid[0], run.input_shape), valid[1])
+    return train, valid
+
+
+def _figures(run, model, data, valid, n_classes, regression):
+    """(validation error, test error, metrics) of the fine-tuned `model`: a classifier's
+    error rates, or a regressor's RMSE, MAE and R² per split; None (empty) where they do not
+    apply or the split has no labels."""
+    from stackae.finetuning import error_rate, regression_metrics
+
     test = None
     if data.test is not None and data.test.y is not None:
         test = targets(data.test, "test data") if regression else data.test
@@ -265,11 +270,7 @@ def finetune_run(
         if test is not None:
             x, y = labelled(test, "test data", n_classes)
             test_error = error_rate(model, as_input(x, run.input_shape), y)
-    # The saved model takes raw features: the run's scaling goes first.
-    run.finish_finetune(
-        export.with_scaling(model, run_scaler(run)), valid_error, test_error, metrics
-    )
-    return run.finetune
+    return valid_error, test_error, metrics
 
 
 def _load_arrays(path, like):
