@@ -152,8 +152,8 @@ def from_random_init(run):
     """
     import keras
 
-    from stackae import export, workflows
-    from stackae.finetuning import error_rate, finetune, make_finetuner, regression_metrics
+    from stackae import workflows
+    from stackae.finetuning import error_rate, finetune, regression_metrics, task_model
     from stackae.stack import Stack
 
     start = time.perf_counter()
@@ -168,20 +168,11 @@ def from_random_init(run):
         train = workflows.targets(data.train, "train")
         valid = workflows.targets(data.valid, "valid")
         test = workflows.targets(data.test, "test")
-        model = export.regressor(
-            stack,
-            1,
-            target_scaler=workflows._target_scaler(train[1]),
-            dropout=spec.dropout,
-            input_dropout=spec.input_dropout,
-        )
+        model = task_model(stack, spec, 1, train[1])
     else:
         train, valid, test = ((s.x, s.y) for s in (data.train, data.valid, data.test))
-        model = export.classifier(
-            stack, run.finetune.n_classes, dropout=spec.dropout, input_dropout=spec.input_dropout
-        )
-    finetuner = make_finetuner(model, spec, seed=run.seed)
-    finetune(model, train, valid, spec, verbose=0, finetuner=finetuner)
+        model = task_model(stack, spec, run.finetune.n_classes)
+    finetune(model, train, valid, spec, verbose=0, seed=run.seed)
     if regression:
         found = [regression_metrics(model, *s)["rmse"] for s in (valid, test)]
     else:

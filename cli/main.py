@@ -1,6 +1,7 @@
 """The `stackae` command: a thin click shell over stackae.workflows."""
 
 import datetime
+import functools
 import logging
 import math
 import os
@@ -293,7 +294,7 @@ scale_option = click.option(
     help="Per-feature scaling fitted on the training split: minmax into [0, 1], standard "
     "(mean 0, variance 1), none; --scale alone is global, one min and max over all values.",
 )
-data_options = _options(
+_data_options = _options(
     click.option(
         "--data",
         help="mnist, mnist-sample, fashion-mnist, or a path (.npz .npy .csv, IDX folder, "
@@ -321,6 +322,22 @@ header_option = click.option(
     help="Whether a CSV's first line names its columns.  [default: it does when a cell of it "
     "is not a number, empty or NA; a line of numbers only is data, and a line on stderr says so]",
 )
+
+
+def data_options(verb):
+    """--data and the options that read it (--limit, --valid-size, --test-size,
+    --label-column, --scale, --header/--no-header), for a verb that takes `data` and
+    `data_options`: those options as a dict by their library names (workflows.DATA_OPTIONS),
+    as the jobs take them."""
+
+    @functools.wraps(verb)
+    def with_data_options(*args, **kwargs):
+        kwargs["data_options"] = {name: kwargs.pop(name) for name in workflows.DATA_OPTIONS}
+        return verb(*args, **kwargs)
+
+    return _options(_data_options, header_option)(with_data_options)
+
+
 changed_ok_option = click.option(
     "--data-changed-ok",
     is_flag=True,
@@ -328,6 +345,9 @@ changed_ok_option = click.option(
     "(its rows and split may no longer be the run's).",
 )
 run_argument = click.argument("run_dir", metavar="RUN", type=click.Path())
+overwrite_out_option = click.option(
+    "--overwrite", is_flag=True, help="Replace an existing --out file."
+)
 
 
 def _per_layer(flag, name):
@@ -343,17 +363,6 @@ def _per_layer(flag, name):
         if isinstance(item, _FieldNumber):
             shown += f"; {item.range_text()}"
     return click.option(flag, name, type=CommaList(item), help=f"{text}  [{shown}]")
-
-
-def _data_kwargs(limit, valid_size, test_size, label_column, scale, header=None):
-    return {
-        "limit": limit,
-        "valid_size": valid_size,
-        "test_size": test_size,
-        "label_column": label_column,
-        "scale": scale,
-        "header": header,
-    }
 
 
 class _Notes(logging.Handler):
@@ -395,7 +404,6 @@ def cli():
     "(stackae.kinds.Conv2DSpec's).",
 )
 @data_options
-@header_option
 @_options(
     _per_layer("--corruption", "corruption"),
     _per_layer("--noise", "noise"),
@@ -449,12 +457,7 @@ def pretrain(
     ctx,
     layers,
     data,
-    limit,
-    valid_size,
-    test_size,
-    label_column,
-    scale,
-    header,
+    data_options,
     seed,
     out,
     resume,
@@ -477,10 +480,10 @@ def pretrain(
         given = {name: value for name, value in settings.items() if value is not None}
         given |= {"layers": layers if _given(ctx, "layers") else None}
         given |= {"seed": seed if _given(ctx, "seed") else None}
-        given |= _data_kwargs(limit, valid_size, test_size, label_column, scale, header)
+        given |= data_options
     else:
         # Settings not given take the library's defaults for the data's scaling.
-        specs = config.layer_specs(layers, scale=scale, **settings)
+        specs = config.layer_specs(layers, scale=data_options["scale"], **settings)
         if data is None:
             data, note = workflows.default_source()
             click.echo(note)
@@ -495,9 +498,7 @@ def pretrain(
         out,
         specs,
         data=data,
-        data_options={}
-        if resume
-        else _data_kwargs(limit, valid_size, test_size, label_column, scale, header),
+        data_options={} if resume else data_options,
         seed=seed,
         resume=resume,
         overwrite=overwrite,
@@ -558,7 +559,6 @@ finetune_options = _options(
 @cli.command()
 @run_argument
 @data_options
-@header_option
 @changed_ok_option
 @finetune_options
 @click.option(
@@ -573,12 +573,7 @@ def finetune(
     ctx,
     run_dir,
     data,
-    limit,
-    valid_size,
-    test_size,
-    label_column,
-    scale,
-    header,
+    data_options,
     data_changed_ok,
     resume,
     overwrite,
@@ -598,7 +593,7 @@ def finetune(
         run_dir,
         spec,
         data=data,
-        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale, header),
+        data_options=data_options,
         given=given,
         resume=resume,
         overwrite=overwrite,
@@ -634,18 +629,12 @@ SPLIT_FIGURES = {
 @cli.command()
 @run_argument
 @data_options
-@header_option
 @changed_ok_option
 @verbose_option
 def evaluate(
     run_dir,
     data,
-    limit,
-    valid_size,
-    test_size,
-    label_column,
-    scale,
-    header,
+    data_options,
     data_changed_ok,
     verbose,
 ):
@@ -653,7 +642,7 @@ def evaluate(
     result = workflows.evaluate_job(
         run_dir,
         data,
-        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale, header),
+        data_options=data_options,
         quiet_backend=not verbose,
         data_changed_ok=data_changed_ok,
     )
@@ -697,7 +686,7 @@ def evaluate(
     hidden=True,
     help="Accepted for old scripts: the run's recorded scaling is always applied.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@overwrite_out_option
 @verbose_option
 def encode(run_dir, data, out_path, layer, limit, header, scale, overwrite, verbose):
     """Write the codes of your data (top layer, or --layer k) to an .npz file."""
@@ -739,7 +728,7 @@ def encode(run_dir, data, out_path, layer, limit, header, scale, overwrite, verb
 @click.option("--per-feature", is_flag=True, help="Add each feature's squared error.")
 @click.option("--limit", type=POSITIVE_INT, help="Score only the first N rows.")
 @click.option("--label-column", help="Table column (name or index) holding labels, left out.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@overwrite_out_option
 @quiet_option
 @verbose_option
 def score(
@@ -808,7 +797,7 @@ def score(
 @click.option(
     "--grid", type=Grid(), default="10x10", show_default=True, help="Tiles per column x per row."
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@overwrite_out_option
 @verbose_option
 def filters(run_dir, layer, out_path, grid, overwrite, verbose):
     """Draw each hidden unit's weights as a tile, like the tutorial's filters picture."""
@@ -821,7 +810,6 @@ def filters(run_dir, layer, out_path, grid, overwrite, verbose):
 @cli.command()
 @run_argument
 @data_options
-@header_option
 @changed_ok_option
 @click.option("--n", type=POSITIVE_INT, default=20, show_default=True, help="Number of examples.")
 @click.option(
@@ -836,17 +824,12 @@ def filters(run_dir, layer, out_path, grid, overwrite, verbose):
     type=click.Path(dir_okay=False),
     help="PNG to write.  [default: RUN/reconstructions.png]",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@overwrite_out_option
 @verbose_option
 def reconstruct(
     run_dir,
     data,
-    limit,
-    valid_size,
-    test_size,
-    label_column,
-    scale,
-    header,
+    data_options,
     data_changed_ok,
     n,
     corruption,
@@ -862,7 +845,7 @@ def reconstruct(
         n,
         corruption,
         overwrite,
-        data_options=_data_kwargs(limit, valid_size, test_size, label_column, scale, header),
+        data_options=data_options,
         quiet_backend=not verbose,
         data_changed_ok=data_changed_ok,
     )

@@ -300,6 +300,64 @@ def make_finetuner(model, spec=FINETUNE_DEFAULTS, seed=None, jit_compile=None):
     return finetuner
 
 
+def task_model(stack, spec, n_outputs, targets=None):
+    """The model `spec.task` fine-tunes on `stack`, with `spec`'s dropout.
+
+    Classification: `stackae.export.classifier` of `n_outputs` classes.
+    Regression: `stackae.export.regressor` of `n_outputs` outputs whose
+    targets are standardised by the mean and spread of `targets` (the training
+    targets, (n,) or (n, n_outputs); a spread of 1 where one is constant).
+    The command line's jobs and the scikit-learn estimators make their models here.
+    """
+    if spec.task == "classification":
+        return export.classifier(
+            stack, n_outputs, dropout=spec.dropout, input_dropout=spec.input_dropout
+        )
+    from stackae.data.scaling import Scaler
+
+    targets = np.asarray(targets)
+    return export.regressor(
+        stack,
+        n_outputs,
+        dropout=spec.dropout,
+        input_dropout=spec.input_dropout,
+        target_scaler=Scaler.fit("standard", targets.reshape(len(targets), -1)),
+    )
+
+
+def prepare(
+    model,
+    spec=FINETUNE_DEFAULTS,
+    *,
+    seed=None,
+    validation=True,
+    jit_compile=None,
+    finetuner=None,
+    early_stopping=None,
+):
+    """(finetuner, early stopping) that fine-tune `model` with `spec`: the one setup of
+    `finetune`, the command line's jobs and the scikit-learn estimators.
+
+    The finetuner is `make_finetuner(model, spec, seed, jit_compile)` unless
+    one is given (its task must be the spec's); making it makes `spec`'s
+    optimizer, so an optimizer name Keras does not know is refused here
+    (ParameterError). The early stopping is `make_early_stopping(spec)` unless
+    one is given (restored, to resume), and None without `validation` rows.
+    """
+    if finetuner is None:
+        finetuner = make_finetuner(model, spec, seed, jit_compile)
+    if finetuner.task != spec.task:
+        raise ValueError(
+            f"The finetuner's task is {finetuner.task!r}, the spec's {spec.task!r}. "
+            f"Received: spec.task={spec.task!r}"
+        )
+    if not validation:
+        return finetuner, None
+    if early_stopping is None:
+        early_stopping = make_early_stopping(spec)
+    return finetuner, early_stopping
+
+
 def finetune(
     model,
     train,
@@ -345,13 +403,14 @@ def finetune(
     from stackae.data import batches, training_dataset
     from stackae.distribute import default_group, streams_epochs
 
-    if finetuner is None:
-        finetuner = make_finetuner(model, spec, seed)
-    if finetuner.task != spec.task:
-        raise ValueError(
-            f"The finetuner's task is {finetuner.task!r}, the spec's {spec.task!r}. "
-            f"Received: spec.task={spec.task!r}"
-        )
+    finetuner, early_stopping = prepare(
+        model,
+        spec,
+        seed=seed,
+        validation=valid is not None,
+        finetuner=finetuner,
+        early_stopping=early_stopping,
+    )
     x, y = train
     group = group or default_group(autoencoder.DEFAULT_GROUP)
     repeat = streams_epochs()
@@ -382,9 +441,7 @@ def finetune(
                 lambda epoch: spec.learning_rate * spec.lr_decay**epoch
             )
         )
-    if valid is not None and early_stopping is None:
-        early_stopping = make_early_stopping(spec)
-    stopping = [early_stopping] if valid is not None else []
+    stopping = [early_stopping] if early_stopping is not None else []
     # Validation rows in memory: Keras's per-epoch validation without an iterator each.
     finetuner._held_validation = _held(valid, validation) if repeat else None
     try:

@@ -780,14 +780,25 @@ class Run:
         self._drop(stale)
 
     def _drop(self, names):
-        """Save the manifest without `names` (None ignored), then remove those files."""
+        """Save the manifest without `names` (None ignored), then remove those files.
+
+        Until they are removed they are named in `pending`: a process killed in
+        between leaves files the next one knows are its own (and removes), not
+        files a user left where the run writes.
+        """
         names = [name for name in names if name]
+        dropped = [name for name in names if name not in self.manifest.pending]
         for name in names:
             self.manifest.files.pop(name, None)
+        self.manifest.pending.extend(dropped)
         self.save()
         for name in names:
             if OWN_NAMES.fullmatch(name):  # an edited manifest names no user's file here
                 _remove(self.file(name))
+        if dropped:
+            for name in dropped:
+                self.manifest.pending.remove(name)
+            self.save()
 
 
 def _read_text(file):

@@ -611,7 +611,7 @@ class _SupervisedBase(_StackedBase):
     def _fit_supervised(self, X, y, n_outputs, stratify=None):
         """Scale, split, pretrain, export the model for the task, fine-tune it; `y` as trained."""
         from stackae import export
-        from stackae.finetuning import finetune, make_early_stopping, make_finetuner
+        from stackae.finetuning import finetune, prepare, task_model
 
         _start_backend()
         seed = self._seed()
@@ -620,24 +620,11 @@ class _SupervisedBase(_StackedBase):
         spec = self._finetune_spec(len(train))
         x = self._fit_scaler(X)
         stack = self._pretrain(x[train], specs, seed)
-        if self._TASK == "regression":
-            from stackae.data.scaling import Scaler
-
-            # As `workflows.finetune_run`: targets standardised on the training rows.
-            target_scaler = Scaler.fit("standard", y[train].reshape(len(train), -1))
-            model = export.regressor(
-                stack,
-                n_outputs,
-                dropout=spec.dropout,
-                input_dropout=spec.input_dropout,
-                target_scaler=target_scaler,
-            )
-        else:
-            model = export.classifier(
-                stack, n_outputs, dropout=spec.dropout, input_dropout=spec.input_dropout
-            )
-        finetuner = make_finetuner(model, spec, seed=seed, jit_compile=self.jit_compile)
-        stopper = make_early_stopping(spec) if valid is not None else None
+        # The command line's setup: for regression, targets standardised on the training rows.
+        model = task_model(stack, spec, n_outputs, y[train])
+        finetuner, stopper = prepare(
+            model, spec, seed=seed, validation=valid is not None, jit_compile=self.jit_compile
+        )
         history = finetune(
             model,
             (x[train], y[train]),

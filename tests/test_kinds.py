@@ -49,6 +49,22 @@ def test_mixed_stack_shapes_and_config_round_trip():
     assert clone.specs == stack.specs
 
 
+def test_a_kind_spec_has_layer_spec_training_fields_and_defaults():
+    # One table: a default changed in LayerSpec changes every kind's.
+    import dataclasses
+
+    from stackae.config import LayerSpec
+    from stackae.kinds import KindSpec
+
+    layer = [(f.name, f.type, f.default) for f in dataclasses.fields(LayerSpec)]
+    assert layer[0][0] == "units"
+    assert [(f.name, f.type, f.default) for f in dataclasses.fields(KindSpec)] == layer[1:]
+    with pytest.raises(TypeError):
+        KindSpec(0.1)  # keyword-only, as the fields a kind's spec adds
+    with pytest.raises(ValueError, match="corruption"):
+        KindSpec(corruption=1.5)  # LayerSpec's checks
+
+
 def test_a_conv_layer_refuses_rows_and_cannot_follow_a_dense_layer():
     stack = stackae.Stack([Conv2DSpec(filters=2)])
     with pytest.raises(

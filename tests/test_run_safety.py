@@ -150,6 +150,30 @@ def test_a_file_a_killed_write_left_is_removed_only_when_named_pending(fixtures)
     assert not (run_dir / "layer_1_epoch_2.weights.h5").exists()
 
 
+def test_a_checkpoint_a_killed_process_was_dropping_stays_the_runs_own(fixtures, monkeypatch):
+    # Killed after the manifest let go of an old checkpoint, before its file was removed:
+    # the next process takes the file for the run's own (and removes it), not for a user's.
+    run_dir = fixtures / "pretrain_interrupted"
+    old = "layer_1_epoch_9.weights.h5"  # a checkpoint the run no longer needs
+    run = runs.Run.open(run_dir, write=True)
+    run.write(old, lambda tmp: Path(tmp).write_text("old"))
+
+    def killed(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "_remove", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run._drop([old])
+    monkeypatch.undo()
+    run.unlock()
+    assert old not in manifest(run_dir)["files"] and (run_dir / old).exists()
+    again = runs.Run.open(run_dir, write=True)
+    again.claim(old)  # not refused: named pending
+    again.remove_pending()
+    again.unlock()
+    assert not (run_dir / old).exists() and manifest(run_dir)["pending"] == []
+
+
 # 3, 4. SIGTERM and Ctrl-C always stop the job, with a hint that is true and an exit code.
 @pytest.mark.parametrize("sig, code", [SIGTERM_SLOW, (signal.SIGINT, 130)])
 def test_a_stop_right_after_the_lock_stops_a_finetune_with_a_true_hint(fixtures, sig, code):

@@ -6,29 +6,8 @@ import dataclasses
 from stackae.config import LayerSpec
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class KindSpec:
-    """The training settings of one layer of a stack, for kinds other than dense.
-
-    The same fields, defaults and checks as `stackae.LayerSpec` without
-    `units` (the dense layer's spec): a kind's spec subclasses this and adds
-    its own fields (keyword-only; give them defaults or not), checked in its
-    own `__post_init__` after calling this one's.
-    """
-
-    corruption: float = 0.0
-    noise: str = "masking"
-    loss: str = "cross-entropy"
-    epochs: int = 15
-    batch_size: int = 20
-    learning_rate: float = 0.1
-    optimizer: str = "sgd"
-    l2: float = 0.0
-    sparsity: float = 0.0
-    sparsity_target: float = 0.05
-    contraction: float = 0.0
-    activation: str = "sigmoid"  # the encoder's
-    decoder_activation: str = "sigmoid"
+class _TrainingSettings:
+    """KindSpec's methods (its fields come from LayerSpec's, below)."""
 
     def __post_init__(self):
         # One set of checks for every door: LayerSpec's, on these same fields.
@@ -40,6 +19,32 @@ class KindSpec:
 
     def make_optimizer(self):
         return LayerSpec(units=1, **self.training_settings()).make_optimizer()
+
+
+# LayerSpec's fields but `units` (the dense layer's width), with their types and defaults:
+# a default is one value, LayerSpec's (stackae.config), for every kind.
+KindSpec = dataclasses.make_dataclass(
+    "KindSpec",
+    [
+        (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
+        for f in dataclasses.fields(LayerSpec)
+        if f.name != "units"
+    ],
+    bases=(_TrainingSettings,),
+    frozen=True,
+    kw_only=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": """The training settings of one layer of a stack, for kinds other than dense.
+
+    The same fields, defaults and checks as `stackae.LayerSpec` without
+    `units` (the dense layer's spec): its fields are made from LayerSpec's. A
+    kind's spec subclasses this (a frozen, keyword-only dataclass) and adds
+    its own fields (keyword-only; give them defaults or not), checked in its
+    own `__post_init__` after calling this one's.
+    """,
+    },
+)
 
 
 class LayerKind:
