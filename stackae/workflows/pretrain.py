@@ -111,7 +111,7 @@ def new_run(
 
 
 def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbacks=()):
-    """Pretrain every unfinished layer of the run's stack, checkpointing each epoch.
+    """Pretrain every unfinished layer of the run's stack, checkpointing on a time budget.
 
     `callbacks`: more Keras callbacks for every layer, run before the checkpoint.
     """
