@@ -123,6 +123,7 @@ def load_run_data(run, source=None, record=None, loss=None, *, changed_ok=False,
         **{name: used[name] for name in DATA_OPTIONS},
     )
     check_width(data.train.x, run.data.n_features, f"{data.name}")
+    check_examples(run, data)
     return data
 
 
@@ -1102,7 +1103,24 @@ def load_rows(run, source, *, limit=None, header=None, loss=None, label_column=N
         header=header,
     )
     check_width(data.train.x, run.data.n_features, f"{data.name}")
+    check_examples(run, data)
     return data
+
+
+def check_examples(run, data):
+    """DataError (one line) unless a run that reads images is given images of its shape.
+
+    A table (or a flat array) of the right width is not images: a conv run refuses it.
+    """
+    shape = run.input_shape
+    if len(shape) == 1:
+        return
+    found = input_shape_of(run.specs, data)  # refuses a table under a conv layer
+    if tuple(found) != tuple(shape):
+        raise DataError(
+            f"{data.name}: the run reads {'x'.join(map(str, shape))} images; "
+            f"these are {'x'.join(map(str, found))}"
+        )
 
 
 def _write_picture(run, image, out_path, default, overwrite):
@@ -1255,27 +1273,7 @@ def _reconstruct_run(
 
 def _reconstruct(stack, x):
     """Up the whole stack and back down: a pooling conv layer decodes from its own maxima."""
-    if all(kind.name == "dense" for kind in stack.layer_kinds):
-        return stack.decode(stack.encode(x))
-    return _down_up(stack, 0, x)
-
-
-def _down_up(stack, k, x):
-    layer, kind = stack.encoder_layers[k], stack.layer_kinds[k]
-    if k + 1 == len(stack.encoder_layers):
-        return _own_reconstruction(layer, kind, x)
-    code = layer(x)
-    above = _down_up(stack, k + 1, stack.layer_input(k + 1, code))
-    above = np.reshape(above, np.shape(code))
-    if getattr(layer, "pool_size", None) is not None:
-        return layer(layer.unpool(above, layer.feature_maps(x)), reverse=True)
-    return kind.decode(layer, above)
-
-
-def _own_reconstruction(layer, kind, x):
-    if getattr(layer, "pool_size", None) is not None:
-        return layer.reconstruct(x)
-    return kind.decode(layer, layer(x))
+    return stack.reconstruct(x)
 
 
 __all__ = [
