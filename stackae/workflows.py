@@ -9,6 +9,7 @@ line is a thin shell over these functions, and `stackae --help` stays instant.
 
 import contextlib
 import dataclasses
+import math
 import os
 import shlex
 import shutil
@@ -291,19 +292,20 @@ def _conflicts(found, what):
 
 def input_shape_of(specs, data):
     """The shape of one example a stack of `specs` reads from `data`: rows of its width, or
-    (height, width, 1) images where the first layer's kind takes images; DataError (one line)
-    for a table under a conv layer."""
+    (height, width, channels) images (1 channel, or 3 for colour) where the first layer's kind
+    takes images; DataError (one line) for a table under a conv layer."""
     from stackae.kinds import kind_of
 
     kind = kind_of(specs[0])
     if kind.input_rank == 1:
         return (data.n_features,)
     shape = data.image_shape
-    if kind.input_rank == 3 and shape is not None and shape[0] * shape[1] == data.n_features:
-        return (*shape, 1)
+    if kind.input_rank == 3 and shape is not None and math.prod(shape) == data.n_features:
+        return (*shape, 1) if len(shape) == 2 else tuple(shape)
     raise DataError(
         f"{data.name}: a {kind.name} first layer needs images (MNIST, Fashion-MNIST, an IDX "
-        f"folder, .npz/.npy images); this is a table of {data.n_features} features"
+        f"folder, .npz/.npy images (n, h, w[, 1 or 3])); this is a table of {data.n_features} "
+        "features"
     )
 
 
@@ -313,6 +315,8 @@ def as_input(x, shape):
         return x
     if not isinstance(x, np.ndarray):  # rows converted as they are read: in memory here
         x = np.asarray(x[:])
+    elif isinstance(x, np.memmap):  # images are read in memory (pages of the file, no copy)
+        x = np.asarray(x)
     return x.reshape(len(x), *shape)
 
 
@@ -455,7 +459,8 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
             if tensorboard and rows:
                 logdir = run.output_dir("tensorboard") / f"layer_{k + 1}"
                 found.append(keras.callbacks.TensorBoard(str(logdir)))
-                found.append(FilterImages(logdir / "filters", data.image_shape))
+                image_shape = data.image_shape if k == 0 else None  # layer 1 reads pixels
+                found.append(FilterImages(logdir / "filters", image_shape))
             return found
 
         shape = run.input_shape
@@ -1192,13 +1197,8 @@ def _filters_run(run, layer, out_path, grid, overwrite, quiet_backend):
     if stack.layer_kinds[layer - 1].name == "dense":
         kernel = keras.ops.convert_to_numpy(tied.kernel)
         shape = run.data.image_shape if layer == 1 else None
-    else:  # one tile per filter, from its kind's filter images (grey: (n, h, w))
+    else:  # one tile per filter, from its kind's filter images: (n, h, w), or (n, h, w, 3)
         images = np.asarray(stack.layer_kinds[layer - 1].filter_images(tied))
-        if images.ndim != 3:
-            raise ParameterError(
-                f"Layer {layer}'s filters are colour images; `filters` draws grey ones",
-                param="layer",
-            )
         shape = images.shape[1:]
         kernel = images.reshape(len(images), -1).T
     image = filters_image(kernel, shape, grid)
