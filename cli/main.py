@@ -706,7 +706,11 @@ def encode(run_dir, data, out_path, layer, limit, header, scale, overwrite, verb
 
 @cli.command()
 @run_argument
-@click.option("--data", required=True, help="The rows to score: a name or a path, as for pretrain.")
+@click.option(
+    "--data",
+    required=True,
+    help="The rows to score (images for a conv run): a name or a path, as for pretrain.",
+)
 @click.option(
     "--out",
     "out_path",
@@ -725,7 +729,12 @@ def encode(run_dir, data, out_path, layer, limit, header, scale, overwrite, verb
     type=click.FloatRange(min=0),
     help="Flag rows whose reconstruction error is above this.",
 )
-@click.option("--per-feature", is_flag=True, help="Add each feature's squared error.")
+@click.option(
+    "--per-feature",
+    is_flag=True,
+    help="Add each feature's squared error (error_J; images: one per pixel, row-major, "
+    "so a row reshapes to the image's error map).",
+)
 @click.option("--limit", type=POSITIVE_INT, help="Score only the first N rows.")
 @click.option("--label-column", help="Table column (name or index) holding labels, left out.")
 @overwrite_out_option

@@ -8,6 +8,13 @@ every feature counts alike whatever its raw units; pixels are in [0, 1]. It is
 the squared error whatever loss trained the layers. Rows are scaled but never
 clipped here: a value outside the training range counts in full.
 
+A stack whose first layer is convolutional scores images: an image's error
+is the mean over its pixels (and channels) of the squared difference, and
+its per-feature errors are per pixel, in the image's row-major order (pixel
+(i, j) in channel k of an h x w x c image is feature (i w + j) c + k), so each
+row of them reshapes to the image's (h, w, c) error map. A pooling layer
+reconstructs from the positions of its own maxima (`Stack.reconstruct`).
+
 A threshold turns errors into outlier flags: a row whose error is above it is
 an outlier. It is fitted on the training rows' errors from `contamination`:
 
@@ -71,13 +78,15 @@ def reconstruction_errors(stack, x, *, per_feature=False, on_block=None, block_r
     """Each row's reconstruction error through `stack`, in float64.
 
     `x`: rows already scaled as the stack was trained (an array, a memmap or a
-    `stackae.data.Rows` view, read a block at a time, so memory stays bounded).
-    Returns (rows,) mean squared errors, or with `per_feature` the (rows,
-    features) squared errors, whose row means are those errors.
+    `stackae.data.Rows` view, read a block at a time, so memory stays bounded);
+    for a stack that encodes images, images (rows, *shape) or the same images
+    flattened to rows (row-major). Returns (rows,) mean squared errors, or
+    with `per_feature` the (rows, features) squared errors, whose row means
+    are those errors (for images: per pixel and channel, row-major).
     `on_block(start, errors)` is called after each block (progress, writing
     as the rows go) with the block's first row and its result.
     """
-    n, width = len(x), int(x.shape[1])
+    n, width = len(x), int(np.prod(example_shape(stack, x)))
     out = np.empty((n, width) if per_feature else (n,), np.float64)
     for start, squared in _squared_errors(stack, x, block_rows):
         found = squared if per_feature else squared.mean(axis=1)
@@ -92,17 +101,37 @@ def iter_errors(stack, x, block_rows=None):
     yield from _squared_errors(stack, x, block_rows)
 
 
+def example_shape(stack, x):
+    """The shape of one example `stack` encodes; ValueError (one line) unless `x` holds such
+    examples, or rows of their size (images flattened row-major)."""
+    from stackae.export import _input_shape
+
+    shape = tuple(_input_shape(stack))
+    found = tuple(int(d) for d in x.shape[1:])
+    if found != shape and found != (int(np.prod(shape)),):
+        what = "rows of" if len(shape) == 1 else "images of shape"
+        size = shape[0] if len(shape) == 1 else shape
+        raise ValueError(
+            f"The stack reconstructs {what} {size}. Received: x with shape {tuple(x.shape)}"
+        )
+    return shape
+
+
 def _squared_errors(stack, x, block_rows):
-    block_rows = block_rows or _block_rows(int(x.shape[1]))
+    shape = example_shape(stack, x)
+    width = int(np.prod(shape))
+    block_rows = block_rows or _block_rows(width)
     for start in range(0, len(x), block_rows):
         block = np.asarray(x[start : start + block_rows], dtype=np.float32)
+        block = block.reshape(len(block), *shape)
         rebuilt = np.concatenate(
             [
                 _reconstruct(stack, block[i : i + PREDICT_BATCH])
                 for i in range(0, len(block), PREDICT_BATCH)
             ]
         )
-        yield start, np.square(block.astype(np.float64) - rebuilt)
+        squared = np.square(block.astype(np.float64) - rebuilt)
+        yield start, squared.reshape(len(block), width)
 
 
 def full_batch(rows):
@@ -125,10 +154,10 @@ def _block_rows(width):
 
 
 def _reconstruct(stack, block):
-    """The stack's reconstruction of float32 rows, as a float32 NumPy array."""
+    """The stack's reconstruction of float32 examples, as a float32 NumPy array."""
     import keras
 
-    rebuilt = stack.decode(stack.encode(keras.ops.convert_to_tensor(full_batch(block))))
+    rebuilt = stack.reconstruct(keras.ops.convert_to_tensor(full_batch(block)))
     if keras.backend.backend() == "tensorflow":
         # A TensorFlow tensor's own .numpy(): ops.convert_to_numpy trips a NumPy 2 warning.
         return rebuilt.numpy()[: len(block)]
@@ -199,7 +228,9 @@ def score_job(
     The flag column `outlier` (1 or 0) is written where a threshold is known:
     `threshold` (an error) if given, else one fitted now on the run's training
     split from `contamination`, else the one the run recorded. `per_feature`
-    adds each feature's squared error (`error_<j>`, j the feature's position).
+    adds each feature's squared error (`error_<j>`, j the feature's position;
+    for a run on images, j is the pixel's row-major position: see the module's
+    text).
     A source with several splits (train, test) gets a `split` column and
     `row` counts within each. The file is written atomically, never over a
     file of the run, and over an existing file only with `overwrite`.

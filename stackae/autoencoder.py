@@ -130,8 +130,6 @@ class AutoEncoder(trainers.Steps, keras.Model):
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        # The decoder trains inside train_step: its bias must be in the weights the optimizer sees.
-        self.kind.use_decoder(self.layer)
 
     def call(self, inputs):
         return self.layer(self.layer(inputs), reverse=True)

@@ -240,7 +240,11 @@ class FilterImages(keras.callbacks.Callback):
         )
         writer = tf.summary.create_file_writer(self.logdir)
         with writer.as_default():
-            tf.summary.image("filters", picture[None, :, :, None], step=epoch)
+            tf.summary.image(
+                "filters",
+                picture[None, ..., None] if picture.ndim == 2 else picture[None],
+                step=epoch,
+            )
         writer.close()
 
 

@@ -4,6 +4,8 @@ of the same kernel (Masci et al. 2011), with optional max-pooling of the code.""
 import keras
 from keras import ops
 
+from stackae.layers import add_tied_weights, tied_weights_config
+
 
 def _pair(value, name):
     """An int or a pair of ints, each >= 1, as a tuple of two ints (ValueError otherwise)."""
@@ -65,11 +67,18 @@ class TiedConv2DAutoEncoderLayer(keras.layers.Layer):
     the layer's autoencoder: a pooling stage after a separately trained layer
     would leave its filters to degenerate.
 
-    The decoder bias exists from `build` on (saved files hold all three
-    weights) and is trainable once the decoder is used, by a `reverse=True`
-    call or `use_decoder()`; a model that only encodes has no trainable weight
-    without a gradient. (Keras's `layer.trainable = True` sets every weight
-    trainable, the decoder bias included.)
+    The layer's contract is the dense `TiedAutoEncoderLayer`'s: `build`
+    makes `kernel` (kh, kw, channels, filters), `bias` (filters,) and
+    `decoder_bias` (channels,), all ordinary trainable weights created there
+    (saved files hold these three, in this order). Like the reverse
+    projection of `keras.layers.ReversibleEmbedding`, the decoder bias is
+    used only by `reverse=True` calls, and a model that only encodes gives it
+    no gradient (Keras then warns "Gradients do not exist for variables
+    [...decoder_bias]" under TensorFlow and PyTorch). Freeze it in such a
+    model: `layer.decoder_bias.trainable = False`. (A model that only decodes
+    leaves the encoder bias unused: `layer.bias.trainable = False`.) Decode
+    only a built layer: a layer first called with `reverse=True` would be
+    built from the feature maps.
 
     Args:
         filters: number of filters (channels of the code).
@@ -86,7 +95,7 @@ class TiedConv2DAutoEncoderLayer(keras.layers.Layer):
         bias_initializer, decoder_bias_initializer: default zeros.
         kernel_regularizer, bias_regularizer, decoder_bias_regularizer,
         kernel_constraint, bias_constraint, decoder_bias_constraint: as for
-            `keras.layers.Conv2D` (the decoder bias's count once it is used).
+            `keras.layers.Conv2D`.
 
     Call arguments:
         inputs: images `(batch, height, width, channels)`, or with
@@ -139,7 +148,6 @@ class TiedConv2DAutoEncoderLayer(keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.decoder_bias_constraint = keras.constraints.get(decoder_bias_constraint)
         self.input_spec = keras.layers.InputSpec(ndim=4)
-        self._decoder_used = False
         self.image_shape = None  # (height, width, channels), recorded at build
 
     def build(self, input_shape):
@@ -161,46 +169,7 @@ class TiedConv2DAutoEncoderLayer(keras.layers.Layer):
                 f"Received: input_shape={input_shape}"
             )
         self.image_shape = (height, width, channels)
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(kh, kw, channels, self.filters),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.bias = self.add_weight(
-            name="bias",
-            shape=(self.filters,),
-            initializer=self.bias_initializer,
-            regularizer=self.bias_regularizer,
-            constraint=self.bias_constraint,
-        )
-        # Made trainable (the TensorFlow variable must be, for gradient tapes to see it),
-        # then left out of trainable_weights until the decoder is used.
-        self.decoder_bias = self.add_weight(
-            name="decoder_bias",
-            shape=(channels,),
-            initializer=self.decoder_bias_initializer,
-            regularizer=self.decoder_bias_regularizer,
-            constraint=self.decoder_bias_constraint,
-        )
-        self.decoder_bias.trainable = self._decoder_used
-
-    @property
-    def decoder_used(self):
-        """Whether the decoder bias trains with the kernel (see `use_decoder`)."""
-        return self._decoder_used
-
-    def use_decoder(self):
-        """Make the decoder bias trainable, as the decoder is in use (see the class docstring).
-
-        A model that decodes only inside its own `train_step` calls it before
-        its optimizer is built, as `stackae.AutoEncoder` does. Called before
-        `build`, it takes effect when the layer is built.
-        """
-        self._decoder_used = True
-        if getattr(self, "decoder_bias", None) is not None:
-            self.decoder_bias.trainable = True
+        add_tied_weights(self, (kh, kw, channels, self.filters), self.filters, channels)
 
     @property
     def feature_shape(self):
@@ -234,8 +203,6 @@ class TiedConv2DAutoEncoderLayer(keras.layers.Layer):
 
     def call(self, inputs, reverse=False, return_logits=False):
         if reverse:
-            if not self._decoder_used:
-                self.use_decoder()
             # (batch, h', w', filters) -> (batch, height, width, channels), the same K.
             logits = ops.conv_transpose(
                 inputs,
@@ -325,8 +292,6 @@ class TiedConv2DAutoEncoderLayer(keras.layers.Layer):
     def compute_output_spec(self, inputs, reverse=False, return_logits=False):
         # Keras passes call arguments other than tensors to this method, not to
         # compute_output_shape.
-        if reverse and not self._decoder_used:
-            self.use_decoder()
         shape = self.compute_output_shape(inputs.shape, reverse=reverse)
         return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
@@ -340,14 +305,6 @@ class TiedConv2DAutoEncoderLayer(keras.layers.Layer):
             "activation": keras.activations.serialize(self.activation),
             "decoder_activation": keras.activations.serialize(self.decoder_activation),
             "pool_size": self.pool_size,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "decoder_bias_initializer": keras.initializers.serialize(self.decoder_bias_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-            "decoder_bias_regularizer": keras.regularizers.serialize(self.decoder_bias_regularizer),
-            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            "decoder_bias_constraint": keras.constraints.serialize(self.decoder_bias_constraint),
+            **tied_weights_config(self),
         }
         return {**base_config, **config}

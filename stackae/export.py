@@ -122,6 +122,9 @@ def _hidden(stack, dropout, input_dropout, scaler):
         layers.extend(group)
         if dropout:
             layers.append(keras.layers.Dropout(dropout, name=f"dropout_{k + 1}"))
+    top = stack.layer_kinds[-1].output_shape(stack.specs[-1], stack.example_shapes[-1])
+    if len(top) > 1:  # a conv top layer's feature maps, flattened for the output layer
+        layers.append(keras.layers.Flatten(name=f"flatten_{len(stack.specs) + 1}"))
     return layers
 
 

@@ -1,4 +1,6 @@
-"""Filter tiles and reconstruction grids as grayscale PNG images (Pillow)."""
+"""Filter tiles and reconstruction grids as PNG images (Pillow): grayscale, or RGB where the
+images have 3 channels (an image shape (h, w, 3), its rows row-major: a pixel's channels
+side by side)."""
 
 import math
 
@@ -16,16 +18,20 @@ def tile_images(arrays, image_shape, tile_grid, spacing=1, scale_each=True):
 
     The tutorial's `tile_raster_images`: tiles fill the grid row by row,
     `spacing` pixels of 0 separate them, unused cells stay 0. With
-    `scale_each`, each tile is stretched from its own [min, max] to [0, 255];
+    `scale_each`, each tile is stretched from its own [min, max] to [0, 255]
+    (over its three channels together for colour, which keeps its hues);
     otherwise values are taken to be in [0, 1] and clipped there.
-    Returns a uint8 array of shape (rows*(h+spacing)-spacing, cols*(w+spacing)-spacing).
+    `image_shape` (h, w), or (h, w, 3) for colour rows of h*w*3 values.
+    Returns a uint8 array of shape (rows*(h+spacing)-spacing, cols*(w+spacing)-spacing),
+    with a last axis of 3 for colour.
     """
     arrays = np.asarray(arrays, dtype="float64")
-    h, w = image_shape
+    h, w, *colour = _checked_shape(image_shape)
+    size = h * w * (colour[0] if colour else 1)
     rows, cols = tile_grid
-    if arrays.ndim != 2 or arrays.shape[1] != h * w:
+    if arrays.ndim != 2 or arrays.shape[1] != size:
         raise ValueError(
-            f"`arrays` must have shape (n, {h * w}) for image_shape={image_shape}. "
+            f"`arrays` must have shape (n, {size}) for image_shape={image_shape}. "
             f"Received: shape={arrays.shape}"
         )
     if rows <= 0 or cols <= 0 or spacing < 0:
@@ -33,12 +39,25 @@ def tile_images(arrays, image_shape, tile_grid, spacing=1, scale_each=True):
             f"`tile_grid` must be positive and `spacing` >= 0. "
             f"Received: tile_grid={tile_grid}, spacing={spacing}"
         )
-    out = np.zeros((rows * (h + spacing) - spacing, cols * (w + spacing) - spacing), "uint8")
+    out = np.zeros(
+        (rows * (h + spacing) - spacing, cols * (w + spacing) - spacing, *colour), "uint8"
+    )
     for i, row in enumerate(arrays[: rows * cols]):
         r, c = divmod(i, cols)
         top, left = r * (h + spacing), c * (w + spacing)
-        out[top : top + h, left : left + w] = _to_uint8(row, scale_each).reshape(h, w)
+        out[top : top + h, left : left + w] = _to_uint8(row, scale_each).reshape(h, w, *colour)
     return out
+
+
+def _checked_shape(image_shape):
+    """`image_shape` as a tuple (h, w) or (h, w, 3); ValueError for anything else."""
+    shape = tuple(image_shape)
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 3):
+        raise ValueError(
+            "`image_shape` must be (height, width) or (height, width, 3). "
+            f"Received: image_shape={image_shape}"
+        )
+    return shape
 
 
 def _to_uint8(values, scale_each):
@@ -54,15 +73,16 @@ def _to_uint8(values, scale_each):
 
 
 def filter_shape(n_visible, image_shape=None):
-    """(h, w) of one filter tile: `image_shape`, (28, 28) for 784, else the most square factors."""
+    """The shape of one filter tile: `image_shape` ((h, w), or (h, w, 3) for colour), (28, 28)
+    for 784, else the most square factors."""
     if image_shape is not None:
-        h, w = image_shape
-        if h * w != n_visible:
+        shape = _checked_shape(image_shape)
+        if math.prod(shape) != n_visible:
             raise ValueError(
                 f"`image_shape` {image_shape} does not hold {n_visible} values. "
                 f"Received: image_shape={image_shape}, n_visible={n_visible}"
             )
-        return (h, w)
+        return shape
     if n_visible <= 0:
         raise ValueError(f"`n_visible` must be positive. Received: n_visible={n_visible}")
     # The largest divisor not above the square root; a prime gives (1, n). 784 -> (28, 28).
@@ -92,7 +112,7 @@ def filters_image(kernel, image_shape=None, grid=(10, 10)):
 
 
 def save_filters(kernel, path, image_shape=None, grid=(10, 10)):
-    """Write the filters of `kernel` (n_visible, n_hidden) as a grayscale PNG; returns `path`."""
+    """Write the filters of `kernel` (n_visible, n_hidden) as a PNG; returns `path`."""
     return save_png(filters_image(kernel, image_shape, grid), path)
 
 
@@ -115,25 +135,28 @@ def reconstructions_image(x, corrupted, reconstructed, image_shape=None):
 
 
 def save_reconstructions(x, corrupted, reconstructed, path, image_shape=None):
-    """Write the input | corrupted | reconstruction grid as a grayscale PNG; returns `path`."""
+    """Write the input | corrupted | reconstruction grid as a PNG; returns `path`."""
     return save_png(reconstructions_image(x, corrupted, reconstructed, image_shape), path)
 
 
 def save_png(image, path):
-    """Write a uint8 (h, w) array as a grayscale PNG, atomically; returns `path`.
+    """Write a uint8 (h, w) array as a grayscale PNG, or (h, w, 3) as an RGB one, atomically;
+    returns `path`.
 
     A reader never sees a half-written file and a failed write leaves any
     earlier file as it was (`stackae.files.atomic_write`).
     """
     image = np.asarray(image)
-    if image.ndim != 2 or image.dtype != np.uint8:
+    colour = image.ndim == 3 and image.shape[2] == 3
+    if not (image.ndim == 2 or colour) or image.dtype != np.uint8:
         raise ValueError(
-            f"`image` must be a 2-D uint8 array. Received: shape={image.shape}, dtype={image.dtype}"
+            "`image` must be a uint8 array (h, w) or (h, w, 3). "
+            f"Received: shape={image.shape}, dtype={image.dtype}"
         )
 
     def write(tmp):
         with open(tmp, "wb") as f:
-            # A 2-D uint8 array becomes a grayscale ("L") image.
+            # A 2-D uint8 array becomes a grayscale ("L") image, (h, w, 3) an "RGB" one.
             Image.fromarray(image).save(f, format="PNG")
 
     atomic_write(path, write, suffix=".png")

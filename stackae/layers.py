@@ -13,6 +13,37 @@ def tutorial_initializer():
     return keras.initializers.VarianceScaling(scale=16.0, mode="fan_avg", distribution="uniform")
 
 
+# A tied layer's three weights, each with an initializer, a regularizer and a constraint
+# held by the layer as `<weight>_<setting>` (kernel_initializer, ..., decoder_bias_constraint).
+TIED_WEIGHTS = ("kernel", "bias", "decoder_bias")
+_SETTINGS = (
+    ("initializer", keras.initializers),
+    ("regularizer", keras.regularizers),
+    ("constraint", keras.constraints),
+)
+
+
+def add_tied_weights(layer, kernel_shape, code_size, visible_size):
+    """Make `layer.kernel`, `layer.bias` (code_size,) and `layer.decoder_bias` (visible_size,).
+
+    Ordinary trainable weights, created in this order (saved files hold them
+    so), each with the layer's own initializer, regularizer and constraint.
+    """
+    shapes = (tuple(kernel_shape), (code_size,), (visible_size,))
+    for name, shape in zip(TIED_WEIGHTS, shapes):
+        settings = {what: getattr(layer, f"{name}_{what}") for what, _ in _SETTINGS}
+        setattr(layer, name, layer.add_weight(name=name, shape=shape, **settings))
+
+
+def tied_weights_config(layer):
+    """The layer's initializers, regularizers and constraints, serialized for `get_config`."""
+    return {
+        f"{name}_{what}": module.serialize(getattr(layer, f"{name}_{what}"))
+        for what, module in _SETTINGS
+        for name in TIED_WEIGHTS
+    }
+
+
 @keras.saving.register_keras_serializable(package="stackae")
 class TiedAutoEncoderLayer(keras.layers.Layer):
     """Encoder `act(x W + b)` with a tied decoder `decoder_act(h W^T + b')`.
@@ -110,27 +141,7 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
                 "The last dimension of the input must be known. "
                 f"Received: input_shape={input_shape}"
             )
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(n_in, self.units),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.bias = self.add_weight(
-            name="bias",
-            shape=(self.units,),
-            initializer=self.bias_initializer,
-            regularizer=self.bias_regularizer,
-            constraint=self.bias_constraint,
-        )
-        self.decoder_bias = self.add_weight(
-            name="decoder_bias",
-            shape=(n_in,),
-            initializer=self.decoder_bias_initializer,
-            regularizer=self.decoder_bias_regularizer,
-            constraint=self.decoder_bias_constraint,
-        )
+        add_tied_weights(self, (n_in, self.units), self.units, n_in)
 
     @property
     def n_visible(self):
@@ -182,14 +193,6 @@ class TiedAutoEncoderLayer(keras.layers.Layer):
             "units": self.units,
             "activation": keras.activations.serialize(self.activation),
             "decoder_activation": keras.activations.serialize(self.decoder_activation),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "decoder_bias_initializer": keras.initializers.serialize(self.decoder_bias_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-            "decoder_bias_regularizer": keras.regularizers.serialize(self.decoder_bias_regularizer),
-            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            "decoder_bias_constraint": keras.constraints.serialize(self.decoder_bias_constraint),
+            **tied_weights_config(self),
         }
         return {**base_config, **config}

@@ -74,7 +74,7 @@ class DataRecord:
     path: str | None = None  # absolute (or relative to the run) for a file; None for a name
     origin: str | None = None
     n_classes: int | None = None
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, int] | tuple[int, int, int] | None = None  # (h, w[, 3 colours])
     shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     options: DataOptions = dataclasses.field(default_factory=DataOptions)
     scaler: dict | None = None  # stackae.data.scaling.Scaler.to_dict(), checked when used
@@ -272,8 +272,8 @@ class Manifest:
         require(data.target_kind in ("classes", "values"), "data target_kind")
         shape = data.image_shape
         require(
-            shape is None or (min(shape) >= 1 and shape[0] * shape[1] == data.n_features),
-            "data image_shape is not [height, width] of the data's width",
+            shape is None or (min(shape) >= 1 and math.prod(shape) == data.n_features),
+            "data image_shape is not [height, width(, channels)] of the data's width",
         )
         require(
             all(

@@ -21,6 +21,7 @@ a 1,000 x 20 table a fit takes about 2 s (transformer) to 3-7 s (classifier,
 regressor) on two shared CPU cores.
 """
 
+import math
 import os
 import random
 import tempfile
@@ -108,7 +109,8 @@ def _constraints(names, fields, per_layer=False):
 
 
 _BASE_CONSTRAINTS = {
-    "layers": [Interval(Integral, 1, None, closed="left"), list, tuple],
+    "layers": [Interval(Integral, 1, None, closed="left"), list, tuple, str],
+    "input_shape": [None, list, tuple],
     **_constraints(_LAYER_SETTINGS, [LAYER_FIELDS[name] for name in _LAYER_SETTINGS], True),
     "scale": [StrOptions(set(SCALE_KINDS))],
     "jit_compile": ["boolean"],
@@ -177,6 +179,7 @@ class _StackedBase(BaseEstimator):
         activation=None,
         decoder_activation=None,
         scale="standard",
+        input_shape=None,
         jit_compile=False,
         random_state=None,
         verbose=0,
@@ -196,6 +199,7 @@ class _StackedBase(BaseEstimator):
         self.activation = activation
         self.decoder_activation = decoder_activation
         self.scale = scale
+        self.input_shape = input_shape
         self.jit_compile = jit_compile
         self.random_state = random_state
         self.verbose = verbose
@@ -209,6 +213,8 @@ class _StackedBase(BaseEstimator):
     # ------------------------------------------------------------ fitting
 
     def _sizes(self):
+        if isinstance(self.layers, str):  # the --layers grammar: config.layer_specs parses it
+            return self.layers
         layers = (self.layers,) if isinstance(self.layers, int | np.integer) else self.layers
         try:
             return tuple(int(u) if isinstance(u, np.integer) else u for u in layers)
@@ -226,7 +232,39 @@ class _StackedBase(BaseEstimator):
         batch = settings["batch_size"]
         if isinstance(batch, int) and not isinstance(batch, bool) and batch > n_rows:
             settings["batch_size"] = n_rows
-        return layer_specs(self._sizes(), scale=self.scale, **settings)
+        specs = layer_specs(self._sizes(), scale=self.scale, **settings)
+        self._example_shape = self._checked_input_shape(specs)
+        return specs
+
+    def _checked_input_shape(self, specs):
+        """The shape of one example the stack reads: a row of X, or where the first layer
+        reads images (a conv layer) the row reshaped to `input_shape`; ValueError (one
+        line) for a conv layer without `input_shape` or an `input_shape` not of X's width."""
+        from stackae.config import is_int
+        from stackae.kinds import kind_of
+
+        kind, width, shape = kind_of(specs[0]), self.n_features_in_, self.input_shape
+        if shape is None:
+            if kind.input_rank > 1:
+                raise ValueError(
+                    f"A {kind.name} first layer reads images: give input_shape, the shape each "
+                    f"row of X is reshaped to, e.g. (28, 28, 1). Received: layers={self.layers!r}"
+                    ", input_shape=None"
+                )
+            return (width,)
+        shape = tuple(shape)
+        if len(shape) not in (2, 3) or not all(is_int(d) and d >= 1 for d in shape):
+            raise ValueError(
+                "`input_shape` must be (height, width) or (height, width, channels), positive "
+                f"integers. Received: input_shape={self.input_shape!r}"
+            )
+        shape = tuple(int(d) for d in shape) + (1,) * (3 - len(shape))
+        if math.prod(shape) != width:
+            raise ValueError(
+                f"input_shape={self.input_shape!r} holds {math.prod(shape)} values, but X has "
+                f"{width} features"
+            )
+        return shape if kind.input_rank > 1 else (width,)  # a dense first layer reads rows
 
     def _seed(self):
         """The int seed of this fit: `random_state` itself when it is an int."""
@@ -239,7 +277,8 @@ class _StackedBase(BaseEstimator):
         from stackae.data.scaling import Scaler
 
         self.scaler_ = Scaler.fit(self.scale, X)
-        return self.scaler_.transform(X)
+        x = self.scaler_.transform(X)
+        return x.reshape(len(x), *self._example_shape)  # images where the stack reads them
 
     def _pretrain(self, x, specs, seed):
         """A Stack of `specs`, initialised from `seed`, pretrained greedily on scaled rows `x`."""
@@ -254,8 +293,9 @@ class _StackedBase(BaseEstimator):
                 f"[{x.min():g}, {x.max():g}]"
             )
         from stackae.data.memory import check_training
+        from stackae.workflows import layer_sizes
 
-        sizes = [x.shape[1], *(s.units for s in specs)]
+        sizes = layer_sizes(specs, x.shape[1:])
         # The rows, as float32, are copied once by the training pipeline.
         check_training(len(x), sizes, [s.batch_size for s in specs], 4 * x.size)
         # The initial weights follow from the seed, as in `workflows.new_run`; Python's and
@@ -264,7 +304,7 @@ class _StackedBase(BaseEstimator):
         try:
             keras.utils.set_random_seed(seed)
             stack = stackae.Stack(specs, seed=seed)
-            stack.build((None, x.shape[1]))
+            stack.build((None, *x.shape[1:]))
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
@@ -298,7 +338,33 @@ class _StackedBase(BaseEstimator):
     def _make_encoder(self):
         from stackae import export
 
-        self.encoder_ = export.encoder(self.stack_, scaler=self.scaler_)
+        shape = getattr(self, "_example_shape", None)
+        if shape is None or len(shape) == 1:
+            self.encoder_ = export.encoder(self.stack_, scaler=self.scaler_)
+        else:
+            self.encoder_ = _on_raw_rows(export.encoder(self.stack_), self.scaler_, shape)
+
+
+def _on_raw_rows(model, scaler, shape):
+    """`model` (on scaled examples of `shape`) behind the fitted scaling, and for images a
+    `Reshape` to `shape`: raw rows in, as scikit-learn gives them. The layers are shared."""
+    from stackae import export
+
+    if len(shape) == 1:
+        return export.with_scaling(model, scaler)
+    import keras
+
+    width = math.prod(shape)
+    scaling = export.scaling_layer(scaler, width)
+    return keras.Sequential(
+        [
+            keras.Input((width,)),
+            *([scaling] if scaling is not None else []),
+            keras.layers.Reshape(shape, name="images"),
+            *model.layers,
+        ],
+        name=model.name,
+    )
 
 
 def _diverged(phase, parameter):
@@ -354,9 +420,20 @@ class StackedDenoisingAutoencoder(
     `loss`, `learning_rate`, `activation` and `decoder_activation` left None
     take stackae's defaults for the scaling (`config.default_layer_settings`:
     with standardised features a linear first decoder with the squared error).
-    `layers`: the sizes of the layers, bottom up. `scale`: "standard",
+    `layers`: the sizes of the layers, bottom up, or the command line's
+    `--layers` grammar (`stackae.config.layer_specs`), e.g.
+    `"conv8x3,pool2,32"`: a conv layer of 8 3x3 filters max-pooled by 2, then
+    32 dense units. `input_shape`: None (X's rows are what the stack reads),
+    or the image shape each row of X is reshaped to (row-major, as NumPy's
+    `reshape`), `(height, width)` or `(height, width, channels)`, e.g.
+    `(28, 28, 1)`; a conv first layer needs it, and it must hold X's number of
+    features. `encoder_`, `model_` and `transform` still take and give 2-D
+    rows (a conv top layer's codes flattened). `scale`: "standard",
     "minmax", "none" or "global" (`stackae.data.scaling.Scaler`), fitted on
-    the rows given to `fit`. A `batch_size` larger than the data is clipped.
+    the rows given to `fit` (per feature: per pixel for images, where
+    "minmax", or "none" for pixels already in [0, 1], suits better than
+    standardising rarely lit pixels to large values). A `batch_size` larger
+    than the data is clipped.
     `jit_compile`: XLA for the training programs (faster steps on large data,
     seconds of compiling). `random_state`: an int gives the same weights, noise
     and batch order every fit (it is the stack's seed, as `--seed`); note that
@@ -391,6 +468,7 @@ class StackedDenoisingAutoencoder(
         activation=None,
         decoder_activation=None,
         scale="standard",
+        input_shape=None,
         contamination="auto",
         jit_compile=False,
         random_state=None,
@@ -412,6 +490,7 @@ class StackedDenoisingAutoencoder(
             activation=activation,
             decoder_activation=decoder_activation,
             scale=scale,
+            input_shape=input_shape,
             jit_compile=jit_compile,
             random_state=random_state,
             verbose=verbose,
@@ -436,13 +515,15 @@ class StackedDenoisingAutoencoder(
 
     @property
     def _n_features_out(self):
-        return self.stack_.sizes[-1]
+        return math.prod(self.encoder_.output_shape[1:])  # a conv layer's codes: flattened
 
     def transform(self, X):
-        """The top layer's codes of raw rows X, (n_rows, layers[-1]), in X's float dtype."""
+        """The top layer's codes of raw rows X, (n_rows, layers[-1]), in X's float dtype
+        (a conv top layer's feature maps flattened row-major)."""
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
-        return _outputs(self.encoder_, X).astype(X.dtype, copy=False)
+        codes = _outputs(self.encoder_, X)
+        return codes.reshape(len(codes), -1).astype(X.dtype, copy=False)
 
     def inverse_transform(self, X):
         """Rows decoded from top-layer codes X, through every tied decoder, in raw feature units."""
@@ -454,8 +535,17 @@ class StackedDenoisingAutoencoder(
                 f"X has {codes.shape[1]} features, but {type(self).__name__} "
                 f"decodes codes of {width} features"
             )
-        scaled = _outputs(self.stack_.decode, codes).astype(np.float64)
-        raw = scaled * self.scaler_.scale + self.scaler_.offset
+        shape = self.encoder_.output_shape[1:]  # a conv top layer's code: feature maps
+
+        def decode(code):
+            import keras
+
+            if len(shape) > 1:
+                code = keras.ops.reshape(code, (-1, *shape))
+            return self.stack_.decode(code)
+
+        scaled = _outputs(decode, codes).astype(np.float64)
+        raw = scaled.reshape(len(scaled), -1) * self.scaler_.scale + self.scaler_.offset
         return raw.astype(codes.dtype, copy=False)
 
     def score_samples(self, X):
@@ -541,6 +631,7 @@ class _SupervisedBase(_StackedBase):
         patience=5,
         validation_fraction=0.1,
         scale="standard",
+        input_shape=None,
         jit_compile=False,
         random_state=None,
         verbose=0,
@@ -561,6 +652,7 @@ class _SupervisedBase(_StackedBase):
             activation=activation,
             decoder_activation=decoder_activation,
             scale=scale,
+            input_shape=input_shape,
             jit_compile=jit_compile,
             random_state=random_state,
             verbose=verbose,
@@ -610,7 +702,6 @@ class _SupervisedBase(_StackedBase):
 
     def _fit_supervised(self, X, y, n_outputs, stratify=None):
         """Scale, split, pretrain, export the model for the task, fine-tune it; `y` as trained."""
-        from stackae import export
         from stackae.finetuning import finetune, prepare, task_model
 
         _start_backend()
@@ -639,8 +730,8 @@ class _SupervisedBase(_StackedBase):
         self.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}
         self.n_iter_ = len(history.history.get("loss", []))
         self.best_epoch_ = None if stopper is None else stopper.best_epoch
-        # Raw features in: the fitted scaling goes first.
-        self.model_ = export.with_scaling(model, self.scaler_)
+        # Raw features in: the fitted scaling goes first (then a Reshape for images).
+        self.model_ = _on_raw_rows(model, self.scaler_, self._example_shape)
         return self
 
     def _outputs(self, X):

@@ -83,6 +83,29 @@ class Stack(keras.Model):
                 h = keras.ops.reshape(h, (-1, *self._below(k)))
         return h
 
+    def reconstruct(self, x):
+        """`x` up every layer and back down every tied decoder, without noise.
+
+        A layer that max-pools its code (a conv2d layer with `pool_size`)
+        decodes from the positions of its own maxima, as its autoencoder was
+        trained (`TiedConv2DAutoEncoderLayer.unpool`): `decode(encode(x))`
+        cannot, the positions being lost in the pooled code. Without pooling
+        it is `decode(encode(x))`.
+        """
+        return self._down_up(0, x)
+
+    def _down_up(self, k, x):
+        layer, kind = self.encoder_layers[k], self.layer_kinds[k]
+        code = layer(x)
+        if k + 1 < len(self.encoder_layers):
+            code_shape = keras.ops.shape(code)
+            code = self._down_up(k + 1, self.layer_input(k + 1, code))
+            if self.flattens[k + 1]:  # rows back to the images of this layer's code
+                code = keras.ops.reshape(code, code_shape)
+        if getattr(layer, "pool_size", None) is not None:
+            return layer(layer.unpool(code, layer.feature_maps(x)), reverse=True)
+        return kind.decode(layer, code)
+
     def _below(self, k):
         """The shape of one code of layer k - 1."""
         return self.layer_kinds[k - 1].output_shape(self.specs[k - 1], self.example_shapes[k - 1])

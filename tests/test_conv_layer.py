@@ -5,6 +5,7 @@ import itertools
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -210,7 +211,6 @@ def test_gradients_match_numeric_differences(rng):
     )
     layer.build((None, 7, 7, 2))
     random_weights(layer, rng)
-    layer.use_decoder()
     x = rng.random((2, 7, 7, 2))
 
     def cost():
@@ -236,14 +236,40 @@ def test_gradients_match_numeric_differences(rng):
             assert_allclose(numpy(gradient).reshape(-1)[index], numeric, rtol=1e-5, atol=1e-7)
 
 
-def test_decoder_bias_trains_once_the_decoder_is_used():
+def test_decoder_bias_is_an_ordinary_weight_that_an_encoder_freezes():
+    """The dense layer's contract: three trainable weights from `build`, in the saved order."""
     layer = stackae.TiedConv2DAutoEncoderLayer(3, 3)
     layer.build((None, 6, 6, 1))
+    assert [w.name for w in layer.trainable_weights] == ["kernel", "bias", "decoder_bias"]
+    assert not hasattr(layer, "use_decoder")
+    layer(np.ones((1, 4, 4, 3), "float32"), reverse=True)  # decoding changes nothing
+    assert [w.name for w in layer.trainable_weights] == ["kernel", "bias", "decoder_bias"]
+    layer.decoder_bias.trainable = False  # a model that only encodes
     assert [w.name for w in layer.trainable_weights] == ["kernel", "bias"]
     assert [w.name for w in layer.non_trainable_weights] == ["decoder_bias"]
-    layer(np.ones((1, 4, 4, 3), "float32"), reverse=True)
-    assert layer.decoder_used
-    assert [w.name for w in layer.trainable_weights] == ["kernel", "bias", "decoder_bias"]
+    assert [w.name for w in layer.weights] == ["kernel", "bias", "decoder_bias"]
+
+
+def test_fitting_an_encoder_warns_until_the_decoder_bias_is_frozen(rng):
+    model, tied = tied_autoencoder_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    x = rng.random((8, 9, 7, 2)).astype("float32")
+    y = np.arange(8) % 4
+
+    def fit():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        return [str(w.message) for w in caught]
+
+    unfrozen = fit()
+    if keras.backend.backend() != "jax":  # JAX's gradient of an unused weight is zeros
+        assert any("Gradients do not exist" in m and "decoder_bias" in m for m in unfrozen)
+    tied.decoder_bias.trainable = False  # what the layer's docstring says to do
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    kernel = numpy(tied.kernel).copy()
+    assert fit() == []
+    assert not np.allclose(numpy(tied.kernel), kernel)
 
 
 @pytest.mark.parametrize(
@@ -292,6 +318,9 @@ class TestKerasLayerHarness(testing.TestCase):
     training inside a model, mixed precision."""
 
     def test_encoding_call(self):
+        # A model that only encodes leaves the decoder bias without a gradient, and
+        # Keras says so when the harness trains it (the layer's docstring: freeze it).
+        warnings.filterwarnings("ignore", "Gradients do not exist for variables .*decoder_bias'")
         self.run_layer_test(
             stackae.TiedConv2DAutoEncoderLayer,
             init_kwargs={
@@ -304,20 +333,21 @@ class TestKerasLayerHarness(testing.TestCase):
             },
             input_shape=(2, 7, 9, 2),
             expected_output_shape=(2, 4, 5, 3),
-            expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=1,  # the unused decoder bias
+            expected_num_trainable_weights=3,
+            expected_num_non_trainable_weights=0,
             expected_num_losses=1,
         )
 
     def test_pooled_encoding_call(self):
+        warnings.filterwarnings("ignore", "Gradients do not exist for variables .*decoder_bias'")
         self.run_layer_test(
             stackae.TiedConv2DAutoEncoderLayer,
             init_kwargs={"filters": 3, "kernel_size": 2, "pool_size": 2},
             input_shape=(2, 7, 9, 2),
             call_kwargs={"return_logits": True},
             expected_output_shape=(2, 3, 4, 3),
-            expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=1,
+            expected_num_trainable_weights=3,
+            expected_num_non_trainable_weights=0,
         )
 
 
@@ -370,6 +400,7 @@ def test_saves_and_loads_in_a_functional_model(tmp_path, rng):
     for mine, theirs in zip(tied.weights, layer.weights):
         assert_allclose(numpy(theirs), numpy(mine))
     # It trains inside Keras's own fit, and a Sequential takes it too.
+    tied.decoder_bias.trainable = False  # the model only encodes
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     before = numpy(tied.kernel).copy()
     model.fit(x, np.arange(5) % 4, epochs=1, verbose=0)
@@ -439,3 +470,55 @@ def test_file_saved_under_jax_loads_under_tensorflow(tmp_path):
     assert run_under("jax", script, tmp_path, env=env)["backend"] == "jax"
     result = run_under("tensorflow", LOAD_SCRIPT, tmp_path, env=env)
     assert result["error"] < 1e-5 and result["reconstruction"] < 1e-5
+
+
+# Files written by the conv layer whose decoder bias was non-trainable until used
+# (see tests/fixtures/make_conv_fixtures.py).
+CONV_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "conv")
+
+
+@pytest.fixture(scope="module")
+def old_conv():
+    return dict(np.load(os.path.join(CONV_FIXTURES, "expected.npz")))
+
+
+def test_old_conv_classifier_file_loads_and_predicts_the_same(old_conv):
+    model = keras.saving.load_model(os.path.join(CONV_FIXTURES, "conv_classifier.keras"))
+    x = old_conv["x"]
+    assert_allclose(model.predict(x, verbose=0), old_conv["classifier"], rtol=1e-6)
+    tied = model.get_layer("tied")
+    assert isinstance(tied, stackae.TiedConv2DAutoEncoderLayer)
+    for variable in tied.weights:
+        np.testing.assert_array_equal(numpy(variable), old_conv[f"classifier_{variable.name}"])
+    # Saved unused (non-trainable then), the decoder bias loads as an ordinary weight.
+    assert [w.name for w in tied.trainable_weights] == ["kernel", "bias", "decoder_bias"]
+    assert_allclose(
+        numpy(tied.reconstruct(x)), old_conv["classifier_reconstruction"], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_old_conv_stack_file_loads_with_every_weight(old_conv):
+    stack = keras.saving.load_model(os.path.join(CONV_FIXTURES, "conv_stack.keras"))
+    assert isinstance(stack, stackae.Stack)
+    for k, layer in enumerate(stack.encoder_layers):
+        assert [w.name for w in layer.weights] == ["kernel", "bias", "decoder_bias"]
+        for variable in layer.weights:
+            np.testing.assert_array_equal(
+                numpy(variable), old_conv[f"stack_{k + 1}_{variable.name}"]
+            )
+    assert_allclose(numpy(stack.encode(old_conv["x"])), old_conv["stack_codes"], rtol=1e-6)
+
+
+def test_old_conv_pretraining_checkpoint_loads_with_its_optimizer_state(old_conv):
+    layer = stackae.TiedConv2DAutoEncoderLayer(2, 3, pool_size=2)
+    resumed = stackae.AutoEncoder(layer, corruption=0.2, seed=26)
+    resumed.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    resumed.build((None, 6, 6, 1))
+    resumed.optimizer.build(resumed.trainable_variables)
+    resumed.load_weights(os.path.join(CONV_FIXTURES, "conv_autoencoder.weights.h5"))
+    for variable in layer.weights:
+        np.testing.assert_array_equal(numpy(variable), old_conv[f"checkpoint_{variable.name}"])
+    variables = resumed.optimizer.variables
+    assert len(variables) == 5  # iterations, and a momentum per weight (the decoder bias's too)
+    for k, variable in enumerate(variables):
+        np.testing.assert_array_equal(numpy(variable), old_conv[f"checkpoint_optimizer_{k}"])

@@ -222,11 +222,16 @@ def test_single_channel_images_keep_their_picture_shape(tmp_path):
     assert_array_equal(d.train.x, x.reshape(12, -1) / np.float32(255))
     kernel = np.random.default_rng(0).random((784, 4)).astype(np.float32)
     assert images_module.filters_image(kernel, d.image_shape, grid=(2, 2)).shape == (57, 57)
-    # Several channels train as flat rows; no (h, w) is recorded, pictures use square tiles.
+    # Colour images keep (h, w, 3), drawn in colour; other channel counts train as flat rows,
+    # no image shape recorded, pictures in square tiles.
     np.save(tmp_path / "rgb.npy", np.zeros((5, 8, 8, 3), np.uint8))
     d = data.load(str(tmp_path / "rgb.npy"))
-    assert d.image_shape is None and d.train.x.shape == (5, 192)
-    assert images_module.filters_image(kernel[:192], d.image_shape, grid=(2, 2)).ndim == 2
+    assert d.image_shape == (8, 8, 3) and d.train.x.shape == (5, 192)
+    assert images_module.filters_image(kernel[:192], d.image_shape, grid=(2, 2)).ndim == 3
+    np.save(tmp_path / "two.npy", np.zeros((5, 8, 8, 2), np.uint8))
+    d = data.load(str(tmp_path / "two.npy"))
+    assert d.image_shape is None and d.train.x.shape == (5, 128)
+    assert images_module.filters_image(kernel[:128], d.image_shape, grid=(2, 2)).ndim == 2
 
 
 def test_csv_with_header_and_labels(tmp_path):

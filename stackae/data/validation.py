@@ -13,6 +13,7 @@ from stackae.data.scaling import KINDS, Scaler, Stats
 from stackae.errors import DataError
 
 SCALE_HINT = "use --scale or --loss squared-error"
+COLOUR_CHANNELS = 3  # images (rows, h, w, 3) are colour: their image shape keeps the channels
 SCALED_HINT = "use minmax scaling or --loss squared-error"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -39,7 +40,7 @@ class Data:
     train: Split
     valid: Split | None
     test: Split | None
-    image_shape: tuple | None
+    image_shape: tuple | None  # (h, w), or (h, w, 3) for colour images; None for a table
     n_classes: int | None
     # The scaling applied (kind "none" for pixels, which are divided by 255).
     scaler: Scaler | None = None
@@ -145,10 +146,13 @@ def scale_kind(scale):
 
 
 def image_shape_of(shape):
-    """(h, w) of images of shape (rows, h, w) or (rows, h, w, 1); None for other shapes."""
+    """(h, w) of images of shape (rows, h, w) or (rows, h, w, 1), (h, w, 3) of colour images
+    (rows, h, w, 3); None for other shapes."""
     dims = tuple(int(d) for d in shape[1:])
     while len(dims) > 2 and dims[-1] == 1:
         dims = dims[:-1]  # a single channel
+    if len(dims) == 3 and dims[-1] == COLOUR_CHANNELS:
+        return dims
     return dims if len(dims) == 2 else None
 
 
@@ -167,7 +171,8 @@ def as_rows(x, label, image_shape):
     if math.prod(x.shape[1:]) == 0:
         raise DataError(f"{label}: rows have no features (shape {x.shape})")
     if x.ndim > 2:
-        # Several channels train as flat rows; pictures then use square tiles.
+        # Images train as flat rows (row-major: a pixel's channels side by side), reshaped
+        # back where a conv layer reads them; other channel counts than 1 and 3 are rows.
         image_shape = image_shape or image_shape_of(x.shape)
         x = x.reshape(x.shape[0], -1)
     return x, image_shape

@@ -44,9 +44,11 @@ stack. The layer's `call(inputs, reverse=False, return_logits=False)` encodes,
 or decodes a code with `reverse=True`; `return_logits` returns the
 activation's input (the cross-entropy is computed from the decoder's logits).
 `LayerKind` has defaults for the rest (`autoencode`: encode, then decode the
-code; `kernels`: `[layer.kernel]` for the L2 weight decay; `use_decoder`:
-the layer's own, if it has one). A stack's config records each spec with its
-kind's name, so register the kind before loading a saved stack.
+code; `kernels`: `[layer.kernel]` for the L2 weight decay). The layer's
+weights are ordinary trainable weights, its decoder's included: stackae's
+autoencoder trains them all, and the exported models hold plain Keras layers
+only. A stack's config records each spec with its kind's name, so register
+the kind before loading a saved stack.
 """
 
 from stackae.kinds.base import KindSpec, LayerKind

@@ -94,12 +94,6 @@ class LayerKind:
         code = layer(x)
         return code, layer(code, reverse=True, return_logits=True)
 
-    def use_decoder(self, layer):
-        """Called before training the layer's autoencoder (its decoder weights must train)."""
-        use = getattr(layer, "use_decoder", None)
-        if use is not None:
-            use()
-
     def kernels(self, layer):
         """The weights the `l2` weight decay applies to."""
         return [layer.kernel]

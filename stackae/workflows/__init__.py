@@ -25,8 +25,10 @@ from stackae.workflows.data import (
     DATA_OPTIONS,
     FILE_OPTIONS,
     SPLIT_OPTIONS,
+    check_examples,
     check_fingerprint,
     default_source,
+    input_shape_of,
     labelled,
     load_data,
     load_rows,
@@ -46,7 +48,6 @@ from stackae.workflows.finetune import (
 from stackae.workflows.pictures import filters_run, reconstruct_run
 from stackae.workflows.pretrain import (
     check_pretraining,
-    input_shape_of,
     layer_costs,
     layer_sizes,
     new_run,
@@ -62,6 +63,7 @@ __all__ = [
     "SPLIT_OPTIONS",
     "as_input",
     "check_classes",
+    "check_examples",
     "check_fingerprint",
     "check_optimizer",
     "check_pretraining",

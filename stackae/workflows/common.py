@@ -86,4 +86,6 @@ def as_input(x, shape):
         return x
     if not isinstance(x, np.ndarray):  # rows converted as they are read: in memory here
         x = np.asarray(x[:])
+    elif isinstance(x, np.memmap):  # images are read in memory (pages of the file, no copy)
+        x = np.asarray(x)
     return x.reshape(len(x), *shape)

@@ -2,6 +2,7 @@
 and scaling, or other rows matched to the run's features; the labels and targets of a split."""
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -90,6 +91,7 @@ def load_run_data(run, source=None, record=None, loss=None, *, changed_ok=False,
         **{name: used[name] for name in DATA_OPTIONS},
     )
     check_width(data.train.x, run.data.n_features, f"{data.name}")
+    check_examples(run, data)
     return data
 
 
@@ -221,6 +223,7 @@ def load_rows(run, source, *, limit=None, header=None, loss=None, label_column=N
         header=header,
     )
     check_width(data.train.x, run.data.n_features, f"{data.name}")
+    check_examples(run, data)
     return data
 
 
@@ -251,3 +254,38 @@ def labelled(split, name, n_classes):
         raise RunError(f"{name}: the data has no labels")
     check_labels(split.y, n_classes, name)
     return split.x, split.y
+
+
+def input_shape_of(specs, data):
+    """The shape of one example a stack of `specs` reads from `data`: rows of its width, or
+    (height, width, channels) images (1 channel, or 3 for colour) where the first layer's kind
+    takes images; DataError (one line) for a table under a conv layer."""
+    from stackae.kinds import kind_of
+
+    kind = kind_of(specs[0])
+    if kind.input_rank == 1:
+        return (data.n_features,)
+    shape = data.image_shape
+    if kind.input_rank == 3 and shape is not None and math.prod(shape) == data.n_features:
+        return (*shape, 1) if len(shape) == 2 else tuple(shape)
+    raise DataError(
+        f"{data.name}: a {kind.name} first layer needs images (MNIST, Fashion-MNIST, an IDX "
+        f"folder, .npz/.npy images (n, h, w[, 1 or 3])); this is a table of {data.n_features} "
+        "features"
+    )
+
+
+def check_examples(run, data):
+    """DataError (one line) unless a run that reads images is given images of its shape.
+
+    A table (or a flat array) of the right width is not images: a conv run refuses it.
+    """
+    shape = run.input_shape
+    if len(shape) == 1:
+        return
+    found = input_shape_of(run.specs, data)  # refuses a table under a conv layer
+    if tuple(found) != tuple(shape):
+        raise DataError(
+            f"{data.name}: the run reads {'x'.join(map(str, shape))} images; "
+            f"these are {'x'.join(map(str, found))}"
+        )

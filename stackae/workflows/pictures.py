@@ -6,7 +6,7 @@ import numpy as np
 
 from stackae import backend, stopping
 from stackae.config import check_noise
-from stackae.errors import Param, ParameterError, RunError
+from stackae.errors import Param, RunError
 from stackae.files import refuse_existing
 from stackae.runs import Run
 from stackae.workflows.common import as_input, check_layer, load_stack, open_run
@@ -82,13 +82,8 @@ def _filters_run(run, layer, out_path, grid, overwrite, quiet_backend):
     if stack.layer_kinds[layer - 1].name == "dense":
         kernel = keras.ops.convert_to_numpy(tied.kernel)
         shape = run.data.image_shape if layer == 1 else None
-    else:  # one tile per filter, from its kind's filter images (grey: (n, h, w))
+    else:  # one tile per filter, from its kind's filter images: (n, h, w), or (n, h, w, 3)
         images = np.asarray(stack.layer_kinds[layer - 1].filter_images(tied))
-        if images.ndim != 3:
-            raise ParameterError(
-                f"Layer {layer}'s filters are colour images; `filters` draws grey ones",
-                param="layer",
-            )
         shape = images.shape[1:]
         kernel = images.reshape(len(images), -1).T
     image = filters_image(kernel, shape, grid)
@@ -163,24 +158,4 @@ def _reconstruct_run(
 
 def _reconstruct(stack, x):
     """Up the whole stack and back down: a pooling conv layer decodes from its own maxima."""
-    if all(kind.name == "dense" for kind in stack.layer_kinds):
-        return stack.decode(stack.encode(x))
-    return _down_up(stack, 0, x)
-
-
-def _down_up(stack, k, x):
-    layer, kind = stack.encoder_layers[k], stack.layer_kinds[k]
-    if k + 1 == len(stack.encoder_layers):
-        return _own_reconstruction(layer, kind, x)
-    code = layer(x)
-    above = _down_up(stack, k + 1, stack.layer_input(k + 1, code))
-    above = np.reshape(above, np.shape(code))
-    if getattr(layer, "pool_size", None) is not None:
-        return layer(layer.unpool(above, layer.feature_maps(x)), reverse=True)
-    return kind.decode(layer, above)
-
-
-def _own_reconstruction(layer, kind, x):
-    if getattr(layer, "pool_size", None) is not None:
-        return layer.reconstruct(x)
-    return kind.decode(layer, layer(x))
+    return stack.reconstruct(x)

@@ -1,11 +1,11 @@
 """Pretraining a run: the checks before anything is written, a new run, its greedy pretraining
-(checkpointed each epoch, resumable), and the job that does all of it under a strategy."""
+(checkpointed on a time budget, resumable), and the job that does all of it under a strategy."""
 
 import numpy as np
 
 from stackae import backend, runs, stopping
 from stackae.config import DEFAULT_SEED, LayerSpec, layer_specs, layer_token
-from stackae.errors import BackendError, DataError, Param, ParameterError
+from stackae.errors import BackendError, Param, ParameterError
 from stackae.runs import Run
 from stackae.workflows.common import (
     as_input,
@@ -15,26 +15,8 @@ from stackae.workflows.common import (
     open_run,
     refuse_conflicts,
 )
-from stackae.workflows.data import DATA_OPTIONS, load_data, load_run_data
+from stackae.workflows.data import DATA_OPTIONS, input_shape_of, load_data, load_run_data
 from stackae.workflows.workers import strategy_scope, worker_scratch
-
-
-def input_shape_of(specs, data):
-    """The shape of one example a stack of `specs` reads from `data`: rows of its width, or
-    (height, width, 1) images where the first layer's kind takes images; DataError (one line)
-    for a table under a conv layer."""
-    from stackae.kinds import kind_of
-
-    kind = kind_of(specs[0])
-    if kind.input_rank == 1:
-        return (data.n_features,)
-    shape = data.image_shape
-    if kind.input_rank == 3 and shape is not None and shape[0] * shape[1] == data.n_features:
-        return (*shape, 1)
-    raise DataError(
-        f"{data.name}: a {kind.name} first layer needs images (MNIST, Fashion-MNIST, an IDX "
-        f"folder, .npz/.npy images); this is a table of {data.n_features} features"
-    )
 
 
 def check_pretraining(specs, data, tensorboard=False):
@@ -171,7 +153,8 @@ def pretrain_run(run, stack, data, *, verbose="auto", tensorboard=False, callbac
             if tensorboard and rows:
                 logdir = run.output_dir("tensorboard") / f"layer_{k + 1}"
                 found.append(keras.callbacks.TensorBoard(str(logdir)))
-                found.append(FilterImages(logdir / "filters", data.image_shape))
+                image_shape = data.image_shape if k == 0 else None  # layer 1 reads pixels
+                found.append(FilterImages(logdir / "filters", image_shape))
             return found
 
         shape = run.input_shape
