@@ -145,6 +145,7 @@ class AutoEncoder(trainers.Steps, keras.Model):
         """
         chosen = compat.compile_defaults(
             DEFAULT_STEPS_PER_EXECUTION,
+            model=self,
             optimizer=optimizer,
             jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,

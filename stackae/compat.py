@@ -54,22 +54,50 @@ def steps_per_execution(single_device):
     return 1 if replicas() > 1 else single_device
 
 
-def jit_compile():
-    """XLA, except for several tf.distribute replicas on CPUs; eager under torch.
+def jit_compile(model=None):
+    """XLA, except for several tf.distribute replicas on CPUs, or for a `model` holding a
+    convolution on CPUs; eager under torch.
 
-    Why: there XLA reads a replica's variables from the wrong device ("Trying
-    to access resource ... located in device CPU:1 from device CPU:0"). Under
-    torch, Keras's jit_compile is `torch.compile`, which made the grouped step
-    no faster on CPU and breaks its graph at each update's noise seed
-    (benchmarks/README.md, backends.py).
+    Why: with several replicas XLA reads a replica's variables from the wrong
+    device ("Trying to access resource ... located in device CPU:1 from device
+    CPU:0"). XLA's CPU convolutions made a tied conv layer's pretraining epoch
+    2-8x slower than the same program without XLA, and stackae's own epoch 7-8x
+    (benchmarks/README.md, conv_speed.py). Under torch, Keras's jit_compile is
+    `torch.compile`, which made the grouped step no faster on CPU and breaks its
+    graph at each update's noise seed (benchmarks/README.md, backends.py).
     """
     if keras.backend.backend() == "torch":
         return False
-    if replicas() == 1:
+    if replicas() == 1 and (model is None or not has_convolution(model)):
         return True
-    import tensorflow as tf
+    return _has_gpu()
 
-    return bool(tf.config.list_logical_devices("GPU"))
+
+def _has_gpu():
+    try:
+        return bool(keras.distribution.list_devices("gpu"))
+    except (RuntimeError, ValueError):  # JAX: no GPU backend
+        return False
+
+
+def has_convolution(layer):
+    """Whether `layer` (a model: its layers, nested models included) holds a convolution."""
+    from stackae.conv_layer import TiedConv2DAutoEncoderLayer
+
+    kinds = (
+        keras.layers.Conv1D,
+        keras.layers.Conv2D,
+        keras.layers.Conv3D,
+        keras.layers.Conv1DTranspose,
+        keras.layers.Conv2DTranspose,
+        keras.layers.Conv3DTranspose,
+        keras.layers.DepthwiseConv2D,
+        keras.layers.SeparableConv2D,
+        TiedConv2DAutoEncoderLayer,
+    )
+    if isinstance(layer, kinds):
+        return True
+    return any(has_convolution(sub) for sub in getattr(layer, "layers", ()) if sub is not layer)
 
 
 def replica_part():
@@ -81,16 +109,16 @@ def replica_part():
     return replica, tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def compile_defaults(single_device_steps, **given):
+def compile_defaults(single_device_steps, model=None, **given):
     """`compile` keyword arguments with stackae's defaults for those not `given` (or None).
 
     SGD(0.1) (the tutorial's), XLA, and `single_device_steps` steps per call,
-    except where the active tf.distribute strategy cannot take them
-    (`jit_compile()`, `steps_per_execution()`).
+    except where the active tf.distribute strategy or `model`'s convolutions on
+    a CPU cannot take them (`jit_compile(model)`, `steps_per_execution()`).
     """
     defaults = {
         "optimizer": lambda: keras.optimizers.SGD(learning_rate=0.1),
-        "jit_compile": jit_compile,
+        "jit_compile": lambda: jit_compile(model),
         "steps_per_execution": lambda: steps_per_execution(single_device_steps),
     }
     chosen = {name: value for name, value in given.items() if value is not None}

@@ -115,6 +115,7 @@ class Finetuner(trainers.Steps, keras.Model):
         """
         chosen = compat.compile_defaults(
             autoencoder.DEFAULT_STEPS_PER_EXECUTION,
+            model=self,
             optimizer=optimizer,
             jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
@@ -264,7 +265,7 @@ def compile_classifier(model, spec=FINETUNE_DEFAULTS, optimizer=None, jit_compil
         optimizer=optimizer or spec.make_optimizer(),
         loss="sparse_categorical_crossentropy",
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=compat.jit_compile() if jit_compile is None else jit_compile,
+        jit_compile=compat.jit_compile(model) if jit_compile is None else jit_compile,
     )
     return model
 
@@ -278,7 +279,7 @@ def compile_regressor(model, spec=FINETUNE_DEFAULTS, optimizer=None, jit_compile
             keras.metrics.RootMeanSquaredError(name="rmse"),
             keras.metrics.MeanAbsoluteError(name="mae"),
         ],
-        jit_compile=compat.jit_compile() if jit_compile is None else jit_compile,
+        jit_compile=compat.jit_compile(model) if jit_compile is None else jit_compile,
     )
     return model
 

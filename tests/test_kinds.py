@@ -265,3 +265,33 @@ def test_a_mixed_stack_saves_and_loads(tmp_path, rng):
     assert_allclose(numpy(loaded.encode(x)), numpy(stack.encode(x)), rtol=1e-6)
     for mine, theirs in zip(stack.weights, loaded.weights):
         assert_allclose(numpy(theirs), numpy(mine))
+
+
+def test_convolutions_train_without_xla_on_a_cpu_unless_asked(monkeypatch):
+    # XLA's CPU convolutions made a conv layer's epoch 7-8x slower (benchmarks/conv_speed.py).
+    from stackae import compat
+    from stackae.compat import has_convolution
+    from stackae.finetuning import make_finetuner
+
+    monkeypatch.setattr(compat, "_has_gpu", lambda: False)
+    conv = stackae.TiedConv2DAutoEncoderLayer(2, 3)
+    dense = stackae.TiedAutoEncoderLayer(4)
+    for layer, xla in ((conv, False), (dense, True)):
+        autoencoder = stackae.AutoEncoder(layer)
+        autoencoder.compile()
+        assert autoencoder.jit_compile is xla
+    asked = stackae.AutoEncoder(stackae.TiedConv2DAutoEncoderLayer(2, 3))
+    asked.compile(jit_compile=True)
+    assert asked.jit_compile is True
+
+    stack = stackae.Stack(mixed_specs())
+    stack.build((None, 8, 8, 1))
+    classifier = export.classifier(stack, 3)
+    assert has_convolution(classifier)
+    assert not has_convolution(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    finetuner = make_finetuner(classifier)
+    assert finetuner.jit_compile is False and classifier.jit_compile is False
+    monkeypatch.setattr(compat, "_has_gpu", lambda: True)
+    on_a_gpu = stackae.AutoEncoder(stackae.TiedConv2DAutoEncoderLayer(2, 3))
+    on_a_gpu.compile()
+    assert on_a_gpu.jit_compile is True
