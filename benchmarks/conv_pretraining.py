@@ -62,15 +62,15 @@ def parse_args(argv=None):
     p.add_argument("--datasets", default="mnist,fashion", help="Comma list of mnist, fashion.")
     p.add_argument("--seeds", default="0,1,2", help="Comma list of seeds.")
     p.add_argument("--labels", default="1000,10000", help="Comma list of labelled image counts.")
-    p.add_argument("--valid", type=int, default=2000, help="Validation images (labelled).")
-    p.add_argument("--conv", default="conv16x5,pool2,conv32x5,pool2,500", help="CNN --layers.")
+    p.add_argument("--valid", type=int, default=1000, help="Validation images (labelled).")
+    p.add_argument("--conv", default="conv8x5,pool2,conv16x5,pool2,500", help="CNN --layers.")
     p.add_argument("--dense", default="500,500", help="The dense SdA's --layers.")
     p.add_argument("--corruption", type=float, default=0.2, help="Masking noise, every layer.")
     p.add_argument("--conv-epochs", default="1,1,2", help="Pretraining epochs per CNN layer.")
     p.add_argument("--dense-epochs", default="3,3", help="Pretraining epochs per SdA layer.")
     p.add_argument(
         "--finetune-epochs",
-        default="1000:60,10000:15",
+        default="1000:100,10000:15",
         help="Most fine-tuning epochs per label count, LABELS:EPOCHS,...",
     )
     p.add_argument("--patience", type=int, default=10, help="Early-stopping patience (epochs).")
@@ -79,8 +79,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--xla",
         action="store_true",
-        help="Let stackae use XLA (its default); off here: XLA's CPU convolutions were "
-        "2-5x slower (README).",
+        help="Let stackae use XLA (its default) for the CNNs too; off for them here: XLA's "
+        "CPU convolutions were 2-6x slower (README, conv_speed.py). The SdA keeps XLA.",
     )
     p.add_argument("--quick", action="store_true", help="A smoke run on a few hundred images.")
     args = p.parse_args(argv)
@@ -132,17 +132,17 @@ def draw_split(y, seed, n_valid, label_counts):
 # ---------------------------------------------------------------- models
 
 
-def pretrain_stack(layers, x, args, epochs, seed):
+def pretrain_stack(layers, x, args, epochs, seed, jit_compile):
     """A stack pretrained greedily on `x` (all training images, no labels); seconds taken."""
     keras.utils.set_random_seed(seed)  # the initial weights
     specs = stackae.layer_specs(layers, corruption=args.corruption, epochs=epochs)
     stack = stackae.Stack(specs, seed=seed)
     start = time.perf_counter()
-    stackae.pretrain(stack, x, verbose=0, jit_compile=None if args.xla else False)
+    stackae.pretrain(stack, x, verbose=0, jit_compile=jit_compile)
     return stack, time.perf_counter() - start
 
 
-def fine_tune(model, train, valid, test, n_labels, args, seed):
+def fine_tune(model, train, valid, test, n_labels, args, seed, jit_compile):
     """Fine-tune `model` in place; (test error %, valid error %, epochs run, seconds)."""
     spec = stackae.FinetuneSpec(
         epochs=args.max_epochs[n_labels],
@@ -150,7 +150,7 @@ def fine_tune(model, train, valid, test, n_labels, args, seed):
         learning_rate=args.lr,
         momentum=args.momentum,
     )
-    finetuner = make_finetuner(model, spec, seed=seed, jit_compile=None if args.xla else False)
+    finetuner = make_finetuner(model, spec, seed=seed, jit_compile=jit_compile)
     start = time.perf_counter()
     history = stackae.finetune(model, train, valid, spec, verbose=0, seed=seed, finetuner=finetuner)
     seconds = time.perf_counter() - start
@@ -174,20 +174,21 @@ def random_init(model, seed):
 def run(args):
     results = []  # dicts, one per (dataset, seed, labels, model)
     conv_epochs, dense_epochs = epochs_list(args.conv_epochs), epochs_list(args.dense_epochs)
+    cnn_jit = None if args.xla else False
     print(
         f"# conv stack {args.conv} (epochs {args.conv_epochs}), dense SdA {args.dense} "
         f"(epochs {args.dense_epochs}), masking {args.corruption}; fine-tuning SGD lr {args.lr} "
         f"momentum {args.momentum}, batch 20, at most {args.finetune_epochs} epochs, "
         f"patience {args.patience}, {args.valid} validation images; "
-        f"XLA {'on' if args.xla else 'off'}"
+        f"XLA for the CNNs {'on' if args.xla else 'off'}, for the SdA on"
     )
     print("dataset  seed labels model            test %  valid %  epochs  seconds", flush=True)
     for name in args.datasets:
         x, y, x_test, y_test = load_set(name, args)
         images, test_images = x.reshape(-1, *IMAGE), x_test.reshape(-1, *IMAGE)
         for seed in args.seeds:
-            conv_stack, conv_s = pretrain_stack(args.conv, images, args, conv_epochs, seed)
-            dense_stack, dense_s = pretrain_stack(args.dense, x, args, dense_epochs, seed)
+            conv_stack, conv_s = pretrain_stack(args.conv, images, args, conv_epochs, seed, cnn_jit)
+            dense_stack, dense_s = pretrain_stack(args.dense, x, args, dense_epochs, seed, None)
             print(
                 f"# {name} seed {seed}: pretraining on {len(x)} images: conv stack {conv_s:.0f} s, "
                 f"dense SdA {dense_s:.0f} s",
@@ -197,8 +198,10 @@ def run(args):
             for n in args.labels:
                 rows = labelled[n]
                 for model_name in MODELS:
+                    jit = cnn_jit
                     if model_name == "dense SdA":
                         model, xs, xts = export.classifier(dense_stack, N_CLASSES), x, x_test
+                        jit = None  # stackae's default, XLA
                     else:
                         model = export.classifier(conv_stack, N_CLASSES)
                         xs, xts = images, test_images
@@ -212,6 +215,7 @@ def run(args):
                         n,
                         args,
                         seed,
+                        jit,
                     )
                     results.append(
                         dict(dataset=name, seed=seed, labels=n, model=model_name, test=test_err)
