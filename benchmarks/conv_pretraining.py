@@ -44,6 +44,7 @@ SHARED_MNIST = "/work/shared/data/mnist.npz"
 IMAGE = (28, 28, 1)
 N_CLASSES = 10
 MODELS = ("pretrained CNN", "random CNN", "dense SdA")
+MODEL_NAMES = {"pretrained": "pretrained CNN", "random": "random CNN", "sda": "dense SdA"}
 
 
 def default_mnist():
@@ -82,6 +83,11 @@ def parse_args(argv=None):
         help="Let stackae use XLA (its default) for the CNNs too; off for them here: XLA's "
         "CPU convolutions were 2-6x slower (README, conv_speed.py). The SdA keeps XLA.",
     )
+    p.add_argument(
+        "--models",
+        default="pretrained,random,sda",
+        help="Comma list of pretrained, random, sda (a stack no model needs is not pretrained).",
+    )
     p.add_argument("--quick", action="store_true", help="A smoke run on a few hundred images.")
     args = p.parse_args(argv)
     if args.quick:
@@ -91,6 +97,7 @@ def parse_args(argv=None):
     args.datasets = args.datasets.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.labels = [int(n) for n in args.labels.split(",")]
+    args.models = [MODEL_NAMES[m] for m in args.models.split(",")]
     args.max_epochs = dict(
         (int(a), int(b)) for a, b in (item.split(":") for item in args.finetune_epochs.split(","))
     )
@@ -132,12 +139,16 @@ def draw_split(y, seed, n_valid, label_counts):
 # ---------------------------------------------------------------- models
 
 
-def pretrain_stack(layers, x, args, epochs, seed, jit_compile):
-    """A stack pretrained greedily on `x` (all training images, no labels); seconds taken."""
+def pretrain_stack(layers, x, args, epochs, seed, jit_compile, train=True):
+    """A stack pretrained greedily on `x` (all training images, no labels); seconds taken.
+    With `train=False` the stack is only built (its architecture, for the random CNN)."""
     keras.utils.set_random_seed(seed)  # the initial weights
     specs = stackae.layer_specs(layers, corruption=args.corruption, epochs=epochs)
     stack = stackae.Stack(specs, seed=seed)
     start = time.perf_counter()
+    if not train:
+        stack.build((None, *x.shape[1:]))
+        return stack, 0.0
     stackae.pretrain(stack, x, verbose=0, jit_compile=jit_compile)
     return stack, time.perf_counter() - start
 
@@ -187,8 +198,12 @@ def run(args):
         x, y, x_test, y_test = load_set(name, args)
         images, test_images = x.reshape(-1, *IMAGE), x_test.reshape(-1, *IMAGE)
         for seed in args.seeds:
-            conv_stack, conv_s = pretrain_stack(args.conv, images, args, conv_epochs, seed, cnn_jit)
-            dense_stack, dense_s = pretrain_stack(args.dense, x, args, dense_epochs, seed, None)
+            conv_stack, conv_s = pretrain_stack(
+                args.conv, images, args, conv_epochs, seed, cnn_jit, MODELS[0] in args.models
+            )
+            dense_stack, dense_s = pretrain_stack(
+                args.dense, x, args, dense_epochs, seed, None, MODELS[2] in args.models
+            )
             print(
                 f"# {name} seed {seed}: pretraining on {len(x)} images: conv stack {conv_s:.0f} s, "
                 f"dense SdA {dense_s:.0f} s",
@@ -197,7 +212,7 @@ def run(args):
             valid, labelled = draw_split(y, seed, args.valid, args.labels)
             for n in args.labels:
                 rows = labelled[n]
-                for model_name in MODELS:
+                for model_name in args.models:
                     jit = cnn_jit
                     if model_name == "dense SdA":
                         model, xs, xts = export.classifier(dense_stack, N_CLASSES), x, x_test
