@@ -40,23 +40,19 @@ from stackae import export  # noqa: E402
 from stackae.data import load  # noqa: E402
 from stackae.finetuning import error_rate, make_finetuner  # noqa: E402
 
-SHARED_MNIST = "/work/shared/data/mnist.npz"
 IMAGE = (28, 28, 1)
 N_CLASSES = 10
 MODELS = ("pretrained CNN", "random CNN", "dense SdA")
 MODEL_NAMES = {"pretrained": "pretrained CNN", "random": "random CNN", "sda": "dense SdA"}
 
 
-def default_mnist():
-    """STACKAE_MNIST, else a local copy, else the named source (Keras's cache or a download)."""
-    if os.environ.get("STACKAE_MNIST"):
-        return os.environ["STACKAE_MNIST"]
-    return SHARED_MNIST if os.path.isfile(SHARED_MNIST) else "mnist"
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mnist", default=default_mnist(), help="MNIST: a source name or a path.")
+    p.add_argument(
+        "--mnist",
+        default="mnist",
+        help="MNIST: a source name (mnist: $STACKAE_MNIST, Keras's cache or a download) or a path.",
+    )
     p.add_argument(
         "--fashion", default="fashion-mnist", help="Fashion-MNIST: a source name or an IDX folder."
     )
@@ -80,8 +76,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--xla",
         action="store_true",
-        help="Let stackae use XLA (its default) for the CNNs too; off for them here: XLA's "
-        "CPU convolutions were 2-6x slower (README, conv_speed.py). The SdA keeps XLA.",
+        help="Ask for XLA for the CNNs too; stackae's default leaves it off for convolutions "
+        "on CPUs: XLA's CPU convolutions were 2-8x slower (README, conv_speed.py). "
+        "The SdA keeps XLA.",
     )
     p.add_argument(
         "--models",
@@ -185,7 +182,7 @@ def random_init(model, seed):
 def run(args):
     results = []  # dicts, one per (dataset, seed, labels, model)
     conv_epochs, dense_epochs = epochs_list(args.conv_epochs), epochs_list(args.dense_epochs)
-    cnn_jit = None if args.xla else False
+    cnn_jit = True if args.xla else None
     print(
         f"# conv stack {args.conv} (epochs {args.conv_epochs}), dense SdA {args.dense} "
         f"(epochs {args.dense_epochs}), masking {args.corruption}; fine-tuning SGD lr {args.lr} "
