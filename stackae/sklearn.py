@@ -232,9 +232,7 @@ class _StackedBase(BaseEstimator):
         batch = settings["batch_size"]
         if isinstance(batch, int) and not isinstance(batch, bool) and batch > n_rows:
             settings["batch_size"] = n_rows
-        specs = layer_specs(self._sizes(), scale=self.scale, **settings)
-        self._example_shape = self._checked_input_shape(specs)
-        return specs
+        return layer_specs(self._sizes(), scale=self.scale, **settings)
 
     def _checked_input_shape(self, specs):
         """The shape of one example the stack reads: a row of X, or where the first layer
@@ -506,6 +504,7 @@ class StackedDenoisingAutoencoder(
         contamination = anomaly.check_contamination(self.contamination)
         _start_backend()
         specs = self._specs(len(X))
+        self._example_shape = self._checked_input_shape(specs)
         x = self._fit_scaler(X)
         self.stack_ = self._pretrain(x, specs, self._seed())
         self._make_encoder()
@@ -708,6 +707,7 @@ class _SupervisedBase(_StackedBase):
         seed = self._seed()
         train, valid = self._split(len(X), seed, stratify)
         specs = self._specs(len(train))
+        self._example_shape = self._checked_input_shape(specs)
         spec = self._finetune_spec(len(train))
         x = self._fit_scaler(X)
         stack = self._pretrain(x[train], specs, seed)
