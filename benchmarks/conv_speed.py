@@ -30,13 +30,13 @@ benchmarks do: on a shared machine other tenants only add time.
 
 import argparse
 import os
-import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from pretrain_throughput import EpochTimer, median, steady  # noqa: E402
 
 import stackae  # noqa: E402
 from stackae.data import load  # noqa: E402
@@ -61,23 +61,6 @@ def parse_args(argv=None):
     if args.epochs < 2:
         p.error("--epochs must be >= 2: the first epoch includes compilation")
     return args
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
-
-
-def steady(times):
-    """(fastest epoch after the first, median of those epochs)."""
-    return min(times[1:]), statistics.median(times[1:])
 
 
 # ---------------------------------------------------------------- stackae
@@ -223,7 +206,7 @@ def main(argv=None):
         rows["PyTorch eager (1 thread)"] = torch_times(x, pool, args.epochs, initial, 1)
         best = {}
         for what, (times, losses) in rows.items():
-            fastest, middle = steady(times)
+            fastest, middle = steady(times), median(times)
             best[what] = fastest
             print(
                 f"| {name} | {what} | {fastest:.2f} | {middle:.2f} | {times[0]:.2f} "
