@@ -14,7 +14,10 @@ validation set, and scored on the 10,000 test images:
 - "random CNN": the same exported model re-made by `keras.models.clone_model`,
   so every layer takes its Keras default initialisation (Glorot uniform,
   zero biases; the softmax starts at zero in both, as the exporter makes it);
-- "dense SdA": `stackae.export.classifier(dense_stack, 10)` on the flat pixels.
+- "dense SdA": `stackae.export.classifier(dense_stack, 10)` on the flat pixels;
+- "random ReLU CNN" (only with `--models relu`): the random CNN with ReLU in
+  place of every sigmoid (the softmax kept), the conventional way to train a
+  CNN from scratch: a baseline that does not share the sigmoid's slow start.
 
     python benchmarks/conv_pretraining.py                # about an hour on 2 shared cores
     python benchmarks/conv_pretraining.py --quick        # a smoke run, under a minute
@@ -42,8 +45,13 @@ from stackae.finetuning import error_rate, make_finetuner  # noqa: E402
 
 IMAGE = (28, 28, 1)
 N_CLASSES = 10
-MODELS = ("pretrained CNN", "random CNN", "dense SdA")
-MODEL_NAMES = {"pretrained": "pretrained CNN", "random": "random CNN", "sda": "dense SdA"}
+MODELS = ("pretrained CNN", "random CNN", "dense SdA", "random ReLU CNN")
+MODEL_NAMES = {
+    "pretrained": "pretrained CNN",
+    "random": "random CNN",
+    "sda": "dense SdA",
+    "relu": "random ReLU CNN",
+}
 
 
 def parse_args(argv=None):
@@ -83,7 +91,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--models",
         default="pretrained,random,sda",
-        help="Comma list of pretrained, random, sda (a stack no model needs is not pretrained).",
+        help="Comma list of pretrained, random, sda, relu (a stack no model needs is not "
+        "pretrained).",
     )
     p.add_argument("--quick", action="store_true", help="A smoke run on a few hundred images.")
     args = p.parse_args(argv)
@@ -176,6 +185,20 @@ def random_init(model, seed):
     return keras.models.clone_model(model)
 
 
+def relu_init(model, seed):
+    """The same architecture with ReLU for every sigmoid, every layer's Keras default
+    initialisation."""
+
+    def relu(layer):
+        config = layer.get_config()
+        if config.get("activation") == "sigmoid":
+            config["activation"] = "relu"
+        return layer.__class__.from_config(config)
+
+    keras.utils.set_random_seed(seed)
+    return keras.models.clone_model(model, clone_function=relu)
+
+
 # ---------------------------------------------------------------- the benchmark
 
 
@@ -219,6 +242,8 @@ def run(args):
                         xs, xts = images, test_images
                         if model_name == "random CNN":
                             model = random_init(model, seed)
+                        elif model_name == "random ReLU CNN":
+                            model = relu_init(model, seed)
                     test_err, valid_err, epochs, seconds = fine_tune(
                         model,
                         (xs[rows], y[rows]),
