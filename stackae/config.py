@@ -302,10 +302,16 @@ def _shape_numbers(layer):
 
 
 def layer_token(spec):
-    """The `--layers` tokens of a spec or a `parse_layers` item: '500', 'conv32x5,pool2'."""
+    """The `--layers` tokens of a spec or a `parse_layers` item: '500', 'conv32x5,pool2'
+    (a user's kind: its name and size, 'tiny5', for messages)."""
     if isinstance(spec, LayerSpec):
         return str(spec.units)
     shape = spec if isinstance(spec, dict | int) else layer_shape(spec)
+    if shape is None:  # a user's kind: its name and size, e.g. 'tiny5'
+        from stackae.kinds import kind_of
+
+        kind = kind_of(spec)
+        return f"{kind.name}{kind.size(spec)}"
     if not isinstance(shape, dict):
         return str(shape)
     text = f"conv{shape['filters']}x{_one(shape['kernel_size'])}"

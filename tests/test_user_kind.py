@@ -1,5 +1,5 @@
 """A user's own tied layer, registered as a kind in this file, goes through the public API:
-pretrain, export, fine-tune."""
+pretrain, export, fine-tune, a run directory's resume (docs/kinds.md points here)."""
 
 import dataclasses
 
@@ -79,7 +79,11 @@ class TinyKind(LayerKind):
 
     def estimates(self, spec, input_shape):
         n_in = input_shape[-1]
-        return {"parameters": n_in * spec.units, "multiply_adds": n_in * spec.units}
+        return {
+            "parameters": n_in * spec.units,
+            "multiply_adds": n_in * spec.units,
+            "code_size": spec.units,
+        }
 
 
 register_kind(TinyKind())
@@ -131,3 +135,48 @@ def test_a_user_kind_alone_on_rows_trains_its_autoencoder():
     # Its decoder bias trained with the kernel (no `use_decoder` needed).
     assert len(autoencoder.trainable_weights) == 3
     assert np.any(autoencoder.layer.decoder_bias.numpy() != 0)
+
+
+def test_a_user_kind_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, capsys):
+    # Through the library's run directory (workflows.pretrain_job, as the command line):
+    # the manifest names the kind, and a run copied after layer 2's first checkpoint, as a
+    # kill would leave it, resumes to the uninterrupted run's weights and history.
+    import json
+    import shutil
+
+    from stackae import runs, workflows
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "images.npy"
+    np.save(data, rng.random((40, 8, 8, 1)).astype("float32"))
+    specs = [
+        Conv2DSpec(filters=2, kernel_size=3, pool_size=2, epochs=2, batch_size=8),
+        TinySpec(units=5, epochs=3, batch_size=8, learning_rate=0.05, corruption=0.2),
+    ]
+    record = runs.Run.record_epoch
+
+    def recorded(self, k, epoch, *args, **kwargs):
+        record(self, k, epoch, *args, **kwargs)
+        if (k, epoch) == (1, 0):
+            shutil.copytree(self.path, tmp_path / "killed", ignore=shutil.ignore_patterns("*.lock"))
+
+    monkeypatch.setattr(runs.Run, "record_epoch", recorded)
+    workflows.pretrain_job(tmp_path / "run", specs, data=str(data), verbose=0)
+    monkeypatch.setattr(runs.Run, "record_epoch", record)
+    killed = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    assert killed["layers"][0]["finished"] and not killed["layers"][1]["finished"]
+    assert [spec["kind"] for spec in killed["config"]["specs"]] == ["conv2d", "tiny"]
+
+    workflows.pretrain_job(tmp_path / "killed", data=str(data), resume=True, verbose=0)
+    assert "layer 2/2: 18 -> tiny5, masking 0.2, 3 epochs" in capsys.readouterr().out
+    stacks = [
+        keras.saving.load_model(tmp_path / name / "stack.keras") for name in ("run", "killed")
+    ]
+    assert [kind.name for kind in stacks[1].layer_kinds] == ["conv2d", "tiny"]
+    for mine, theirs in zip(stacks[1].weights, stacks[0].weights, strict=True):
+        assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
+    histories = [
+        json.loads((tmp_path / name / "manifest.json").read_text())["layers"][1]["history"]
+        for name in ("run", "killed")
+    ]
+    assert_allclose(histories[1]["loss"], histories[0]["loss"], rtol=1e-5)
