@@ -70,6 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--valid", type=int, default=1000, help="Validation images (labelled).")
     p.add_argument("--conv", default="conv8x5,pool2,conv16x5,pool2,500", help="CNN --layers.")
     p.add_argument("--dense", default="500,500", help="The dense SdA's --layers.")
+    p.add_argument(
+        "--activation",
+        default=None,
+        help="The CNN's layers' activation (stackae's default: sigmoid), e.g. relu; its "
+        "decoders keep theirs. The dense SdA keeps sigmoid.",
+    )
     p.add_argument("--corruption", type=float, default=0.2, help="Masking noise, every layer.")
     p.add_argument("--conv-epochs", default="1,1,2", help="Pretraining epochs per CNN layer.")
     p.add_argument("--dense-epochs", default="3,3", help="Pretraining epochs per SdA layer.")
@@ -145,11 +151,13 @@ def draw_split(y, seed, n_valid, label_counts):
 # ---------------------------------------------------------------- models
 
 
-def pretrain_stack(layers, x, args, epochs, seed, jit_compile, train=True):
+def pretrain_stack(layers, x, args, epochs, seed, jit_compile, train=True, activation=None):
     """A stack pretrained greedily on `x` (all training images, no labels); seconds taken.
     With `train=False` the stack is only built (its architecture, for the random CNN)."""
     keras.utils.set_random_seed(seed)  # the initial weights
-    specs = stackae.layer_specs(layers, corruption=args.corruption, epochs=epochs)
+    specs = stackae.layer_specs(
+        layers, corruption=args.corruption, epochs=epochs, activation=activation
+    )
     stack = stackae.Stack(specs, seed=seed)
     start = time.perf_counter()
     if not train:
@@ -207,7 +215,8 @@ def run(args):
     conv_epochs, dense_epochs = epochs_list(args.conv_epochs), epochs_list(args.dense_epochs)
     cnn_jit = True if args.xla else None
     print(
-        f"# conv stack {args.conv} (epochs {args.conv_epochs}), dense SdA {args.dense} "
+        f"# conv stack {args.conv} (epochs {args.conv_epochs}, activation "
+        f"{args.activation or 'sigmoid'}), dense SdA {args.dense} "
         f"(epochs {args.dense_epochs}), masking {args.corruption}; fine-tuning SGD lr {args.lr} "
         f"momentum {args.momentum}, batch 20, at most {args.finetune_epochs} epochs, "
         f"patience {args.patience}, {args.valid} validation images; "
@@ -219,7 +228,14 @@ def run(args):
         images, test_images = x.reshape(-1, *IMAGE), x_test.reshape(-1, *IMAGE)
         for seed in args.seeds:
             conv_stack, conv_s = pretrain_stack(
-                args.conv, images, args, conv_epochs, seed, cnn_jit, MODELS[0] in args.models
+                args.conv,
+                images,
+                args,
+                conv_epochs,
+                seed,
+                cnn_jit,
+                MODELS[0] in args.models,
+                args.activation,
             )
             dense_stack, dense_s = pretrain_stack(
                 args.dense, x, args, dense_epochs, seed, None, MODELS[2] in args.models

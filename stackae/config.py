@@ -15,6 +15,8 @@ LOSSES = ("cross-entropy", "squared-error")
 SCALE_KINDS = ("none", "minmax", "standard", "global")
 # Encoder and decoder activations a LayerSpec takes (Keras names).
 ACTIVATIONS = ("sigmoid", "linear", "relu", "tanh")
+# Those whose codes lie in [0, 1]: the cross-entropy of the layer above is defined on them.
+UNIT_INTERVAL_ACTIVATIONS = ("sigmoid",)
 # Scalings (stackae.data.scaling) whose outputs stay in [0, 1], where the tutorial's
 # sigmoid decoder and cross-entropy fit; "none" leaves the data as they are.
 UNIT_INTERVAL_SCALINGS = ("none", "minmax", "global")
@@ -374,7 +376,10 @@ def layer_specs(layers, *, scale=None, **settings):
             raise ParameterError(
                 f"Unknown layer setting {name!r}. Expected one of {sorted(fields)}"
             )
-    fitting = default_layer_settings(scale_kind(scale), layers)
+    activations = settings.get("activation")
+    if activations is not None:
+        activations = _broadcast("activation", activations, len(layers))
+    fitting = default_layer_settings(scale_kind(scale), layers, activations)
     for name, value in settings.items():
         if value is None:
             value = fitting.get(name)
@@ -388,6 +393,22 @@ def layer_specs(layers, *, scale=None, **settings):
         for spec, v in zip(per_layer, values):
             spec[name] = v
     return [_make_spec(spec) for spec in per_layer]
+
+
+def check_codes_fit_losses(specs):
+    """ParameterError (one line) where a layer's cross-entropy would read the codes of an
+    encoder below it that leave [0, 1] (relu, tanh, linear): its cost is not defined there."""
+    for k in range(1, len(specs)):
+        below, spec = specs[k - 1], specs[k]
+        if spec.loss == "cross-entropy" and below.activation not in UNIT_INTERVAL_ACTIVATIONS:
+            raise ParameterError(
+                f"Layer {k + 1}'s cross-entropy needs codes in [0, 1], and layer {k}'s "
+                f"{below.activation} encoder gives others; give layer {k + 1} "
+                "loss='squared-error' and decoder_activation='linear' (the default when "
+                f"neither is given). Received: activation={below.activation!r} (layer {k}), "
+                f"loss={spec.loss!r} (layer {k + 1})",
+                param="loss",
+            )
 
 
 def _make_spec(fields):
@@ -430,9 +451,10 @@ def _broadcast(name, value, n):
 DEFAULTS = LayerSpec()
 
 
-def default_layer_settings(scale_kind, layers):
+def default_layer_settings(scale_kind, layers, activations=None):
     """Activations, losses and learning rates for a stack of sizes `layers` on inputs
-    scaled by `scale_kind`, as `layer_specs` settings with one value per layer:
+    scaled by `scale_kind` (and encoders' `activations`, one per layer, None: sigmoid),
+    as `layer_specs` settings with one value per layer:
     `{"activation": ..., "decoder_activation": ..., "loss": ..., "learning_rate": ...}`.
 
     Settings the user gives go over these (they are defaults, not rules).
@@ -456,6 +478,11 @@ def default_layer_settings(scale_kind, layers):
     layer's codes, which a sigmoid encoder keeps in [0, 1], so they keep the
     tutorial's settings.
 
+    A layer above an encoder whose codes leave [0, 1] (relu, tanh, linear)
+    sees real values as the first layer sees standardised features, and gets
+    the same: a linear decoder, the squared error, min(lr, 1 / codes) (the
+    cross-entropy on relu codes gave a cost of -1e33 and "trained").
+
     Conv layers (`parse_layers`'s dicts) take their kind's default learning
     rate, `stackae.kinds.Conv2DSpec`'s.
 
@@ -469,13 +496,17 @@ def default_layer_settings(scale_kind, layers):
         (DEFAULTS.decoder_activation, DEFAULTS.loss, _kind_default(u, "learning_rate"))
         for u in layers
     ]
-    if scale_kind not in UNIT_INTERVAL_SCALINGS:
-        # A conv layer's decoder output sums filters x kernel area codes: the same bound.
-        first = layers[0]
-        codes = first if is_int(first) else first["filters"] * _square(first["kernel_size"])
-        per_layer[0] = ("linear", "squared-error", min(per_layer[0][2], 1.0 / codes))
+    activations = tuple(activations or (DEFAULTS.activation,) * len(layers))
+    real_inputs = [scale_kind not in UNIT_INTERVAL_SCALINGS] + [
+        a not in UNIT_INTERVAL_ACTIVATIONS for a in activations[:-1]
+    ]
+    for k, (layer, real) in enumerate(zip(layers, real_inputs)):
+        if real:
+            # A conv layer's decoder output sums filters x kernel area codes: the same bound.
+            codes = layer if is_int(layer) else layer["filters"] * _square(layer["kernel_size"])
+            per_layer[k] = ("linear", "squared-error", min(per_layer[k][2], 1.0 / codes))
     return {
-        "activation": (DEFAULTS.activation,) * len(layers),
+        "activation": activations,
         "decoder_activation": tuple(d for d, _, _ in per_layer),
         "loss": tuple(loss for _, loss, _ in per_layer),
         "learning_rate": tuple(lr for _, _, lr in per_layer),

@@ -4,7 +4,13 @@ import keras
 import numpy as np
 
 from stackae.autoencoder import AutoEncoder
-from stackae.config import DEFAULT_SEED, PREDICT_BATCH, LayerSpec, layer_specs  # noqa: F401 (public here too)
+from stackae.config import (  # noqa: F401 (public here too)
+    DEFAULT_SEED,
+    PREDICT_BATCH,
+    LayerSpec,
+    check_codes_fit_losses,
+    layer_specs,
+)
 from stackae.data.rows import streams
 from stackae.kinds import kind_of, spec_of
 
@@ -40,6 +46,7 @@ class Stack(keras.Model):
                     f"(images for conv2d); layer {k} ({self.layer_kinds[k - 1].name}) gives rows"
                 )
             self.flattens.append(kind < below)
+        check_codes_fit_losses(self.specs)
         self.seed = int(seed)
         self.example_shapes = None  # per layer, the shape of one example it encodes (build)
         # Specs saved before `activation` / `decoder_activation` existed lack them and

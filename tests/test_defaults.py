@@ -159,3 +159,37 @@ def test_one_rule_for_split_sizes():
         assert not config.is_split_size(bad)
         with pytest.raises(ParameterError, match="`test_size` must be"):
             check_size("test_size", bad)
+
+
+# ---------------------------------------------------------------- codes the layer above reads
+
+
+def test_a_layer_above_relu_codes_gets_the_squared_error_and_a_linear_decoder():
+    # The cross-entropy on relu codes "trained" to a cost of -1e33; the layer above an
+    # encoder whose codes leave [0, 1] gets the real-valued settings, as standardised inputs.
+    first, second = config.layer_specs((50, 40), activation="relu")
+    assert (first.loss, first.decoder_activation) == ("cross-entropy", "sigmoid")
+    assert (second.loss, second.decoder_activation) == ("squared-error", "linear")
+    assert second.learning_rate == pytest.approx(1 / 40)
+    conv, dense = config.layer_specs("conv8x5,pool2,30", activation=("tanh", "sigmoid"))
+    assert dense.loss == "squared-error" and conv.loss == "cross-entropy"
+    top = config.layer_specs((50, 40, 30), activation=("relu", "sigmoid", "sigmoid"))[2]
+    assert (top.loss, top.learning_rate) == ("cross-entropy", 0.1)  # sigmoid codes below it
+    # What the user gives still goes over the defaults.
+    assert (
+        config.layer_specs((50, 40), activation="relu", learning_rate=0.01)[1].learning_rate == 0.01
+    )
+
+
+def test_a_cross_entropy_above_codes_outside_the_unit_interval_is_refused():
+    import stackae
+
+    specs = [
+        config.LayerSpec(units=50, activation="relu"),
+        config.LayerSpec(units=40),  # the tutorial's cross-entropy
+    ]
+    with pytest.raises(ParameterError, match="Layer 2's cross-entropy needs codes in") as err:
+        stackae.Stack(specs)
+    assert err.value.param == "loss" and "\n" not in str(err.value)
+    specs[1] = config.LayerSpec(units=40, loss="squared-error", decoder_activation="linear")
+    assert len(stackae.Stack(specs).specs) == 2
