@@ -130,39 +130,6 @@ class Finetuner(trainers.Steps, keras.Model):
             self.build(self.classifier.input_shape)
         return super().fit(x, y, batch_size, **kwargs)
 
-    # Validation rows held in memory as batches of tensors, set by `finetune` for one fit
-    # (TensorFlow, no strategy, small data): Keras's per-epoch validation then runs the
-    # traced evaluation step on them, without a tf.data iterator per epoch.
-    _held_validation = None
-    _held_step = None
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """Keras's evaluate; inside `finetune`'s fit, its validation on rows held in memory."""
-        if self._held_validation is not None and kwargs.get("_use_cached_eval_dataset"):
-            return self._evaluate_held(kwargs.get("callbacks"))
-        return super().evaluate(x, y, *args, **kwargs)
-
-    def _evaluate_held(self, callbacks):
-        """What Keras's evaluate returns (a dict of floats), from the same `test_step` on the
-        same batches in the same order, traced once per Finetuner and XLA setting."""
-        import tensorflow as tf
-
-        jit = bool(self.jit_compile)
-        if self._held_step is None or self._held_step[0] != jit:
-            step = tf.function(self.test_step, jit_compile=jit, reduce_retracing=True)
-            self._held_step = (jit, step)
-        step = self._held_step[1]
-        callbacks.on_test_begin()
-        self.reset_metrics()
-        logs = {}
-        for index, batch in enumerate(self._held_validation):
-            callbacks.on_test_batch_begin(index)
-            logs = step(batch)
-            callbacks.on_test_batch_end(index, logs)
-        logs = {name: float(np.asarray(value)) for name, value in self._logs().items()}
-        callbacks.on_test_end(logs)
-        return logs
-
     # ------------------------------------------------------------ backend-neutral parts
 
     def probabilities(self, x, step=None, part=(0, 1), jit=False):
@@ -444,8 +411,7 @@ def finetune(
         )
     stopping = [early_stopping] if early_stopping is not None else []
     # Validation rows in memory: Keras's per-epoch validation without an iterator each.
-    finetuner._held_validation = _held(valid, validation) if repeat else None
-    try:
+    with trainers.held_validation(finetuner, valid and valid[0], validation, repeat):
         return finetuner.fit(
             data,
             group=group,
@@ -457,17 +423,6 @@ def finetune(
             verbose=verbose,
             shuffle=False,  # the dataset is already in each epoch's order
         )
-    finally:
-        finetuner._held_validation = None
-
-
-def _held(valid, validation, limit=64 << 20):
-    """The validation batches as a list of tensor tuples, when they are rows in memory of at
-    most `limit` bytes; else None (they stay a dataset)."""
-    x = valid[0] if valid is not None else None
-    if not isinstance(x, np.ndarray) or isinstance(x, np.memmap) or x.nbytes > limit:
-        return None
-    return [tuple(element) for element in validation]
 
 
 def _targets(y, n_rows, n_outputs, what):

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from stackae import trainers
 from stackae.autoencoder import AutoEncoder
 from stackae.config import (  # noqa: F401 (public here too)
     DEFAULT_SEED,
@@ -232,17 +233,19 @@ def pretrain(
         validation = None
         if valid_inputs is not None:
             validation = batches(valid_inputs, spec.batch_size)
-        history = autoencoder.fit(
-            train,
-            group=layer_group,
-            epochs=spec.epochs,
-            steps_per_epoch=order.elements if repeat else None,
-            initial_epoch=first_epoch,
-            validation_data=validation,
-            callbacks=[order, *(callbacks(k) if callbacks else [])],
-            verbose=verbose,
-            shuffle=False,  # the dataset is already in each epoch's order
-        )
+        # Validation rows in memory: Keras's per-epoch validation without an iterator each.
+        with trainers.held_validation(autoencoder, valid_inputs, validation, repeat):
+            history = autoencoder.fit(
+                train,
+                group=layer_group,
+                epochs=spec.epochs,
+                steps_per_epoch=order.elements if repeat else None,
+                initial_epoch=first_epoch,
+                validation_data=validation,
+                callbacks=[order, *(callbacks(k) if callbacks else [])],
+                verbose=verbose,
+                shuffle=False,  # the dataset is already in each epoch's order
+            )
         histories.append(history)
         if on_layer_end:
             on_layer_end(k, autoencoder, history)

@@ -21,7 +21,10 @@ other transformation of a dataset trains exactly as the dataset did; an element
 whose rank does not fit the group is refused when the step is traced.
 """
 
+import contextlib
+
 import keras
+import numpy as np
 from keras import ops
 
 from stackae import compat
@@ -172,6 +175,59 @@ class TensorFlowSteps(_Common):
     def test_step(self, data):
         self._track(*self._evaluation(self._batches_of(data)))
         return compat.per_replica_logs(self._logs())
+
+    # Validation rows held in memory as batches of tensors, set by `held_validation` for one
+    # fit: Keras's per-epoch validation then runs the traced evaluation step on them,
+    # without a tf.data iterator per epoch.
+    _held_validation = None
+    _held_step = None
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """Keras's evaluate; inside `held_validation`, the fit's validation on held batches."""
+        if self._held_validation is not None and kwargs.get("_use_cached_eval_dataset"):
+            return self._evaluate_held(kwargs.get("callbacks"))
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _evaluate_held(self, callbacks):
+        """What Keras's evaluate returns (a dict of floats), from the same `test_step` on the
+        same batches in the same order, traced once per model and XLA setting."""
+        import tensorflow as tf
+
+        jit = bool(self.jit_compile)
+        if self._held_step is None or self._held_step[0] != jit:
+            step = tf.function(self.test_step, jit_compile=jit, reduce_retracing=True)
+            self._held_step = (jit, step)
+        step = self._held_step[1]
+        callbacks.on_test_begin()
+        self.reset_metrics()
+        logs = {}
+        for index, batch in enumerate(self._held_validation):
+            callbacks.on_test_batch_begin(index)
+            logs = step(batch)
+            callbacks.on_test_batch_end(index, logs)
+        logs = {name: float(np.asarray(value)) for name, value in self._logs().items()}
+        callbacks.on_test_end(logs)
+        return logs
+
+
+@contextlib.contextmanager
+def held_validation(model, x, validation, streamed, limit=64 << 20):
+    """Within it, `model.fit`'s per-epoch validation on `validation` (a dataset of the rows
+    `x`) runs the traced evaluation step on its batches held as tensors, when training reads
+    one stream of epochs (`streamed`: TensorFlow, no strategy) and `x` is in memory (a NumPy
+    array or a tensor, not a memmap or a `Rows` view) of at most `limit` bytes. Elsewhere
+    Keras's evaluate runs as usual. Same numbers, same callbacks: only the iterators go."""
+    from stackae.data.rows import streams
+
+    held = None
+    if streamed and hasattr(x, "shape") and validation is not None and not streams(x):
+        if int(np.prod(x.shape)) * 4 <= limit:  # float32 rows
+            held = [e if isinstance(e, tuple) else (e,) for e in validation]
+    model._held_validation = held
+    try:
+        yield
+    finally:
+        model._held_validation = None
 
 
 class JaxSteps(_Common):

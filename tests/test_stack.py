@@ -156,3 +156,38 @@ def test_the_finetune_function_survives_importing_its_module():
     import stackae.finetuning  # noqa: F401  (binds stackae.finetuning, not stackae.finetune)
 
     assert stackae.finetune is stackae.finetuning.finetune
+
+
+def test_pretraining_validation_on_held_batches_gives_keras_evaluate_s_numbers(monkeypatch, rng):
+    # Validation rows in memory are held as tensors for the fit (no tf.data iterator per
+    # epoch); the histories equal those of Keras's own evaluate on the same batches.
+    from stackae import trainers
+
+    x = rng.random((96, 12)).astype("float32")
+    valid = rng.random((40, 12)).astype("float32")
+    specs = layer_specs((6, 4), epochs=3, batch_size=8, corruption=0.2)
+    held = []
+    evaluate_held = trainers.TensorFlowSteps._evaluate_held
+
+    def counted(self, callbacks):
+        held.append(type(self).__name__)
+        return evaluate_held(self, callbacks)
+
+    monkeypatch.setattr(trainers.TensorFlowSteps, "_evaluate_held", counted)
+    keras.utils.set_random_seed(7)  # the initial weights
+    fast = pretrain(Stack(specs, seed=3), x, valid, verbose=0)
+    assert held == ["AutoEncoder"] * 6  # every epoch of both layers
+    monkeypatch.setattr(trainers, "held_validation", _not_held(trainers.held_validation))
+    keras.utils.set_random_seed(7)
+    plain = pretrain(Stack(specs, seed=3), x, valid, verbose=0)
+    assert len(held) == 6
+    for a, b in zip(fast, plain, strict=True):
+        assert_allclose(a.history["val_loss"], b.history["val_loss"], rtol=1e-6)
+        assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-6)
+
+
+def _not_held(held_validation):
+    def plain(model, x, validation, streamed):
+        return held_validation(model, x, validation, streamed, limit=0)
+
+    return plain
