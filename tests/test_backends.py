@@ -51,6 +51,7 @@ def test_unsupported_backend_raises_one_line(monkeypatch):
         get_strategy("auto")
 
 
+@pytest.mark.slow  # test_fit_costs_equal_under_tensorflow_and_jax runs by default
 def test_reference_updates_and_grouping_pass_under_jax():
     # The same tests, tolerances included, as under TensorFlow; float64 needs JAX's x64.
     selection = "one_sgd_step or clean_cost or masking or salt or grouped_updates or progress"

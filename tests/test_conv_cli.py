@@ -132,6 +132,9 @@ def stack_weights(out):
     return [keras.ops.convert_to_numpy(w) for w in stack.weights]
 
 
+# By default: a conv + user-kind run resumes exactly in process (test_user_kind.py) and
+# dense runs are killed and resumed (test_reliability.py).
+@pytest.mark.slow
 def test_a_conv_pretraining_killed_after_an_epoch_resumes_exactly(tmp_path):
     reference = tmp_path / "reference"
     done = subprocess.run(command(reference), capture_output=True, text=True, timeout=DEADLINE)
