@@ -403,3 +403,18 @@ def test_validation_in_fit_gives_keras_evaluate_s_numbers(labelled):
     found = finetuner.evaluate(*valid, batch_size=len(valid[0]), verbose=0, return_dict=True)
     assert found["loss"] == pytest.approx(history.history["val_loss"][best], rel=1e-6)
     assert found["accuracy"] == history.history["val_accuracy"][best]
+
+
+def test_the_optimizer_s_slots_exist_before_the_first_traced_step(labelled):
+    # Made inside the first traced step, TensorFlow traces that step twice (issue 29).
+    seen = []
+
+    class Look(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append((self.model.optimizer.built, len(self.model.optimizer.variables)))
+
+    model = classifier()
+    spec = FinetuneSpec(epochs=1, batch_size=8, momentum=0.9, learning_rate=0.01)
+    finetune(model, labelled, spec=spec, seed=0, verbose=0, callbacks=[Look()])
+    n_weights = len(model.trainable_weights)
+    assert seen == [(True, 2 + n_weights)]  # iterations, learning rate, one momentum each
