@@ -410,19 +410,19 @@ def finetune(
             )
         )
     stopping = [early_stopping] if early_stopping is not None else []
-    # Validation rows in memory: Keras's per-epoch validation without an iterator each.
-    with trainers.held_validation(finetuner, valid and valid[0], validation, repeat):
-        return finetuner.fit(
-            data,
-            group=group,
-            epochs=spec.epochs,
-            steps_per_epoch=order.elements if repeat else None,
-            initial_epoch=initial_epoch,
-            validation_data=validation,
-            callbacks=[order, *schedule, *stopping, *callbacks],
-            verbose=verbose,
-            shuffle=False,  # the dataset is already in each epoch's order
-        )
+    return trainers.fit_epochs(
+        finetuner,
+        data,
+        order,
+        streamed=repeat,
+        valid_x=None if valid is None else valid[0],
+        validation=validation,
+        callbacks=[*schedule, *stopping, *callbacks],
+        group=group,
+        epochs=spec.epochs,
+        initial_epoch=initial_epoch,
+        verbose=verbose,
+    )
 
 
 def _targets(y, n_rows, n_outputs, what):

@@ -233,19 +233,19 @@ def pretrain(
         validation = None
         if valid_inputs is not None:
             validation = batches(valid_inputs, spec.batch_size)
-        # Validation rows in memory: Keras's per-epoch validation without an iterator each.
-        with trainers.held_validation(autoencoder, valid_inputs, validation, repeat):
-            history = autoencoder.fit(
-                train,
-                group=layer_group,
-                epochs=spec.epochs,
-                steps_per_epoch=order.elements if repeat else None,
-                initial_epoch=first_epoch,
-                validation_data=validation,
-                callbacks=[order, *(callbacks(k) if callbacks else [])],
-                verbose=verbose,
-                shuffle=False,  # the dataset is already in each epoch's order
-            )
+        history = trainers.fit_epochs(
+            autoencoder,
+            train,
+            order,
+            streamed=repeat,
+            valid_x=valid_inputs,
+            validation=validation,
+            callbacks=callbacks(k) if callbacks else [],
+            group=layer_group,
+            epochs=spec.epochs,
+            initial_epoch=first_epoch,
+            verbose=verbose,
+        )
         histories.append(history)
         if on_layer_end:
             on_layer_end(k, autoencoder, history)

@@ -58,11 +58,6 @@ class _Common:
             kwargs["callbacks"] = [*callbacks, BatchProgress(group)]
         batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else None)
         compat.fit_steps_per_call(self, x, batch_size, kwargs.get("steps_per_epoch"))
-        if keras.backend.backend() == "tensorflow" and self.built and not self.optimizer.built:
-            # Its slot variables (momentum) made now: made inside the first traced step,
-            # TensorFlow traces that step twice (a small fine-tuning: 0.41 s, 0.30 s so).
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
         return super().fit(x, *args, **kwargs)
 
     # The rank of one batch's (first) input tensor, or None: any rank >= 2 (AutoEncoder
@@ -148,6 +143,14 @@ def _updates(model):
 class TensorFlowSteps(_Common):
     """train_step / test_step in the shape of Keras's TensorFlow trainer (a GradientTape)."""
 
+    def fit(self, *args, **kwargs):
+        if self.built and self.optimizer is not None and not self.optimizer.built:
+            # Its slot variables (momentum) made now: made inside the first traced step,
+            # TensorFlow traces that step twice (a small fine-tuning: 0.41 s, 0.30 s so).
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+        return super().fit(*args, **kwargs)
+
     def train_step(self, data):
         import tensorflow as tf
 
@@ -213,6 +216,25 @@ class TensorFlowSteps(_Common):
         logs = {name: float(np.asarray(value)) for name, value in self._logs().items()}
         callbacks.on_test_end(logs)
         return logs
+
+
+def fit_epochs(
+    model, data, order, *, streamed, valid_x=None, validation=None, callbacks=(), **kwargs
+):
+    """`model.fit` over a `stackae.data.training_dataset` and its epoch `order` (a callback,
+    first), for AutoEncoder and Finetuner: `steps_per_epoch` where the epochs stream
+    (`streamed`), no shuffling (the dataset holds each epoch's order), and the per-epoch
+    validation on `validation`, made of the rows `valid_x`, on held batches where it can
+    (`held_validation`). kwargs (group, epochs, initial_epoch, verbose) go to `fit`."""
+    with held_validation(model, valid_x, validation, streamed):
+        return model.fit(
+            data,
+            steps_per_epoch=order.elements if streamed else None,
+            validation_data=validation,
+            callbacks=[order, *callbacks],
+            shuffle=False,
+            **kwargs,
+        )
 
 
 @contextlib.contextmanager
