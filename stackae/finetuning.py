@@ -87,6 +87,8 @@ class Finetuner(trainers.Steps, keras.Model):
         self.accuracy_tracker = None
         if task == "classification":
             self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        if classifier.built:  # built as its classifier is: its state is there before a fit
+            self.build(classifier.input_shape)
 
     @property
     def _batch_rank(self):
@@ -126,7 +128,8 @@ class Finetuner(trainers.Steps, keras.Model):
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """Like `keras.Model.fit` (see stackae.trainers for groups and steps per call)."""
         if not self.built and self.classifier.built:
-            # Else Keras's JAX fit builds by calling the model on an element, maybe a group.
+            # Built after this Finetuner was made. Else Keras's JAX fit builds by calling
+            # the model on an element, maybe a group.
             self.build(self.classifier.input_shape)
         return super().fit(x, y, batch_size, **kwargs)
 

@@ -16,9 +16,13 @@ with SGD momentum 0.9 and early stopping (patience 5) on 10% of the rows, a
 fine-tuning learning rate of 0.1 (classification) or 0.01 (regression: a linear
 output on many sigmoid codes diverges at 0.1), as `stackae.FinetuneSpec`'s
 (`config.TASK_DEFAULTS`), and no XLA
-(`jit_compile=False`: compiling costs more than it saves on small tables). On
-a 1,000 x 20 table a fit takes about 2 s (transformer) to 3-7 s (classifier,
-regressor) on two shared CPU cores.
+(`jit_compile=False`: compiling costs more than it saves on small tables).
+
+Fits of one structure in a process (a search's folds and candidates with the
+same layers, settings and `random_state`) share their traced training
+programs (`stackae.reuse`): each fit's results are exactly those of a fit of
+its own, and a second fit on a few hundred rows takes a fraction of a second
+(benchmarks/README.md, small_fit.py).
 """
 
 import math
@@ -283,6 +287,7 @@ class _StackedBase(BaseEstimator):
         import keras
 
         import stackae
+        from stackae import reuse
 
         if specs[0].loss == "cross-entropy" and (x.min() < 0 or x.max() > 1):
             raise ValueError(
@@ -306,7 +311,8 @@ class _StackedBase(BaseEstimator):
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
-        stackae.pretrain(stack, x, verbose=self.verbose, jit_compile=self.jit_compile)
+        with reuse.reusing():  # a search's fits of one structure share their traced programs
+            stackae.pretrain(stack, x, verbose=self.verbose, jit_compile=self.jit_compile)
         if not all(np.all(np.isfinite(_numpy(w.value))) for w in stack.weights):
             raise _diverged("pretraining", "learning_rate")
         return stack
@@ -701,6 +707,7 @@ class _SupervisedBase(_StackedBase):
 
     def _fit_supervised(self, X, y, n_outputs, stratify=None):
         """Scale, split, pretrain, export the model for the task, fine-tune it; `y` as trained."""
+        from stackae import reuse
         from stackae.finetuning import finetune, prepare, task_model
 
         _start_backend()
@@ -716,15 +723,16 @@ class _SupervisedBase(_StackedBase):
         finetuner, stopper = prepare(
             model, spec, seed=seed, validation=valid is not None, jit_compile=self.jit_compile
         )
-        history = finetune(
-            model,
-            (x[train], y[train]),
-            None if valid is None else (x[valid], y[valid]),
-            spec,
-            verbose=self.verbose,
-            finetuner=finetuner,
-            early_stopping=stopper,
-        )
+        with reuse.reusing():
+            history = finetune(
+                model,
+                (x[train], y[train]),
+                None if valid is None else (x[valid], y[valid]),
+                spec,
+                verbose=self.verbose,
+                finetuner=finetuner,
+                early_stopping=stopper,
+            )
         if not np.all(np.isfinite(history.history.get("loss", [0.0]))):
             raise _diverged("fine-tuning", "finetune_learning_rate")
         self.history_ = {k: [float(v) for v in values] for k, values in history.history.items()}

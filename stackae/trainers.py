@@ -225,11 +225,20 @@ def fit_epochs(
     first), for AutoEncoder and Finetuner: `steps_per_epoch` where the epochs stream
     (`streamed`), no shuffling (the dataset holds each epoch's order), and the per-epoch
     validation on `validation`, made of the rows `valid_x`, on held batches where it can
-    (`held_validation`). kwargs (group, epochs, initial_epoch, verbose) go to `fit`."""
-    with held_validation(model, valid_x, validation, streamed):
-        return model.fit(
+    (`held_validation`). kwargs (group, epochs, initial_epoch, verbose) go to `fit`.
+    Within `stackae.reuse.reusing()` a twin of `model` with its programs traced by an
+    earlier fit trains in its place (`reuse.twin_of`)."""
+    from stackae import reuse
+
+    steps = order.elements if streamed else None
+    group = kwargs.get("group", 1)
+    with (
+        reuse.twin_of(model, group=group, steps_per_epoch=steps) as trained,
+        held_validation(trained, valid_x, validation, streamed),
+    ):
+        return trained.fit(
             data,
-            steps_per_epoch=order.elements if streamed else None,
+            steps_per_epoch=steps,
             validation_data=validation,
             callbacks=[order, *callbacks],
             shuffle=False,
