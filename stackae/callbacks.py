@@ -322,11 +322,26 @@ class EarlyStopping(keras.callbacks.Callback):
 
 
 class EpochOrder(keras.callbacks.Callback):
-    """Tells a `training_dataset` which epoch Keras starts, so it serves that epoch's order."""
+    """Tells a `training_dataset` which epoch Keras starts, so it serves that epoch's order.
+
+    A dataset whose epochs were gathered up front (`served`: their range) cannot follow:
+    a fit that starts at another epoch, or runs past them, is refused.
+    """
 
     def __init__(self, epoch=0):
         super().__init__()
         self.epoch = epoch
+        self.served = None
+
+    def on_train_begin(self, logs=None):
+        self._first = True
 
     def on_epoch_begin(self, epoch, logs=None):
+        served = self.served
+        if served is not None and (epoch >= served.stop or self._first and epoch != served.start):
+            raise ValueError(
+                f"This training dataset holds epochs {served.start} to {served.stop - 1}; "
+                f"the fit reached epoch {epoch}"
+            )
+        self._first = False
         self.epoch = epoch

@@ -393,13 +393,20 @@ def finetune(
             group=group,
             y=np.asarray(y, dtype="int64"),
             repeat=repeat,
+            epochs=range(initial_epoch, spec.epochs),
         )
         validation = None if valid is None else batches(valid[0], PREDICT_BATCH, y=valid[1])
     else:
         n_outputs = model.output_shape[-1]
         targets = _targets(y, len(x), n_outputs, "training targets")
         data, order = training_dataset(
-            x, spec.batch_size, seed=finetuner.seed, group=group, y=targets, repeat=repeat
+            x,
+            spec.batch_size,
+            seed=finetuner.seed,
+            group=group,
+            y=targets,
+            repeat=repeat,
+            epochs=range(initial_epoch, spec.epochs),
         )
         validation = None
         if valid is not None:

@@ -284,7 +284,6 @@ class _StackedBase(BaseEstimator):
 
     def _pretrain(self, x, specs, seed):
         """A Stack of `specs`, initialised from `seed`, pretrained greedily on scaled rows `x`."""
-        import keras
 
         import stackae
         from stackae import reuse
@@ -301,11 +300,15 @@ class _StackedBase(BaseEstimator):
         sizes = layer_sizes(specs, x.shape[1:])
         # The rows, as float32, are copied once by the training pipeline.
         check_training(len(x), sizes, [s.batch_size for s in specs], 4 * x.size)
-        # The initial weights follow from the seed, as in `workflows.new_run`; Python's and
-        # NumPy's global random states are the caller's, so they are put back.
+        # The initial weights follow from the seed, as in `workflows.new_run` (Keras draws
+        # its initializers' seeds from Python's generator, which `keras.utils.set_random_seed`
+        # seeds with NumPy's and TensorFlow's; TensorFlow's is left alone here: setting it
+        # clears TensorFlow's caches, and the next fit's first step then took 50-70 ms
+        # more). Python's and NumPy's global random states are the caller's: put back.
         python_state, numpy_state = random.getstate(), np.random.get_state()
         try:
-            keras.utils.set_random_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed)
             stack = stackae.Stack(specs, seed=seed)
             stack.build((None, *x.shape[1:]))
         finally:
@@ -440,8 +443,9 @@ class StackedDenoisingAutoencoder(
     than the data is clipped.
     `jit_compile`: XLA for the training programs (faster steps on large data,
     seconds of compiling). `random_state`: an int gives the same weights, noise
-    and batch order every fit (it is the stack's seed, as `--seed`); note that
-    it re-seeds Keras's global generator (`keras.utils.set_random_seed`).
+    and batch order every fit (it is the stack's seed, as `--seed`), whatever
+    the global random states (Python's, NumPy's, TensorFlow's, Keras's), which
+    a fit leaves as they were.
 
     Attributes: `stack_` (the pretrained `stackae.Stack`, on scaled rows),
     `encoder_` (`stackae.export.encoder` with the scaling: raw features in),

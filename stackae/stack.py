@@ -228,7 +228,12 @@ def pretrain(
         layer_group = group or default_group(DEFAULT_GROUP)
         repeat = streams_epochs()
         train, order = training_dataset(
-            inputs, spec.batch_size, seed=stack.seed + k, group=layer_group, repeat=repeat
+            inputs,
+            spec.batch_size,
+            seed=stack.seed + k,
+            group=layer_group,
+            repeat=repeat,
+            epochs=range(first_epoch, spec.epochs),
         )
         validation = None
         if valid_inputs is not None:

@@ -231,6 +231,73 @@ def test_tf_labels_follow_their_rows(group):
         data.training_dataset(X, 4, seed=2, y=y[:5])
 
 
+def streamed(x, batch_size, seed, group, epochs, y=None):
+    """The elements a repeated stream serves for `epochs`, read as Keras reads them."""
+    ds, order = data.training_dataset(x, batch_size, seed=seed, group=group, y=y, repeat=True)
+    order.on_epoch_begin(epochs.start)
+    return ds.take(len(epochs) * order.elements), order
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data's repeated stream")
+@pytest.mark.parametrize(
+    "batch_size, group, held",
+    [(5, 1, True), (5, 4, True), (5, 8, True), (2, 5, True), (5, 3, False)],
+    ids=["one-batch-elements", "an-epoch-a-group", "fewer-than-a-group", "groups", "a-rest"],
+)
+def test_epochs_held_in_memory_are_the_streams_elements(batch_size, group, held):
+    # 23 rows: 4 batches of 5 an epoch (groups of 1, 4 or 8: elements of one shape; of 3:
+    # 3 + 1, streamed); 21 rows: 10 batches of 2, two groups of 5 an epoch.
+    x, y = (X[:21], np.arange(21) % 4) if group == 5 else (X, np.arange(23) % 4)
+    epochs = range(2, 5)
+    ds, order = data.training_dataset(
+        x, batch_size, seed=6, group=group, y=y, repeat=True, epochs=epochs
+    )
+    assert (order.served == epochs) is held and (order.served is None) is not held
+    expected, _ = streamed(x, batch_size, 6, group, epochs, y=y)
+    if not held:  # the stream itself, without end
+        order.on_epoch_begin(epochs.start)
+        ds = ds.take(len(epochs) * order.elements)
+    got, want = take(ds), take(expected)
+    assert len(got) == len(want) == len(epochs) * order.elements
+    for (a, ya), (b, yb) in zip(got, want, strict=True):
+        assert_array_equal(a, b)
+        assert_array_equal(ya, yb)
+        assert a.dtype == np.float32 and ya.dtype == np.int64
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data's repeated stream")
+def test_held_epochs_train_as_the_stream_does_and_refuse_another_start():
+    x = np.random.default_rng(0).random((60, 8)).astype(np.float32)
+
+    def fit(epochs, initial_epoch=0):
+        model = stackae.AutoEncoder(3, seed=1)
+        model.compile(jit_compile=False)
+        model.build((None, 8))
+        model.set_weights([np.full(w.shape, 0.1, np.float32) for w in model.get_weights()])
+        ds, order = data.training_dataset(x, 16, seed=2, group=16, repeat=True, epochs=epochs)
+        history = model.fit(
+            ds,
+            epochs=4,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=order.elements,
+            callbacks=[order],
+            shuffle=False,
+            verbose=0,
+            group=16,
+        )
+        return history.history["loss"], model.get_weights(), order
+
+    held_losses, held_weights, order = fit(range(0, 4))
+    assert order.served == range(0, 4)
+    stream_losses, stream_weights, order = fit(None)
+    assert order.served is None
+    assert held_losses == stream_losses
+    for a, b in zip(held_weights, stream_weights, strict=True):
+        assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="holds epochs 0 to 3; the fit reached epoch 1"):
+        fit(range(0, 4), initial_epoch=1)
+
+
 def test_batches_defaults_to_the_predict_batch():
     x = np.zeros((data.PREDICT_BATCH + 3, 2), np.float32)
     assert [len(b) for b in take(data.batches(x))] == [data.PREDICT_BATCH, 3]

@@ -20,7 +20,9 @@ from stackae.data.validation import check_batch, steps_per_epoch
 from stackae.errors import DataError
 
 
-def training_dataset(x, batch_size, *, seed, shuffle=True, group=1, y=None, repeat=False):
+def training_dataset(
+    x, batch_size, *, seed, shuffle=True, group=1, y=None, repeat=False, epochs=None
+):
     """One epoch of float32 batches (batch_size, n_features), and its EpochOrder callback.
 
     Pass both to fit: `fit(ds, epochs=..., initial_epoch=..., callbacks=[order],
@@ -49,6 +51,13 @@ def training_dataset(x, batch_size, *, seed, shuffle=True, group=1, y=None, repe
     fit, which then keeps one iterator for the whole fit instead of making one
     per epoch (about 10-30 ms each on two CPU cores: most of a small table's
     epoch). Needs steps per call that divide the epoch, as stackae's models choose.
+    `epochs`: with `repeat`, the range of epochs the fit reads
+    (`range(initial_epoch, epochs)`), when known. Rows in memory whose epochs are
+    elements of one shape (`group` 1, or an epoch of at most `group` batches, or a
+    multiple of it) and take at most 16 MB in all are then gathered once, up front,
+    and served from memory: the same elements, without a pipeline of traced functions,
+    which takes 50-100 ms to start (most of a small table's fit: benchmarks/README.md);
+    a fit starting at another epoch is refused (`EpochOrder`).
 
     Under the TensorFlow backend this is a `tf.data.Dataset`; under any other, a
     `keras.utils.PyDataset` that reads a memmap row by row (pread) as tf.data does.
@@ -65,6 +74,10 @@ def training_dataset(x, batch_size, *, seed, shuffle=True, group=1, y=None, repe
     order = EpochOrder()
     order.elements = -(-steps_per_epoch(len(x), batch_size) // group)
     if keras.backend.backend() == "tensorflow":
+        held = _tf_held_epochs(x, y, batch_size, seed, shuffle, group, epochs) if repeat else None
+        if held is not None:
+            order.served = epochs
+            return held, order
         return _tf_training(x, y, batch_size, seed, shuffle, group, order, repeat), order
     return EpochBatches(x, y, batch_size, seed=seed, shuffle=shuffle, group=group, order=order), (
         order
@@ -198,19 +211,57 @@ class RowBatches(keras.utils.PyDataset):
 # ---------------------------------------------------------------- tf.data
 
 
-def _tf_training(x, y, batch_size, seed, shuffle, group, order, repeat=False):
+def _epoch_rows(n, batch_size, seed, shuffle):
+    """The function of an epoch number (int64 tensor) giving its batches' row indices
+    (steps, batch_size), drawn from (seed, epoch); in a graph or eagerly, the same rows."""
     import tensorflow as tf
 
-    n = len(x)
     steps = steps_per_epoch(n, batch_size)
     seed = tf.constant(int(seed), tf.int64)
 
-    def epoch_batches(epoch):
+    def epoch_rows(epoch):
         rows = tf.range(n, dtype=tf.int64)
         if shuffle:
             rows = tf.random.experimental.stateless_shuffle(rows, seed=tf.stack([seed, epoch]))
         # Sorted within a batch: the batch is the same set, and a memmap reads it in order.
-        rows = tf.sort(tf.reshape(rows[: steps * batch_size], [steps, batch_size]), axis=1)
+        return tf.sort(tf.reshape(rows[: steps * batch_size], [steps, batch_size]), axis=1)
+
+    return epoch_rows
+
+
+# Epochs gathered up front (`training_dataset(epochs=...)`) take at most this many bytes.
+HELD_EPOCHS_LIMIT = 16 << 20
+
+
+def _tf_held_epochs(x, y, batch_size, seed, shuffle, group, epochs):
+    """The elements of `epochs` (a range), gathered now from rows in memory, as a dataset
+    without functions; None where they are not all of one shape, too large, or on file."""
+    import tensorflow as tf
+
+    steps = steps_per_epoch(len(x), batch_size)
+    one_shape = group == 1 or steps <= group or steps % group == 0
+    if epochs is None or not len(epochs) or isinstance(x, np.memmap | Rows) or not one_shape:
+        return None
+    example = int(np.prod(x.shape[1:])) + (0 if y is None else int(np.prod(y.shape[1:])))
+    if len(epochs) * steps * batch_size * example * 4 > HELD_EPOCHS_LIMIT:
+        return None
+    epoch_rows = _epoch_rows(len(x), batch_size, seed, shuffle)
+    rows = tf.stack([epoch_rows(tf.constant(e, tf.int64)) for e in epochs])
+    if group == 1 or steps > group:  # an epoch is steps / group elements of group batches
+        rows = tf.reshape(rows, [-1, group, batch_size] if group > 1 else [-1, batch_size])
+    table = x if tf.is_tensor(x) else tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
+    data = tf.gather(table, rows)
+    return tf.data.Dataset.from_tensor_slices(data if y is None else (data, tf.gather(y, rows)))
+
+
+def _tf_training(x, y, batch_size, seed, shuffle, group, order, repeat=False):
+    import tensorflow as tf
+
+    steps = steps_per_epoch(len(x), batch_size)
+    epoch_rows = _epoch_rows(len(x), batch_size, seed, shuffle)
+
+    def epoch_batches(epoch):
+        rows = epoch_rows(epoch)
         if group == 1:
             return tf.data.Dataset.from_tensor_slices(rows)
         full = steps // group * group
