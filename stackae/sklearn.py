@@ -284,7 +284,6 @@ class _StackedBase(BaseEstimator):
 
     def _pretrain(self, x, specs, seed):
         """A Stack of `specs`, initialised from `seed`, pretrained greedily on scaled rows `x`."""
-
         import stackae
         from stackae import reuse
 
