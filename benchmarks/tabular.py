@@ -13,6 +13,7 @@ CLI's `finetune` takes, to show what pretraining is worth.
     python benchmarks/tabular.py            # every data set, about 5 minutes on 2 cores
     python benchmarks/tabular.py --only cancer,friedman
     python benchmarks/tabular.py --grid     # the settings search (validation error only)
+    python benchmarks/tabular.py --only digits --grid-wide   # pixel-like tables' search
 """
 
 import argparse
@@ -289,37 +290,60 @@ GRID = {
 }
 
 
-def grid(names, folder):
-    """Validation error (or RMSE) of each pretraining x fine-tuning setting on each data set."""
+# `--grid-wide`: for tables of pixel-like features (digits: counts 0-16), the MNIST
+# tutorial's kind of settings too: features scaled to [0, 1] (the cross-entropy, a
+# sigmoid decoder), corruption, wider and deeper layers, a larger fine-tuning rate.
+WIDE_GRID = {
+    "layers": [(100,), (300,), (500,), (300, 300)],
+    "pretrain": {
+        "e30": ["--scale", "standard", "--epochs", "30"],
+        "minmax-c0.2": ["--scale", "minmax", "--epochs", "30", "--corruption", "0.2"],
+    },
+    "finetune": {
+        "m0.9-lr0.01": FINETUNE,
+        "m0.9-lr0.03": ["--momentum", "0.9", "--lr", "0.03", "--epochs", "200", "--patience", "20"],
+    },
+}
+
+
+def grid(names, folder, settings=None):
+    """Validation error (or RMSE) of each layers x pretraining x fine-tuning setting (`GRID`
+    with each data set's layers, or `settings`) on each data set; never the test rows."""
     for name in names:
         make, layers = DATASETS[name]
         x, y, task = make()
         csv = folder / f"{name}.csv"
         write_csv(csv, x, y)
-        for pname, pre in GRID["pretrain"].items():
-            for fname, tune in GRID["finetune"].items():
-                out = folder / f"{name}-{pname}-{fname}"
-                run, pre_s, tune_s = stackae_run(csv, out, layers, task, pre, tune)
-                valid, _ = stackae_result(run)
-                print(
-                    f"{name:10} {pname:10} {fname:14} valid {valid:.4f} "
-                    f"epochs {run.finetune.epochs_done:3} ({pre_s:.0f} + {tune_s:.0f} s)",
-                    flush=True,
-                )
+        search = settings or {**GRID, "layers": [layers]}
+        for sizes in search["layers"]:
+            for pname, pre in search["pretrain"].items():
+                for fname, tune in search["finetune"].items():
+                    shape = "-".join(map(str, sizes))
+                    out = folder / f"{name}-{shape}-{pname}-{fname}"
+                    run, pre_s, tune_s = stackae_run(csv, out, sizes, task, pre, tune)
+                    valid, _ = stackae_result(run)
+                    print(
+                        f"{name:10} {shape:8} {pname:12} {fname:12} valid {valid:.4f} "
+                        f"epochs {run.finetune.epochs_done:3} ({pre_s:.0f} + {tune_s:.0f} s)",
+                        flush=True,
+                    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="Comma list of data sets: " + ", ".join(DATASETS))
     parser.add_argument("--grid", action="store_true", help="Search the settings instead.")
+    parser.add_argument(
+        "--grid-wide", action="store_true", help="Search WIDE_GRID's settings (pixel-like tables)."
+    )
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(DATASETS)
     unknown = sorted(set(names) - set(DATASETS))
     if unknown:
         parser.error(f"unknown data sets {unknown}")
     with tempfile.TemporaryDirectory(prefix="stackae-tabular-") as folder:
-        if args.grid:
-            grid(names, Path(folder))
+        if args.grid or args.grid_wide:
+            grid(names, Path(folder), WIDE_GRID if args.grid_wide else None)
             return
         start = time.perf_counter()
         print("stackae pretrain " + shlex.join(PRETRAIN))
