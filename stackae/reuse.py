@@ -54,7 +54,7 @@ def reusing():
 
 
 def clear():
-    """Drop every idle twin (and its programs)."""
+    """Drop every idle twin (and its programs, and the memory they hold)."""
     with _lock:
         _pool.clear()
 
@@ -64,11 +64,19 @@ def twin_of(model, **fit_settings):
     """The model to call `fit` on for `model`: within `reusing()` a twin holding `model`'s
     state, which goes back to `model` when the block ends (raised or not); else `model`.
     `fit_settings`: what else the traced step depends on (group, steps per epoch)."""
-    key = _key(model, fit_settings) if _enabled.get() and _reusable(model) else None
+    key = None
+    if _enabled.get() and _reusable(model):
+        try:
+            key = _key(model, fit_settings)
+        except (TypeError, ValueError, NotImplementedError):
+            key = None  # a config that cannot be written out: the model trains itself
     twin = None if key is None else _checkout(key)
     reused = twin is not None
     if key is not None and twin is None:
-        twin = _make_twin(model)
+        try:
+            twin = _make_twin(model)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            twin = None  # a config that does not make the model again: it trains itself
     pairs = None if twin is None else _pairs(model, twin)
     if pairs is None:
         yield model

@@ -113,6 +113,21 @@ def test_a_fit_that_raises_leaves_its_twin_out_of_the_pool():
     assert reuse.counts == {"made": 2}
 
 
+def test_a_model_its_config_cannot_make_again_trains_itself(monkeypatch):
+    x = rows(7)
+    alone, history = pretrained(x, sizes=(6,))
+
+    def refuse(model):
+        raise ValueError("no twin")
+
+    monkeypatch.setattr(reuse, "_make_twin", refuse)
+    with reuse.reusing():
+        stack, got = pretrained(x, sizes=(6,))
+    assert not reuse.counts and not reuse._pool
+    assert got == history
+    assert_same(weights(stack), weights(alone))
+
+
 def test_outside_reusing_no_twin_is_made():
     pretrained(rows(6), sizes=(6,))
     assert not reuse.counts
