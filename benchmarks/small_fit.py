@@ -3,6 +3,7 @@
     python benchmarks/small_fit.py                 # estimators: wine, breast cancer, digits
     python benchmarks/small_fit.py --rounds 5
     python benchmarks/small_fit.py --cli           # also the CLI on a 2,000-row table CSV
+    python benchmarks/small_fit.py --all           # also SdARegressor and the transformer
 
 Estimators: on three quarters of each data set (the rows a search's fold would
 see), `SdAClassifier()` with its defaults and `MLPClassifier(hidden_layer_sizes=(100,))`
@@ -41,7 +42,11 @@ from sklearn.neural_network import MLPClassifier  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from stackae.sklearn import SdAClassifier  # noqa: E402
+from stackae.sklearn import (  # noqa: E402
+    SdAClassifier,
+    SdARegressor,
+    StackedDenoisingAutoencoder,
+)
 
 DATA = {
     "wine": datasets.load_wine,
@@ -87,6 +92,14 @@ def sda_fit(x, y):
     return SdAClassifier(random_state=0).fit(x, y)
 
 
+# `--all`: the other two estimators with their defaults, against the same MLPClassifier fit
+# (the regressor fits the class numbers as targets; the transformer pretrains only).
+OTHERS = {
+    "SdARegressor": lambda x, y: SdARegressor(random_state=0).fit(x, y.astype(np.float64)),
+    "StackedDenoisingAutoencoder": lambda x, y: StackedDenoisingAutoencoder(random_state=0).fit(x),
+}
+
+
 def parts(profile):
     stats = pstats.Stats(profile).stats
     found = {}
@@ -100,16 +113,30 @@ def parts(profile):
     return found
 
 
-def estimators(rounds):
+def estimators(rounds, others=False):
     tables = {name: table(name) for name in DATA}
     first = timed(lambda: sda_fit(*tables["wine"]))
     mlp_fit(*tables["wine"])
     print(f"first SdAClassifier fit in the process (wine, imports and first traces): {first:.2f} s")
-    times = {name: {"sda": [], "mlp": []} for name in DATA}
+    fits = {"sda": sda_fit, **(OTHERS if others else {})}
+    for fit in list(fits.values())[1:]:  # their first fits: imports and first traces
+        for x, y in tables.values():
+            fit(x, y)
+    times = {name: {kind: [] for kind in ["mlp", *fits]} for name in DATA}
     for _ in range(rounds):
         for name, (x, y) in tables.items():
             times[name]["mlp"].append(timed(lambda x=x, y=y: mlp_fit(x, y)))
-            times[name]["sda"].append(timed(lambda x=x, y=y: sda_fit(x, y)))
+            for kind, fit in fits.items():
+                times[name][kind].append(timed(lambda x=x, y=y, fit=fit: fit(x, y)))
+    for kind in list(fits)[1:]:
+        print(f"\n{kind}, second and later fits against MLPClassifier(100) (seconds):")
+        for name, found in times.items():
+            ours, mlp = found[kind], found["mlp"]
+            print(
+                f"{name:8} best {min(ours):5.2f} median {statistics.median(ours):5.2f}"
+                f"  ratio best {min(ours) / min(mlp):5.1f}"
+                f" median {statistics.median(ours) / statistics.median(mlp):5.1f}"
+            )
     print(f"\nsecond and later fits, {rounds} rounds interleaved (seconds):")
     print(
         f"{'data':8} {'rows':>5} {'SdA best':>9} {'median':>7} {'MLP best':>9} {'median':>7}"
@@ -205,10 +232,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cli", action="store_true", help="Also time the CLI on a table CSV.")
     parser.add_argument("--only-cli", action="store_true", help="Only the CLI part.")
+    parser.add_argument("--all", action="store_true", help="Also SdARegressor and the transformer.")
     args = parser.parse_args(argv)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs")
     if not args.only_cli:
-        estimators(args.rounds)
+        estimators(args.rounds, others=args.all)
     if args.cli or args.only_cli:
         with tempfile.TemporaryDirectory() as folder:
             path = cli(folder)
