@@ -332,6 +332,7 @@ class EpochOrder(keras.callbacks.Callback):
         super().__init__()
         self.epoch = epoch
         self.served = None
+        self._first = True
 
     def on_train_begin(self, logs=None):
         self._first = True

@@ -263,6 +263,10 @@ def test_epochs_held_in_memory_are_the_streams_elements(batch_size, group, held)
         assert_array_equal(a, b)
         assert_array_equal(ya, yb)
         assert a.dtype == np.float32 and ya.dtype == np.int64
+    if held:  # Keras's epochs, told to the order as a fit would: within the range, or refused
+        order.on_epoch_begin(2)
+        with pytest.raises(ValueError, match="holds epochs 2 to 4; the fit reached epoch 5"):
+            order.on_epoch_begin(5)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data's repeated stream")
