@@ -249,9 +249,9 @@ def _tf_held_epochs(x, y, batch_size, seed, shuffle, group, epochs):
     rows = tf.stack([epoch_rows(tf.constant(e, tf.int64)) for e in epochs])
     if group == 1 or steps > group:  # an epoch is steps / group elements of group batches
         rows = tf.reshape(rows, [-1, group, batch_size] if group > 1 else [-1, batch_size])
-    table = x if tf.is_tensor(x) else tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
-    data = tf.gather(table, rows)
-    return tf.data.Dataset.from_tensor_slices(data if y is None else (data, tf.gather(y, rows)))
+    # The stream's own gathering, run once now on every epoch's rows.
+    gather = _with_labels(_grouped(_row_getter(x), tuple(x.shape[1:])), y)
+    return tf.data.Dataset.from_tensor_slices(gather(rows))
 
 
 def _tf_training(x, y, batch_size, seed, shuffle, group, order, repeat=False):
